@@ -1,0 +1,96 @@
+"""The command line: a thin layer over `hypertweaks.tune`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from hypertweaks.config import ConfigError, load_experiment
+from hypertweaks.data import DataError
+from hypertweaks.display import format_value
+from hypertweaks.models import ModelError
+from hypertweaks.search import Result, tune
+
+# flag -> (experiment field, type, help); every flag overrides the YAML file.
+FLAGS: dict[str, tuple[str, Any, str]] = {
+    "--task": ("task", str, "text-classification or image-classification"),
+    "--model": ("model", str, "hub id, local model folder, or timm backbone name"),
+    "--weights": ("weights", str, "local weights file for the backbone (image models)"),
+    "--train": ("train", str, "training data: CSV, JSONL, Parquet, datasets folder, image folder"),
+    "--validation": ("validation", str, "validation data (default: a stratified split of train)"),
+    "--test": ("test", str, "test data, scored once with the best model"),
+    "--text-column": ("text_column", str, "column holding the texts"),
+    "--label-column": ("label_column", str, "column holding the labels"),
+    "--image-column": ("image_column", str, "column holding image paths"),
+    "--name": ("name", str, "study name: results go to RUNS_DIR/NAME"),
+    "--runs-dir": ("runs_dir", str, "where studies live (default runs)"),
+    "--storage": ("storage", str, "Optuna storage URL (default: SQLite in RUNS_DIR/NAME)"),
+    "--trials": ("trials", int, "number of trials for the whole study"),
+    "--timeout": ("timeout", str, "wall-clock budget for the whole study, e.g. 30m, 2h"),
+    "--metric": ("metric", str, "accuracy, macro_f1, loss, roc_auc or defect_recall"),
+    "--device": ("device", str, "auto, cpu, cuda, cuda:N"),
+    "--seed": ("seed", int, "seed of the splits, the sampler and the trials"),
+    "--max-length": ("max_length", int, "longest text in tokens"),
+    "--image-size": ("image_size", int, "image side in pixels"),
+    "--patience": ("patience", int, "epochs without improvement before stopping a trial"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hypertweaks", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    tune_cmd = commands.add_parser("tune", help="fine-tune a model and search its hyperparameters")
+    tune_cmd.add_argument("experiment", nargs="?", help="experiment YAML file")
+    for flag, (dest, kind, help_text) in FLAGS.items():
+        tune_cmd.add_argument(flag, dest=dest, type=kind, help=help_text)
+    tune_cmd.add_argument("--quiet", action="store_true", default=None, help="log lines only")
+    tune_cmd.add_argument("--no-smoke", dest="smoke", action="store_false", default=None,
+                          help="skip the smoke run on a tiny subset")
+    return parser
+
+
+def print_result(result: Result, console: Console) -> None:
+    table = Table(title=f"best recipe (val {result.metric} {result.best_value:.4f})",
+                  title_justify="left")
+    table.add_column("knob")
+    table.add_column("value")
+    for knob, value in result.best_params.items():
+        table.add_row(knob, format_value(value))
+    console.print(table)
+    if result.test_metrics:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
+        console.print(f"test, best recipe:    {shown}")
+    if result.default_test_metrics:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in result.default_test_metrics.items())
+        console.print(f"test, default recipe: {shown}")
+    console.print(f"{result.trials} trials in {result.seconds:.0f}s")
+    console.print(f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})")
+    console.print(f"all trials: {result.results_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
+    console = Console(stderr=False)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    try:
+        experiment = load_experiment(args.experiment, overrides)
+        result = tune(experiment)
+    except (ConfigError, DataError, ModelError) as error:
+        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: finished trials are saved; run the same command to resume")
+        return 130
+    print_result(result, console)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Labelled examples split into train / validation / test, checked before any compute."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from hypertweaks.data.tables import DataError
+
+
+@dataclass
+class Split:
+    inputs: list[Any]  # texts, or image paths
+    labels: np.ndarray  # class ids, int64
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def subset(self, indices: Sequence[int]) -> Split:
+        return Split([self.inputs[i] for i in indices], self.labels[np.asarray(indices, dtype=int)])
+
+
+@dataclass
+class Splits:
+    classes: list[Any]  # original label values; a class id indexes this list
+    train: Split
+    validation: Split
+    test: Split | None
+    notes: list[str] = field(default_factory=list)  # what was done to the data, for the user
+
+
+def _label_values(series: pd.Series, role: str) -> pd.Series:
+    missing = series.isna()
+    if missing.any():
+        raise DataError(
+            f"{role}: {int(missing.sum())} rows have no label (e.g. row {int(missing.idxmax())}); "
+            "remove them or fill them in"
+        )
+    return series
+
+
+def _sort_classes(values: Sequence[Any]) -> list[Any]:
+    try:
+        return sorted(set(values))
+    except TypeError:  # mixed types: order by text
+        return sorted(set(values), key=str)
+
+
+def _encode(values: pd.Series, index: dict[Any, int], role: str) -> np.ndarray:
+    unseen = sorted({v for v in values if v not in index}, key=str)
+    if unseen:
+        shown = ", ".join(repr(v) for v in unseen[:5])
+        raise DataError(
+            f"{role} has labels that train does not have: {shown}; a model cannot learn classes "
+            "it never sees. Add examples of them to train or remove them"
+        )
+    return np.array([index[v] for v in values], dtype=np.int64)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (kept, held out), each class in both, same proportions."""
+    counts = Counter(labels.tolist())
+    n_held = max(len(counts), round(len(labels) * fraction))
+    if n_held >= len(labels) - len(counts) + 1:
+        raise DataError(
+            f"only {len(labels)} examples: too few to hold out a validation set with every class"
+        )
+    kept, held = train_test_split(
+        np.arange(len(labels)), test_size=n_held, stratify=labels, random_state=seed
+    )
+    return sorted(kept.tolist()), sorted(held.tolist())
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> list[int]:
+    """About `size` indices with every class present (for smoke runs)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = max(1, size // len(classes))
+    picked: list[int] = []
+    for label in classes:
+        members = np.flatnonzero(labels == label)
+        picked.extend(rng.choice(members, size=min(per_class, len(members)), replace=False).tolist())
+    return sorted(picked)
+
+
+def load_splits(
+    tables: dict[str, tuple[pd.DataFrame, str] | None],
+    input_column: str,
+    label_column: str,
+    validation_fraction: float,
+    seed: int,
+    clean: Callable[[pd.DataFrame, str], tuple[pd.DataFrame, str | None]] | None = None,
+) -> Splits:
+    """tables maps train/validation/test to (table, where it came from) or None.
+
+    `clean` may drop unusable rows (e.g. empty texts) and return a note about it."""
+    notes: list[str] = []
+    frames: dict[str, pd.DataFrame] = {}
+    for role, entry in tables.items():
+        if entry is None:
+            continue
+        table, source = entry
+        if clean is not None:
+            table, note = clean(table, f"{role} ({source})")
+            if note:
+                notes.append(note)
+        _label_values(table[label_column], f"{role} ({source})")
+        frames[role] = table.reset_index(drop=True)
+
+    train = frames["train"]
+    classes = _sort_classes(train[label_column].tolist())
+    if len(classes) < 2:
+        raise DataError(
+            f"train has a single class ({classes[0]!r}); classification needs at least two"
+        )
+    index = {value: i for i, value in enumerate(classes)}
+    encoded = {
+        role: Split(frame[input_column].tolist(), _encode(frame[label_column], index, role))
+        for role, frame in frames.items()
+    }
+    if "validation" not in encoded:
+        counts = Counter(encoded["train"].labels.tolist())
+        for class_id, count in sorted(counts.items()):
+            if count < 2:
+                raise DataError(
+                    f"class {classes[class_id]!r} has only 1 example in train; to carve a "
+                    "validation split every class needs at least 2. Add examples, drop the "
+                    "class, or give a validation file"
+                )
+        kept, held = stratified_split(encoded["train"].labels, validation_fraction, seed)
+        encoded["validation"] = encoded["train"].subset(held)
+        encoded["train"] = encoded["train"].subset(kept)
+        notes.append(
+            f"validation: {len(held)} examples ({validation_fraction:.0%}) held out of train, "
+            f"stratified, seed {seed}"
+        )
+    return Splits(classes, encoded["train"], encoded["validation"], encoded.get("test"), notes)

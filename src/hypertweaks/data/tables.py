@@ -1,0 +1,86 @@
+"""Read a table of examples: CSV, TSV, JSONL, Parquet, or a folder saved by the `datasets` library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says what is wrong and how to fix it."""
+
+
+READERS = {
+    ".csv": lambda p: pd.read_csv(p),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    ".jsonl": lambda p: pd.read_json(p, lines=True),
+    ".json": lambda p: pd.read_json(p, lines=True),
+    ".parquet": lambda p: pd.read_parquet(p),
+    ".pq": lambda p: pd.read_parquet(p),
+}
+
+
+def is_datasets_folder(path: Path) -> bool:
+    markers = ("dataset_info.json", "state.json", "dataset_dict.json")
+    return path.is_dir() and any((path / m).exists() for m in markers)
+
+
+def read_table(path: str | Path, role: str = "train") -> pd.DataFrame:
+    """One table from a file or a `datasets` folder; for a DatasetDict, the split named `role`."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{role} data {str(path)!r} does not exist")
+    if path.is_dir():
+        if not is_datasets_folder(path):
+            raise DataError(
+                f"{role} data {str(path)!r} is a folder but not one saved by the `datasets` "
+                "library (no dataset_info.json / dataset_dict.json); give a CSV, JSONL or "
+                "Parquet file instead"
+            )
+        return _read_datasets_folder(path, role)
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(
+            f"{role} data {str(path)!r}: unknown file type {path.suffix!r}; "
+            f"use one of {', '.join(READERS)} or a `datasets` folder"
+        )
+    try:
+        table = reader(path)
+    except (ValueError, OSError) as error:
+        raise DataError(f"{role} data {str(path)!r} cannot be read: {error}") from None
+    if table.empty:
+        raise DataError(f"{role} data {str(path)!r} holds no rows")
+    return table
+
+
+def _read_datasets_folder(path: Path, role: str) -> pd.DataFrame:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "reading a `datasets` folder needs the datasets package: "
+            "pip install 'hypertweaks[datasets]'"
+        ) from None
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if role not in loaded:
+            raise DataError(
+                f"{role} data {str(path)!r} is a DatasetDict with splits {list(loaded)}; "
+                f"point at one of them, e.g. {path / next(iter(loaded))}"
+            )
+        loaded = loaded[role]
+    table = loaded.to_pandas()
+    if table.empty:
+        raise DataError(f"{role} data {str(path)!r} holds no rows")
+    return table
+
+
+def require_columns(table: pd.DataFrame, columns: dict[str, str], path: str | Path) -> None:
+    """columns maps an option name (text_column) to the column it names."""
+    for option, column in columns.items():
+        if column not in table.columns:
+            raise DataError(
+                f"{path}: no column {column!r} (set by {option}); "
+                f"the columns are: {', '.join(map(str, table.columns))}"
+            )

@@ -1,0 +1,156 @@
+"""Load a pretrained model, set its dropout, and freeze / gradually unfreeze its layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+class ModelError(ValueError):
+    """The model cannot be loaded or used as asked; the message says why and what to do."""
+
+
+def looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).exists() or model.count("/") > 1
+
+
+def load_hf_config(model: str, **overrides: Any):
+    """The model's config from a local folder or a hub id, with a clear error when neither works."""
+    from transformers import AutoConfig
+
+    if looks_like_path(model) and not Path(model).expanduser().is_dir():
+        raise ModelError(f"model folder {model!r} does not exist")
+    try:
+        return AutoConfig.from_pretrained(str(Path(model).expanduser()) if looks_like_path(model) else model, **overrides)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"cannot load model {model!r}: it is neither a local model folder nor a hub id that "
+            f"could be fetched ({str(error).splitlines()[0]}). Check the name, or download the "
+            "model and pass its folder"
+        ) from None
+
+
+def dropout_fields(config: Any) -> list[str]:
+    """The config's dropout probabilities (hidden_dropout_prob, attention_dropout, classifier_dropout,
+    seq_classif_dropout, ...), found by name so every family is covered without a table."""
+    return [
+        key
+        for key, value in vars(config).items()
+        if "dropout" in key and isinstance(value, float) and not isinstance(value, bool)
+    ]
+
+
+def default_dropout(config: Any) -> float:
+    """The dropout the model was pretrained with."""
+    for key in ("hidden_dropout_prob", "dropout", "hidden_dropout", "dropout_rate"):
+        value = getattr(config, key, None)
+        if isinstance(value, float):
+            return value
+    fields = dropout_fields(config)
+    return float(getattr(config, fields[0])) if fields else 0.1
+
+
+def with_dropout(config: Any, dropout: float) -> dict[str, float]:
+    """Overrides that set every dropout of the config, including an unset classifier dropout."""
+    overrides = {key: dropout for key in dropout_fields(config)}
+    if hasattr(config, "classifier_dropout"):
+        overrides["classifier_dropout"] = dropout
+    return overrides
+
+
+@dataclass
+class LayerStack:
+    """A model seen as bottom (embeddings / stem) -> blocks (bottom to top) -> top (head)."""
+
+    bottom: list[nn.Parameter]
+    blocks: list[nn.Module]
+    top: list[nn.Parameter]
+
+    def groups_top_down(self, freeze_layers: int) -> list[list[nn.Parameter]]:
+        """Trainable parameter groups, top first; the bottom and the lowest `freeze_layers`
+        blocks are never trained."""
+        groups = [self.top] + [list(b.parameters()) for b in reversed(self.blocks[freeze_layers:])]
+        if freeze_layers == 0:
+            groups.append(self.bottom)
+        return [g for g in groups if g]
+
+    def set_trainable(self, freeze_layers: int, gradual_unfreeze: bool, epoch: int) -> int:
+        """Freeze per recipe at this (0-based) epoch; gradual unfreezing (ULMFiT) trains the top
+        group in epoch 0 and one more group down each epoch. Returns the trainable group count."""
+        groups = self.groups_top_down(freeze_layers)
+        if gradual_unfreeze:
+            groups = groups[: epoch + 1]
+        for param in self.bottom + self.top:
+            param.requires_grad_(False)
+        for block in self.blocks:
+            block.requires_grad_(False)
+        for group in groups:
+            for param in group:
+                param.requires_grad_(True)
+        return len(groups)
+
+
+def _largest_block_list(module: nn.Module) -> nn.Module | None:
+    """The longest ModuleList/Sequential whose children share one class: the transformer layers
+    (or backbone stages), whatever the family calls them."""
+    best, best_key = None, (1, 0)
+    for candidate in module.modules():
+        if not isinstance(candidate, nn.ModuleList | nn.Sequential):
+            continue
+        children = list(candidate.children())
+        if len(children) < 2 or len({type(c) for c in children}) != 1:
+            continue
+        key = (len(children), sum(p.numel() for p in candidate.parameters()))
+        if key > best_key:
+            best, best_key = candidate, key
+    return best
+
+
+def layer_stack(model: nn.Module, body: nn.Module | None = None) -> LayerStack:
+    """Split a model into bottom / blocks / top. `body` is the pretrained part (HF base_model);
+    parameters registered before the blocks in it are the bottom, all the rest is the top."""
+    body = body if body is not None else getattr(model, "base_model", model)
+    blocks_module = _largest_block_list(body)
+    if blocks_module is None:
+        raise ModelError(f"cannot find the stack of layers in {type(model).__name__} to freeze")
+    block_params = {id(p) for p in blocks_module.parameters()}
+    bottom: list[nn.Parameter] = []
+    seen_blocks = False
+    for param in body.parameters():
+        if id(param) in block_params:
+            seen_blocks = True
+        elif not seen_blocks:
+            bottom.append(param)
+    taken = block_params | {id(p) for p in bottom}
+    top = [p for p in model.parameters() if id(p) not in taken]
+    return LayerStack(bottom, list(blocks_module.children()), top)
+
+
+def quiet_transformers() -> None:
+    """transformers prints a load report and progress bars on every load: one per trial."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_text_classifier(
+    model: str, num_labels: int, id2label: dict[int, str], dropout: float | None = None
+):
+    """A pretrained encoder with a fresh sequence-classification head."""
+    from transformers import AutoModelForSequenceClassification
+
+    quiet_transformers()
+    source = str(Path(model).expanduser()) if looks_like_path(model) else model
+    config = load_hf_config(model)
+    overrides = with_dropout(config, dropout) if dropout is not None else {}
+    return AutoModelForSequenceClassification.from_pretrained(
+        source,
+        num_labels=num_labels,
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+        **overrides,
+    )

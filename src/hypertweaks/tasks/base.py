@@ -1,0 +1,38 @@
+"""What every task kind offers the trainer and the search (text, image, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from hypertweaks.data import Split, Splits
+from hypertweaks.models import LayerStack
+from hypertweaks.space import Recipe
+
+
+class Task(Protocol):
+    splits: Splits
+    num_layers: int  # how many blocks freeze_layers can freeze
+    pretrained_dropout: float
+
+    def prepare(self) -> None:
+        """Load, check and encode the data, and check the model, before any training."""
+
+    def build(self, recipe: Recipe) -> tuple[nn.Module, LayerStack]:
+        """A fresh pretrained model for this recipe (dropout set), and its layers for freezing."""
+
+    def dataset(self, split: Split, train: bool) -> Dataset:
+        """Examples of one split; `train` turns on augmentation where the task has it. The
+        dataset's `collate(examples) -> (model inputs, labels)` makes its batches."""
+
+    def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Model inputs -> logits."""
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        """Write the model so that `load` (or the model's own library) reads it back."""
+
+    def load(self, directory: Path) -> nn.Module: ...

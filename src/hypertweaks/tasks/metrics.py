@@ -1,0 +1,25 @@
+"""Classification metrics from logits: loss, accuracy, macro-F1; ROC AUC and defect recall for two
+classes (class 1 is the positive, "defect" class)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score, recall_score, roc_auc_score
+from torch.nn import functional as F
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    logits, labels = logits.float().cpu(), labels.cpu()
+    predicted = logits.argmax(dim=1).numpy()
+    truth = labels.numpy()
+    metrics = {
+        "loss": float(F.cross_entropy(logits, labels)),
+        "accuracy": float((predicted == truth).mean()),
+        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+    }
+    if logits.shape[1] == 2:
+        scores = torch.softmax(logits, dim=1)[:, 1].numpy()
+        metrics["roc_auc"] = float(roc_auc_score(truth, scores)) if len(np.unique(truth)) == 2 else 0.5
+        metrics["defect_recall"] = float(recall_score(truth, predicted, zero_division=0))
+    return metrics

@@ -1,0 +1,193 @@
+"""Fine-tune one recipe: AdamW, warmup + decay, epochs, evaluation, early stopping, best weights.
+
+Knows nothing of the search: after every epoch it calls `on_epoch(report)`, which may ask it to
+stop (a pruned trial) by returning True.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from hypertweaks.models import LayerStack
+from hypertweaks.space import Recipe
+from hypertweaks.tasks.metrics import classification_metrics
+
+SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite: this recipe cannot train."""
+
+
+@dataclass
+class EpochReport:
+    epoch: int  # 1-based
+    train_loss: float
+    metrics: dict[str, float]  # on the validation set
+    seconds: float  # since the start of the fit
+    examples: int  # training examples processed so far
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "train_loss": self.train_loss, **self.metrics,
+                "seconds": round(self.seconds, 3), "examples": self.examples}
+
+
+@dataclass
+class FitResult:
+    best_value: float
+    best_epoch: int
+    best_metrics: dict[str, float]
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    examples: int = 0
+    seconds: float = 0.0
+    stopped: str = "completed"  # completed | early_stopped | pruned | max_steps
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW; biases and normalisation weights (the 1-d parameters) get no weight decay."""
+    params = list(model.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        SCHEDULER_NAMES[recipe.schedule],
+        optimizer,
+        num_warmup_steps=int(recipe.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)  # no loss scaling needed, unlike fp16
+
+
+@torch.no_grad()
+def evaluate(forward, model: nn.Module, data: Dataset, device: torch.device,
+             batch_size: int = 64) -> dict[str, float]:
+    model.eval()
+    logits, labels = [], []
+    for inputs, target in DataLoader(data, batch_size=batch_size, collate_fn=data.collate):
+        with _autocast(device):
+            logits.append(forward(model, {k: v.to(device) for k, v in inputs.items()}).float())
+        labels.append(target)
+    return classification_metrics(torch.cat(logits), torch.cat(labels))
+
+
+def _is_better(value: float, best: float | None, direction: str) -> bool:
+    if best is None:
+        return True
+    return value < best if direction == "minimize" else value > best
+
+
+def fit(
+    forward: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    model: nn.Module,
+    layers: LayerStack,
+    recipe: Recipe,
+    train_data: Dataset,
+    val_data: Dataset,
+    *,
+    metric: str = "accuracy",
+    direction: str = "maximize",
+    patience: int = 2,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    on_epoch: Callable[[EpochReport], bool] | None = None,
+    max_steps: int | None = None,
+) -> FitResult:
+    """Train `model` in place; on return it holds the weights of its best validation epoch."""
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    model.to(device)
+    loader = DataLoader(
+        train_data, batch_size=recipe.batch_size, shuffle=True, drop_last=False,
+        collate_fn=train_data.collate, generator=torch.Generator().manual_seed(seed),
+    )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * recipe.epochs
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    optimizer = make_optimizer(model, recipe)
+    scheduler = make_scheduler(optimizer, recipe, total_steps)
+
+    result = FitResult(best_value=math.nan, best_epoch=0, best_metrics={})
+    best_value, best_state, bad_epochs, step = None, None, 0, 0
+    start = time.perf_counter()
+    for epoch in range(recipe.epochs):
+        layers.set_trainable(recipe.freeze_layers, recipe.gradual_unfreeze, epoch)
+        model.train()
+        loss_sum, batches = 0.0, 0
+        for inputs, labels in loader:
+            inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+            labels = labels.to(device, non_blocking=True)
+            with _autocast(device):
+                logits = forward(model, inputs)
+            loss = nn.functional.cross_entropy(logits.float(), labels)
+            if not torch.isfinite(loss):
+                raise Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+            optimizer.step()
+            scheduler.step()
+            loss_sum, batches, step = loss_sum + loss.item(), batches + 1, step + 1
+            result.examples += len(labels)
+            if step == total_steps:
+                break
+
+        metrics = evaluate(forward, model, val_data, device, batch_size=max(64, recipe.batch_size))
+        report = EpochReport(epoch + 1, loss_sum / max(batches, 1), metrics,
+                             time.perf_counter() - start, result.examples)
+        result.curve.append(report.as_dict())
+        value = metrics[metric]
+        if not math.isfinite(value):
+            raise Diverged(f"validation {metric} became {value} at epoch {epoch + 1}")
+        if _is_better(value, best_value, direction):
+            best_value, bad_epochs = value, 0
+            result.best_epoch, result.best_metrics = epoch + 1, metrics
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if on_epoch is not None and on_epoch(report):
+            result.stopped = "pruned"
+            break
+        if step == total_steps and max_steps is not None:
+            result.stopped = "max_steps"
+            break
+        if bad_epochs >= patience and epoch + 1 < recipe.epochs:
+            result.stopped = "early_stopped"
+            break
+
+    result.best_value = best_value
+    result.seconds = time.perf_counter() - start
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return result

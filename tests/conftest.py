@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny randomly initialised BERT saved as a local model folder, and small
+labelled tables whose classes can be told apart by their words."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+
+SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+WORDS = {
+    "joy": ["happy", "great", "love", "wonderful", "smile"],
+    "anger": ["angry", "hate", "awful", "furious", "rage"],
+    "calm": ["quiet", "still", "slow", "gentle", "soft"],
+}
+FILLER = ["the", "a", "day", "is", "was", "my", "this", "so", "very", "today"]
+
+
+def make_texts(n_per_class: int, seed: int = 0, classes=("joy", "anger", "calm")) -> pd.DataFrame:
+    rng = random.Random(seed)
+    rows = []
+    for label in classes:
+        for _ in range(n_per_class):
+            words = rng.sample(FILLER, 3) + rng.sample(WORDS[label], 2)
+            rng.shuffle(words)
+            rows.append({"text": " ".join(words), "label": label})
+    rng.shuffle(rows)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer BERT with random weights and a word-level vocabulary, as a model folder."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER]
+    vocab += [w for words in WORDS.values() for w in words]
+    tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
+    tokenizer.save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
+    )
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def text_csvs(tmp_path) -> dict[str, Path]:
+    paths = {}
+    for role, n, seed in (("train", 40, 0), ("validation", 10, 1), ("test", 10, 2)):
+        paths[role] = tmp_path / f"{role}.csv"
+        make_texts(n, seed).to_csv(paths[role], index=False)
+    return paths
+
+
+@pytest.fixture
+def text_experiment(tiny_bert, text_csvs, tmp_path) -> dict:
+    """A valid, fast experiment on the tiny BERT; tests change what they test."""
+    return {
+        "task": "text-classification",
+        "model": str(tiny_bert),
+        "train": str(text_csvs["train"]),
+        "validation": str(text_csvs["validation"]),
+        "test": str(text_csvs["test"]),
+        "name": "tiny",
+        "runs_dir": str(tmp_path / "runs"),
+        "trials": 3,
+        "max_length": 16,
+        "quiet": True,
+        "space": {"epochs": {"low": 1, "high": 2}, "batch_size": [8, 16],
+                  "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True}},
+    }
