@@ -62,15 +62,18 @@ def redact(url: str) -> str:
 
 
 def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
-    storage = optuna.storages.RDBStorage(
-        storage_url(exp),
-        heartbeat_interval=30,
-        grace_period=90,
-        failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
-    )
     trials = exp.trials or 20
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # A worker that dies mid-trial stops beating; its trial is failed and retried once.
+        storage = optuna.storages.RDBStorage(
+            storage_url(exp),
+            heartbeat_interval=30,
+            grace_period=90,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=1
+            ),
+        )
         sampler = optuna.samplers.TPESampler(
             seed=exp.seed, n_startup_trials=max(2, min(10, trials // 4)), multivariate=True,
             constant_liar=True,

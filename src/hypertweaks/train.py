@@ -90,8 +90,9 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(forward, model: nn.Module, data: Dataset, device: torch.device,
+def evaluate(forward, model: nn.Module, data: Dataset, device: torch.device | str,
              batch_size: int = 64) -> dict[str, float]:
+    device = torch.device(device)
     model.eval()
     logits, labels = [], []
     for inputs, target in DataLoader(data, batch_size=batch_size, collate_fn=data.collate):

@@ -96,6 +96,8 @@ class TextClassification:
         )
         self.pretrained_dropout = default_dropout(config)
         self.tokenizer = self._load_tokenizer(exp.model)
+        self.tokenizer_key = json.dumps([type(self.tokenizer).__name__, self.tokenizer.name_or_path,
+                                         len(self.tokenizer), exp.max_length])
         probe = load_text_classifier(exp.model, len(self.splits.classes), self.id2label)
         self.num_layers = len(layer_stack(probe).blocks)
         del probe
@@ -127,10 +129,8 @@ class TextClassification:
 
     def _encode(self, split: Split) -> EncodedTexts:
         """Tokenize once per study: the cache is keyed by tokenizer, max length and the texts."""
-        max_length = self.experiment.max_length
         digest = hashlib.sha256()
-        digest.update(json.dumps([type(self.tokenizer).__name__, self.tokenizer.name_or_path,
-                                  len(self.tokenizer), max_length]).encode())
+        digest.update(self.tokenizer_key.encode())
         for text in split.inputs:
             digest.update(text.encode() + b"\0")
         path = self.cache_dir / f"tokens-{digest.hexdigest()[:24]}.pt"
@@ -138,7 +138,7 @@ class TextClassification:
             cached = torch.load(path, weights_only=True)
         else:
             encoded = self.tokenizer(
-                split.inputs, truncation=True, max_length=max_length, padding="max_length",
+                split.inputs, truncation=True, max_length=self.experiment.max_length, padding="max_length",
                 return_tensors="pt",
             )
             cached = {

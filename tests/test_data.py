@@ -1,0 +1,89 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from hypertweaks.data import DataError, load_splits, read_table, stratified_split
+from hypertweaks.tasks.text import drop_empty_texts
+
+
+def splits_from(train, validation=None, test=None, fraction=0.2, max_dropped=0.1):
+    tables = {"train": (train, "train.csv"),
+              "validation": None if validation is None else (validation, "val.csv"),
+              "test": None if test is None else (test, "test.csv")}
+    return load_splits(tables, "text", "label", fraction, 0, clean=drop_empty_texts(max_dropped, "text"))
+
+
+def table(labels, texts=None):
+    return pd.DataFrame({"text": texts or [f"t{i}" for i in range(len(labels))], "label": labels})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_reads_every_table_format(tmp_path, suffix):
+    frame = table(["a", "b"])
+    path = tmp_path / f"data{suffix}"
+    {".csv": lambda: frame.to_csv(path, index=False),
+     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    assert read_table(path).to_dict("list") == frame.to_dict("list")
+
+
+def test_reads_a_datasets_folder(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.DatasetDict({"train": datasets.Dataset.from_pandas(table(["a", "b"]))}).save_to_disk(
+        tmp_path / "ds")
+    assert read_table(tmp_path / "ds", "train")["label"].tolist() == ["a", "b"]
+    with pytest.raises(DataError, match="splits \\['train'\\]"):
+        read_table(tmp_path / "ds", "test")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="train data .*nope.csv' does not exist"):
+        read_table(tmp_path / "nope.csv")
+
+
+def test_empty_table(tmp_path):
+    (tmp_path / "e.csv").write_text("text,label\n")
+    with pytest.raises(DataError, match="holds no rows"):
+        read_table(tmp_path / "e.csv")
+
+
+def test_single_class():
+    with pytest.raises(DataError, match="single class \\('a'\\)"):
+        splits_from(table(["a"] * 10))
+
+
+def test_labels_unseen_in_train():
+    with pytest.raises(DataError, match="test has labels that train does not have: 'c'"):
+        splits_from(table(["a", "b"] * 5), table(["a", "b"]), table(["a", "c"]))
+
+
+def test_empty_texts_are_dropped_with_a_count():
+    train = table(["a", "b"] * 10, [None, " "] + [f"x{i}" for i in range(18)])
+    splits = splits_from(train, fraction=0.2, max_dropped=0.2)
+    assert len(splits.train) + len(splits.validation) == 18
+    assert any("dropped 2 empty or missing texts" in note for note in splits.notes)
+
+
+def test_too_many_empty_texts_is_an_error():
+    train = table(["a", "b"] * 5, [None] * 5 + ["x"] * 5)
+    with pytest.raises(DataError, match="5 of 10 texts \\(50%\\) are empty"):
+        splits_from(train)
+
+
+def test_class_with_one_example_cannot_be_split():
+    with pytest.raises(DataError, match="class 'rare' has only 1 example"):
+        splits_from(table(["a", "b"] * 5 + ["rare"]))
+
+
+def test_validation_is_carved_stratified_and_seeded():
+    labels = np.array([0] * 80 + [1] * 20)
+    kept, held = stratified_split(labels, 0.2, seed=3)
+    assert len(held) == 20 and set(kept).isdisjoint(held)
+    assert (labels[held] == 1).sum() == 4  # same 80/20 proportions
+    assert stratified_split(labels, 0.2, seed=3) == (kept, held)
+
+
+def test_integer_labels_keep_their_values():
+    splits = splits_from(table([3, 7] * 10))
+    assert splits.classes == [3, 7]
+    assert set(splits.train.labels.tolist()) == {0, 1}

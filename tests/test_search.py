@@ -1,0 +1,132 @@
+import json
+
+import optuna
+import pytest
+import yaml
+
+import hypertweaks.search as search_module
+from hypertweaks import load_experiment, tune
+from hypertweaks.train import Diverged
+
+
+def study_trials(exp):
+    storage = f"sqlite:///{exp['runs_dir']}/{exp['name']}/study.db"
+    return optuna.load_study(study_name=exp["name"], storage=storage).get_trials()
+
+
+def test_tune_returns_the_best_model_its_recipe_and_a_test_score(text_experiment, tmp_path):
+    result = tune(text_experiment)
+    run_dir = tmp_path / "runs" / "tiny"
+    assert result.best_model_dir == run_dir / "best"
+    assert {"config.json", "labels.json", "best.yaml", "tokenizer.json"} <= {
+        p.name for p in result.best_model_dir.iterdir()}
+    assert len(list((run_dir / "checkpoints").iterdir())) == 1  # only the best trial's weights
+    assert set(result.test_metrics) == {"loss", "accuracy", "macro_f1"}
+
+    results = json.loads((run_dir / "results.json").read_text())
+    assert [t["number"] for t in results["trials"]] == [0, 1, 2]
+    assert results["trials"][0]["tag"] == "defaults"  # the recommended recipe goes first
+    for trial in results["trials"]:
+        assert trial["state"] in ("complete", "pruned")
+        assert trial["curve"] and trial["seconds"] > 0 and trial["examples"] > 0
+        assert trial["seed"] is not None and len(trial["recipe"]) == 9
+    assert results["best_value"] == result.best_value
+    assert results["test_metrics"] == result.test_metrics
+
+
+def test_best_yaml_reproduces_the_recipe(text_experiment):
+    result = tune(text_experiment)
+    refit = load_experiment(result.best_model_dir / "best.yaml")
+    assert refit.space == result.best_params and refit.trials == 1
+    assert yaml.safe_load((result.best_model_dir / "best.yaml").read_text())["model"]
+
+
+def test_an_interrupted_study_resumes_without_repeating_finished_trials(
+    text_experiment, monkeypatch
+):
+    first = tune({**text_experiment, "trials": 2})
+    before = {t.number: (t.params, t.value) for t in study_trials(text_experiment)}
+    assert len(before) == 2
+
+    calls = []
+    real_fit = search_module.fit
+
+    def interrupt_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the smoke run is the first call, trial 2 the second
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "fit", interrupt_second_call)
+    with pytest.raises(KeyboardInterrupt):
+        tune({**text_experiment, "trials": 4})
+    monkeypatch.setattr(search_module, "fit", real_fit)
+
+    result = tune({**text_experiment, "trials": 4})
+    trials = study_trials(text_experiment)
+    for number, (params, value) in before.items():  # finished trials are untouched
+        assert (trials[number].params, trials[number].value) == (params, value)
+    finished = [t for t in trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+    assert len(finished) == 4
+    interrupted = [t for t in trials if t.user_attrs.get("interrupted")]
+    assert len(interrupted) == 1
+    retry = next(t for t in trials if t.user_attrs.get("retry_of") == interrupted[0].number)
+    assert retry.params == interrupted[0].params  # its recipe was tried again
+    assert result.best_value >= first.best_value
+
+
+def test_rerunning_a_finished_study_trains_nothing(text_experiment, monkeypatch):
+    tune({**text_experiment, "trials": 2})
+    monkeypatch.setattr(search_module.Search, "objective", lambda *a: pytest.fail("trained"))
+    result = tune({**text_experiment, "trials": 2, "smoke": False})
+    assert result.trials == 2 and result.test_metrics is not None
+
+
+def test_a_diverging_trial_fails_alone(text_experiment, monkeypatch):
+    real_fit = search_module.fit
+    calls = []
+
+    def diverge_on_trial_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # smoke, trial 0, then trial 1
+            raise Diverged("loss became nan at epoch 1, step 1")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "fit", diverge_on_trial_1)
+    result = tune(text_experiment)
+    trials = study_trials(text_experiment)
+    assert trials[1].state == optuna.trial.TrialState.FAIL
+    assert "loss became nan" in trials[1].user_attrs["error"]
+    assert result.trials == 3 and result.best_value is not None
+
+
+def test_smoke_run_fails_fast_before_any_trial(text_experiment, monkeypatch):
+    def broken_forward(self, model, inputs):
+        raise RuntimeError("shape mismatch in the head")
+
+    monkeypatch.setattr("hypertweaks.tasks.text.TextClassification.forward", broken_forward)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        tune(text_experiment)
+    assert study_trials(text_experiment) == []
+
+
+def test_a_resumed_study_must_be_the_same_search(text_experiment):
+    tune({**text_experiment, "trials": 1})
+    with pytest.raises(ValueError, match="different task, model, data, metric or search space"):
+        tune({**text_experiment, "trials": 2, "metric": "macro_f1"})
+
+
+def test_the_timeout_counts_the_whole_study(text_experiment):
+    tune({**text_experiment, "trials": 2})
+    used = sum(search_module.trial_seconds(t) for t in study_trials(text_experiment))
+    result = tune({**text_experiment, "trials": 10, "timeout": used * 0.9, "smoke": False})
+    assert result.trials == 2  # the budget was spent by the first run
+
+
+def test_pruned_trials_are_recorded_with_their_curve(text_experiment):
+    exp = {**text_experiment, "trials": 6, "pruner": "median",
+           "space": {**text_experiment["space"], "epochs": 3}}
+    tune(exp)
+    trials = study_trials(exp)
+    for trial in trials:
+        assert trial.user_attrs["curve"][-1]["epoch"] == len(trial.intermediate_values)

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+import torch
+
+from hypertweaks.config import make_experiment
+from hypertweaks.space import Recipe
+from hypertweaks.tasks.text import TextClassification
+from hypertweaks.train import Diverged, fit, make_optimizer
+
+FAST = Recipe(learning_rate=1e-3, batch_size=8, epochs=6, dropout=0.0, weight_decay=0.01,
+              schedule="constant", warmup_ratio=0.0, freeze_layers=0, gradual_unfreeze=False)
+
+
+@pytest.fixture
+def task(text_experiment, tmp_path):
+    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
+    task.prepare()
+    return task
+
+
+def run(task, recipe=FAST, **kwargs):
+    model, layers = task.build(recipe)
+    result = fit(task.forward, model, layers, recipe, task.dataset(task.splits.train, True),
+                 task.dataset(task.splits.validation, False), **kwargs)
+    return model, result
+
+
+def test_learns_above_chance_and_reports_every_epoch(task):
+    seen = []
+    _, result = run(task, on_epoch=lambda report: seen.append(report.epoch) and False, patience=6)
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert result.best_value > 0.5  # three balanced classes: chance is 1/3
+    assert result.curve[-1]["examples"] == 6 * len(task.splits.train)
+    assert {"loss", "accuracy", "macro_f1", "train_loss"} <= set(result.curve[0])
+
+
+def test_the_best_epochs_weights_are_returned(task):
+    model, result = run(task, patience=6)
+    from hypertweaks.train import evaluate
+
+    again = evaluate(task.forward, model, task.dataset(task.splits.validation, False), "cpu")
+    assert again["accuracy"] == pytest.approx(result.best_value)
+    assert result.best_value == max(row["accuracy"] for row in result.curve)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(task):
+    frozen = Recipe(**{**FAST.as_dict(), "learning_rate": 1e-12, "epochs": 10})
+    _, result = run(task, frozen, patience=2)
+    assert result.stopped == "early_stopped" and len(result.curve) == 3
+
+
+def test_the_callback_can_stop_training(task):
+    _, result = run(task, on_epoch=lambda report: report.epoch == 2)
+    assert result.stopped == "pruned" and len(result.curve) == 2
+
+
+def test_a_diverging_recipe_stops_at_once(task):
+    model, layers = task.build(FAST)
+    steps = []
+
+    def nan_after_two_steps(model, inputs):
+        steps.append(1)
+        logits = task.forward(model, inputs)
+        return logits * math.nan if len(steps) > 2 else logits
+
+    with pytest.raises(Diverged, match="loss became nan at epoch 1, step 3"):
+        fit(nan_after_two_steps, model, layers, FAST, task.dataset(task.splits.train, True),
+            task.dataset(task.splits.validation, False))
+
+
+def test_no_weight_decay_on_biases_and_layernorm(task):
+    model, _ = task.build(FAST)
+    groups = make_optimizer(model, FAST).param_groups
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    for name, param in model.named_parameters():
+        assert (id(param) in no_decay) == ("bias" in name or "LayerNorm" in name), name
+
+
+def test_frozen_layers_do_not_change(task):
+    recipe = Recipe(**{**FAST.as_dict(), "freeze_layers": 1, "epochs": 1})
+    model, layers = task.build(recipe)
+    before = [p.detach().clone() for p in layers.blocks[0].parameters()]
+    embeddings = [p.detach().clone() for p in layers.bottom]
+    fit(task.forward, model, layers, recipe, task.dataset(task.splits.train, True),
+        task.dataset(task.splits.validation, False))
+    assert all(torch.equal(a, b) for a, b in zip(before, layers.blocks[0].parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(embeddings, layers.bottom))
+    assert not all(torch.equal(a, b) for a, b in zip(before, layers.blocks[1].parameters()))
+
+
+def test_tokenization_is_cached_per_study(task, tmp_path):
+    task.dataset(task.splits.train, True)
+    cached = list((tmp_path / "cache").glob("tokens-*.pt"))
+    assert len(cached) == 1
+    other = TextClassification(task.experiment, tmp_path / "cache")
+    other.prepare()
+    other.tokenizer = None  # a second study reads the cache: calling the tokenizer would fail
+    assert len(other.dataset(other.splits.train, True)) == len(task.splits.train)
