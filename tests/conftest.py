@@ -45,8 +45,13 @@ def tiny_bert(tmp_path_factory) -> Path:
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
     tokenizer.save_pretrained(folder)
     config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.1,
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.1,
     )
     torch.manual_seed(0)
     BertForMaskedLM(config).save_pretrained(folder)
@@ -76,6 +81,9 @@ def text_experiment(tiny_bert, text_csvs, tmp_path) -> dict:
         "trials": 3,
         "max_length": 16,
         "quiet": True,
-        "space": {"epochs": {"low": 1, "high": 2}, "batch_size": [8, 16],
-                  "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True}},
+        "space": {
+            "epochs": {"low": 1, "high": 2},
+            "batch_size": [8, 16],
+            "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
+        },
     }

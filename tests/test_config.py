@@ -37,7 +37,9 @@ def test_missing_required_field_is_named():
         make_experiment({"train": "x.csv"})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("1.5h", 5400), (45, 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("30m", 1800), ("1.5h", 5400), (45, 45)]
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 

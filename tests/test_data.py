@@ -7,10 +7,14 @@ from hypertweaks.tasks.text import drop_empty_texts
 
 
 def splits_from(train, validation=None, test=None, fraction=0.2, max_dropped=0.1):
-    tables = {"train": (train, "train.csv"),
-              "validation": None if validation is None else (validation, "val.csv"),
-              "test": None if test is None else (test, "test.csv")}
-    return load_splits(tables, "text", "label", fraction, 0, clean=drop_empty_texts(max_dropped, "text"))
+    tables = {
+        "train": (train, "train.csv"),
+        "validation": None if validation is None else (validation, "val.csv"),
+        "test": None if test is None else (test, "test.csv"),
+    }
+    return load_splits(
+        tables, "text", "label", fraction, 0, clean=drop_empty_texts(max_dropped, "text")
+    )
 
 
 def table(labels, texts=None):
@@ -21,16 +25,19 @@ def table(labels, texts=None):
 def test_reads_every_table_format(tmp_path, suffix):
     frame = table(["a", "b"])
     path = tmp_path / f"data{suffix}"
-    {".csv": lambda: frame.to_csv(path, index=False),
-     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    {
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
     assert read_table(path).to_dict("list") == frame.to_dict("list")
 
 
 def test_reads_a_datasets_folder(tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.DatasetDict({"train": datasets.Dataset.from_pandas(table(["a", "b"]))}).save_to_disk(
-        tmp_path / "ds")
+        tmp_path / "ds"
+    )
     assert read_table(tmp_path / "ds", "train")["label"].tolist() == ["a", "b"]
     with pytest.raises(DataError, match="splits \\['train'\\]"):
         read_table(tmp_path / "ds", "test")

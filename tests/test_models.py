@@ -10,16 +10,32 @@ from hypertweaks.models import (
     with_dropout,
 )
 
-SMALL = {"hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32,
-         "vocab_size": 64, "max_position_embeddings": 32}
+SMALL = {
+    "hidden_size": 16,
+    "num_attention_heads": 2,
+    "intermediate_size": 32,
+    "vocab_size": 64,
+    "max_position_embeddings": 32,
+}
 FAMILIES = {
     "bert": (transformers.BertConfig, {**SMALL, "num_hidden_layers": 3}),
     "roberta": (transformers.RobertaConfig, {**SMALL, "num_hidden_layers": 3}),
-    "electra": (transformers.ElectraConfig, {**SMALL, "num_hidden_layers": 3, "embedding_size": 16}),
+    "electra": (
+        transformers.ElectraConfig,
+        {**SMALL, "num_hidden_layers": 3, "embedding_size": 16},
+    ),
     "deberta-v2": (transformers.DebertaV2Config, {**SMALL, "num_hidden_layers": 3}),
-    "distilbert": (transformers.DistilBertConfig,
-                   {"dim": 16, "n_heads": 2, "hidden_dim": 32, "n_layers": 3, "vocab_size": 64,
-                    "max_position_embeddings": 32}),
+    "distilbert": (
+        transformers.DistilBertConfig,
+        {
+            "dim": 16,
+            "n_heads": 2,
+            "hidden_dim": 32,
+            "n_layers": 3,
+            "vocab_size": 64,
+            "max_position_embeddings": 32,
+        },
+    ),
 }
 
 
@@ -73,8 +89,13 @@ def test_gradual_unfreezing_goes_top_down_one_group_per_epoch():
         seen.append(trainable_blocks(stack))
         assert all(p.requires_grad for p in stack.top)
         assert not any(p.requires_grad for p in stack.bottom)  # frozen layers never thaw
-    assert seen == [[False, False, False], [False, False, True], [False, True, True],
-                    [False, True, True], [False, True, True]]
+    assert seen == [
+        [False, False, False],
+        [False, False, True],
+        [False, True, True],
+        [False, True, True],
+        [False, True, True],
+    ]
 
 
 def test_tiny_bert_loads_from_a_folder_with_a_fresh_head(tiny_bert):

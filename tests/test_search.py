@@ -19,7 +19,8 @@ def test_tune_returns_the_best_model_its_recipe_and_a_test_score(text_experiment
     run_dir = tmp_path / "runs" / "tiny"
     assert result.best_model_dir == run_dir / "best"
     assert {"config.json", "labels.json", "best.yaml", "tokenizer.json"} <= {
-        p.name for p in result.best_model_dir.iterdir()}
+        p.name for p in result.best_model_dir.iterdir()
+    }
     assert len(list((run_dir / "checkpoints").iterdir())) == 1  # only the best trial's weights
     assert set(result.test_metrics) == {"loss", "accuracy", "macro_f1"}
 
@@ -124,8 +125,12 @@ def test_the_timeout_counts_the_whole_study(text_experiment):
 
 
 def test_pruned_trials_are_recorded_with_their_curve(text_experiment):
-    exp = {**text_experiment, "trials": 6, "pruner": "median",
-           "space": {**text_experiment["space"], "epochs": 3}}
+    exp = {
+        **text_experiment,
+        "trials": 6,
+        "pruner": "median",
+        "space": {**text_experiment["space"], "epochs": 3},
+    }
     tune(exp)
     trials = study_trials(exp)
     for trial in trials:

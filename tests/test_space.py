@@ -8,8 +8,15 @@ def test_defaults_cover_the_seven_knobs_with_log_learning_rate():
     space = resolve_space({}, num_layers=6)
     assert space["learning_rate"]["log"] is True
     assert space["freeze_layers"] == {"low": 0, "high": 6}
-    assert set(tunable(space)) >= {"learning_rate", "batch_size", "epochs", "dropout",
-                                    "weight_decay", "schedule", "freeze_layers"}
+    assert set(tunable(space)) >= {
+        "learning_rate",
+        "batch_size",
+        "epochs",
+        "dropout",
+        "weight_decay",
+        "schedule",
+        "freeze_layers",
+    }
 
 
 def test_fixed_knobs_are_not_searched():
@@ -29,7 +36,18 @@ def test_freezing_more_layers_than_the_model_has_is_an_error():
 
 def test_default_recipe_is_moved_into_the_users_space():
     space = resolve_space({"learning_rate": {"low": 1e-4, "high": 1e-3}, "batch_size": [32, 64]}, 6)
-    params = fit_into(space, {"learning_rate": 5e-5, "batch_size": 16, "epochs": 3,
-                              "dropout": 0.1, "weight_decay": 0.01, "schedule": "linear",
-                              "warmup_ratio": 0.1, "freeze_layers": 0, "gradual_unfreeze": False})
+    params = fit_into(
+        space,
+        {
+            "learning_rate": 5e-5,
+            "batch_size": 16,
+            "epochs": 3,
+            "dropout": 0.1,
+            "weight_decay": 0.01,
+            "schedule": "linear",
+            "warmup_ratio": 0.1,
+            "freeze_layers": 0,
+            "gradual_unfreeze": False,
+        },
+    )
     assert params["learning_rate"] == 1e-4 and params["batch_size"] == 32

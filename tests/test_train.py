@@ -8,8 +8,17 @@ from hypertweaks.space import Recipe
 from hypertweaks.tasks.text import TextClassification
 from hypertweaks.train import Diverged, fit, make_optimizer
 
-FAST = Recipe(learning_rate=1e-3, batch_size=8, epochs=6, dropout=0.0, weight_decay=0.01,
-              schedule="constant", warmup_ratio=0.0, freeze_layers=0, gradual_unfreeze=False)
+FAST = Recipe(
+    learning_rate=1e-3,
+    batch_size=8,
+    epochs=6,
+    dropout=0.0,
+    weight_decay=0.01,
+    schedule="constant",
+    warmup_ratio=0.0,
+    freeze_layers=0,
+    gradual_unfreeze=False,
+)
 
 
 @pytest.fixture
@@ -21,8 +30,15 @@ def task(text_experiment, tmp_path):
 
 def run(task, recipe=FAST, **kwargs):
     model, layers = task.build(recipe)
-    result = fit(task.forward, model, layers, recipe, task.dataset(task.splits.train, True),
-                 task.dataset(task.splits.validation, False), **kwargs)
+    result = fit(
+        task,
+        model,
+        layers,
+        recipe,
+        task.dataset(task.splits.train, True),
+        task.dataset(task.splits.validation, False),
+        **kwargs,
+    )
     return model, result
 
 
@@ -39,7 +55,7 @@ def test_the_best_epochs_weights_are_returned(task):
     model, result = run(task, patience=6)
     from hypertweaks.train import evaluate
 
-    again = evaluate(task.forward, model, task.dataset(task.splits.validation, False), "cpu")
+    again = evaluate(task, model, task.dataset(task.splits.validation, False), "cpu")
     assert again["accuracy"] == pytest.approx(result.best_value)
     assert result.best_value == max(row["accuracy"] for row in result.curve)
 
@@ -59,14 +75,23 @@ def test_a_diverging_recipe_stops_at_once(task):
     model, layers = task.build(FAST)
     steps = []
 
-    def nan_after_two_steps(model, inputs):
-        steps.append(1)
-        logits = task.forward(model, inputs)
-        return logits * math.nan if len(steps) > 2 else logits
+    class NanAfterTwoSteps:
+        metrics = task.metrics
+
+        def forward(self, model, inputs):
+            steps.append(1)
+            logits = task.forward(model, inputs)
+            return logits * math.nan if len(steps) > 2 else logits
 
     with pytest.raises(Diverged, match="loss became nan at epoch 1, step 3"):
-        fit(nan_after_two_steps, model, layers, FAST, task.dataset(task.splits.train, True),
-            task.dataset(task.splits.validation, False))
+        fit(
+            NanAfterTwoSteps(),
+            model,
+            layers,
+            FAST,
+            task.dataset(task.splits.train, True),
+            task.dataset(task.splits.validation, False),
+        )
 
 
 def test_no_weight_decay_on_biases_and_layernorm(task):
@@ -80,13 +105,25 @@ def test_no_weight_decay_on_biases_and_layernorm(task):
 def test_frozen_layers_do_not_change(task):
     recipe = Recipe(**{**FAST.as_dict(), "freeze_layers": 1, "epochs": 1})
     model, layers = task.build(recipe)
-    before = [p.detach().clone() for p in layers.blocks[0].parameters()]
-    embeddings = [p.detach().clone() for p in layers.bottom]
-    fit(task.forward, model, layers, recipe, task.dataset(task.splits.train, True),
-        task.dataset(task.splits.validation, False))
-    assert all(torch.equal(a, b) for a, b in zip(before, layers.blocks[0].parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(embeddings, layers.bottom))
-    assert not all(torch.equal(a, b) for a, b in zip(before, layers.blocks[1].parameters()))
+
+    def snapshot(params):
+        return [p.detach().clone() for p in params]
+
+    def same(before, params):
+        return all(torch.equal(a, b) for a, b in zip(before, params, strict=True))
+
+    frozen, embeddings = snapshot(layers.blocks[0].parameters()), snapshot(layers.bottom)
+    trained = snapshot(layers.blocks[1].parameters())
+    fit(
+        task,
+        model,
+        layers,
+        recipe,
+        task.dataset(task.splits.train, True),
+        task.dataset(task.splits.validation, False),
+    )
+    assert same(frozen, layers.blocks[0].parameters()) and same(embeddings, layers.bottom)
+    assert not same(trained, layers.blocks[1].parameters())
 
 
 def test_tokenization_is_cached_per_study(task, tmp_path):

@@ -6,5 +6,13 @@ from hypertweaks.data import DataError
 from hypertweaks.models import ModelError
 from hypertweaks.search import Result, tune
 
-__all__ = ["ConfigError", "DataError", "Experiment", "ModelError", "Result", "load_experiment", "tune"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "Experiment",
+    "ModelError",
+    "Result",
+    "load_experiment",
+    "tune",
+]
 __version__ = "0.1.0"

@@ -49,14 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (dest, kind, help_text) in FLAGS.items():
         tune_cmd.add_argument(flag, dest=dest, type=kind, help=help_text)
     tune_cmd.add_argument("--quiet", action="store_true", default=None, help="log lines only")
-    tune_cmd.add_argument("--no-smoke", dest="smoke", action="store_false", default=None,
-                          help="skip the smoke run on a tiny subset")
+    tune_cmd.add_argument(
+        "--no-smoke",
+        dest="smoke",
+        action="store_false",
+        default=None,
+        help="skip the smoke run on a tiny subset",
+    )
     return parser
 
 
 def print_result(result: Result, console: Console) -> None:
-    table = Table(title=f"best recipe (val {result.metric} {result.best_value:.4f})",
-                  title_justify="left")
+    table = Table(
+        title=f"best recipe (val {result.metric} {result.best_value:.4f})", title_justify="left"
+    )
     table.add_column("knob")
     table.add_column("value")
     for knob, value in result.best_params.items():
@@ -69,7 +75,9 @@ def print_result(result: Result, console: Console) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.default_test_metrics.items())
         console.print(f"test, default recipe: {shown}")
     console.print(f"{result.trials} trials in {result.seconds:.0f}s")
-    console.print(f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})")
+    console.print(
+        f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})"
+    )
     console.print(f"all trials: {result.results_path}")
 
 

@@ -139,8 +139,10 @@ def _format_errors(error: ValidationError) -> str:
         elif item["type"] == "missing":
             message = "is required"
         given = item.get("input")
-        shown = "" if item["type"] in ("missing", "extra_forbidden") or isinstance(given, dict) else (
-            f" (got {given!r})"
+        shown = (
+            ""
+            if item["type"] in ("missing", "extra_forbidden") or isinstance(given, dict)
+            else (f" (got {given!r})")
         )
         lines.append(f"  {field}: {message}{shown}")
     return "invalid experiment:\n" + "\n".join(lines)

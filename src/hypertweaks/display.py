@@ -55,9 +55,15 @@ class LogDisplay:
         log.info("trial %d%s: %s", number, f" ({tag})" if tag else "", format_recipe(recipe))
 
     def epoch(self, number: int, report: dict[str, Any]) -> None:
-        log.info("trial %d epoch %d: val %s=%.4f train_loss=%.4f (%.0fs)", number,
-                 report["epoch"], self.metric, report[self.metric], report["train_loss"],
-                 report["seconds"])
+        log.info(
+            "trial %d epoch %d: val %s=%.4f train_loss=%.4f (%.0fs)",
+            number,
+            report["epoch"],
+            self.metric,
+            report[self.metric],
+            report["train_loss"],
+            report["seconds"],
+        )
 
     def trial_finished(self, row: dict[str, Any]) -> None:
         value = row.get("value")
@@ -93,19 +99,28 @@ class LiveDisplay(LogDisplay):
         for row in self.rows[-15:]:
             value = row.get("value")
             style = "bold green" if value is not None and value == best else None
-            table.add_row(str(row["number"]), row["state"],
-                          "-" if value is None else f"{value:.4f}", str(row.get("best_epoch", "-")),
-                          f"{row.get('seconds', 0):.0f}", format_recipe(row["recipe"]), style=style)
+            table.add_row(
+                str(row["number"]),
+                row["state"],
+                "-" if value is None else f"{value:.4f}",
+                str(row.get("best_epoch", "-")),
+                f"{row.get('seconds', 0):.0f}",
+                format_recipe(row["recipe"]),
+                style=style,
+            )
         return Group(table, self.current)
 
     def trial_started(self, number: int, recipe: dict[str, Any], tag: str) -> None:
-        self.current = f"[bold]trial {number}[/bold]{f' ({tag})' if tag else ''} started: {format_recipe(recipe)}"
+        tagged = f" ({tag})" if tag else ""
+        self.current = f"[bold]trial {number}[/bold]{tagged} started: {format_recipe(recipe)}"
         self.live.update(self._render())
 
     def epoch(self, number: int, report: dict[str, Any]) -> None:
-        self.current = (f"[bold]trial {number}[/bold] epoch {report['epoch']}: "
-                        f"val {self.metric} {report[self.metric]:.4f}, "
-                        f"train loss {report['train_loss']:.4f}, {report['seconds']:.0f}s")
+        self.current = (
+            f"[bold]trial {number}[/bold] epoch {report['epoch']}: "
+            f"val {self.metric} {report[self.metric]:.4f}, "
+            f"train loss {report['train_loss']:.4f}, {report['seconds']:.0f}s"
+        )
         self.live.update(self._render())
 
     def trial_finished(self, row: dict[str, Any]) -> None:

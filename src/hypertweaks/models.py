@@ -24,7 +24,9 @@ def load_hf_config(model: str, **overrides: Any):
     if looks_like_path(model) and not Path(model).expanduser().is_dir():
         raise ModelError(f"model folder {model!r} does not exist")
     try:
-        return AutoConfig.from_pretrained(str(Path(model).expanduser()) if looks_like_path(model) else model, **overrides)
+        return AutoConfig.from_pretrained(
+            str(Path(model).expanduser()) if looks_like_path(model) else model, **overrides
+        )
     except (OSError, ValueError) as error:
         raise ModelError(
             f"cannot load model {model!r}: it is neither a local model folder nor a hub id that "
@@ -34,7 +36,7 @@ def load_hf_config(model: str, **overrides: Any):
 
 
 def dropout_fields(config: Any) -> list[str]:
-    """The config's dropout probabilities (hidden_dropout_prob, attention_dropout, classifier_dropout,
+    """The config's dropout probabilities (hidden_dropout_prob, attention_dropout,
     seq_classif_dropout, ...), found by name so every family is covered without a table."""
     return [
         key
@@ -91,6 +93,15 @@ class LayerStack:
             for param in group:
                 param.requires_grad_(True)
         return len(groups)
+
+
+def freeze_norm_statistics(model: nn.Module) -> None:
+    """Frozen batch-norm layers keep their pretrained running statistics (eval mode)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
+            module.eval()
 
 
 def _largest_block_list(module: nn.Module) -> nn.Module | None:

@@ -31,7 +31,10 @@ IMAGE_CLASSIFICATION = {
     "gradual_unfreeze": False,
 }
 
-_BY_TASK = {"text-classification": TEXT_CLASSIFICATION, "image-classification": IMAGE_CLASSIFICATION}
+_BY_TASK = {
+    "text-classification": TEXT_CLASSIFICATION,
+    "image-classification": IMAGE_CLASSIFICATION,
+}
 
 
 def default_recipe(task: str, pretrained_dropout: float) -> dict[str, Any]:

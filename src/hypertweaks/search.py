@@ -23,7 +23,7 @@ from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.recipes import default_recipe
-from hypertweaks.space import Recipe, fit_into, max_epochs, resolve_space, suggest, tunable
+from hypertweaks.space import Recipe, fit_into, max_epochs, resolve_space, suggest
 from hypertweaks.tasks import make_task
 from hypertweaks.train import Diverged, evaluate, fit, resolve_device
 
@@ -75,25 +75,47 @@ def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
             ),
         )
         sampler = optuna.samplers.TPESampler(
-            seed=exp.seed, n_startup_trials=max(2, min(10, trials // 4)), multivariate=True,
+            seed=exp.seed,
+            n_startup_trials=max(2, min(10, trials // 4)),
+            multivariate=True,
             constant_liar=True,
         )
     pruners = {
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=num_epochs),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=num_epochs
+        ),
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
         "none": lambda: optuna.pruners.NopPruner(),
     }
     return optuna.create_study(
-        study_name=exp.name, storage=storage, load_if_exists=True, direction=exp.direction,
-        sampler=sampler, pruner=pruners[exp.pruner](),
+        study_name=exp.name,
+        storage=storage,
+        load_if_exists=True,
+        direction=exp.direction,
+        sampler=sampler,
+        pruner=pruners[exp.pruner](),
     )
 
 
 def _same_experiment(study: optuna.Study, exp: Experiment) -> None:
     """A resumed study must be the same search: same task, model, data, metric and space."""
-    key = json.dumps(exp.model_dump(mode="json", include={"task", "model", "train", "validation",
-                                                          "metric", "space", "max_length",
-                                                          "image_size", "seed"}), sort_keys=True)
+    key = json.dumps(
+        exp.model_dump(
+            mode="json",
+            include={
+                "task",
+                "model",
+                "train",
+                "validation",
+                "metric",
+                "space",
+                "max_length",
+                "image_size",
+                "seed",
+            },
+        ),
+        sort_keys=True,
+    )
     stored = study.user_attrs.get("experiment_key")
     if stored is None:
         study.set_user_attr("experiment_key", key)
@@ -124,9 +146,13 @@ def _enqueue_interrupted(study: optuna.Study) -> None:
     retried = {t.user_attrs.get("retry_of") for t in trials}
     for trial in trials:
         if trial.user_attrs.get("interrupted") and trial.number not in retried:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                          **({"tag": trial.user_attrs["tag"]}
-                                                             if "tag" in trial.user_attrs else {})})
+            study.enqueue_trial(
+                trial.params,
+                user_attrs={
+                    "retry_of": trial.number,
+                    **({"tag": trial.user_attrs["tag"]} if "tag" in trial.user_attrs else {}),
+                },
+            )
 
 
 class Search:
@@ -151,7 +177,7 @@ class Search:
         splits = self.task.splits
         self.display.message(
             f"{self.exp.task}: {len(splits.classes)} classes, train {len(splits.train)}, "
-            f"validation {len(splits.validation)}, test {len(splits.test) if splits.test else '-'}; "
+            f"validation {len(splits.validation)}, test {len(splits.test or [])}; "
             f"model {self.exp.model} ({self.task.num_layers} layers) on {self.device}"
         )
         for note in splits.notes:
@@ -163,12 +189,24 @@ class Search:
         start = time.perf_counter()
         splits, task = self.task.splits, self.task
         train = splits.train.subset(stratified_subset(splits.train.labels, 32, self.exp.seed))
-        val = splits.validation.subset(stratified_subset(splits.validation.labels, 32, self.exp.seed))
+        val = splits.validation.subset(
+            stratified_subset(splits.validation.labels, 32, self.exp.seed)
+        )
         recipe = Recipe(**{**self.defaults, "batch_size": 8, "epochs": 1})
         model, layers = task.build(recipe)
-        fit(task.forward, model, layers, recipe, task.dataset(train, True),
-            task.dataset(val, False), metric=self.exp.metric, direction=self.exp.direction,
-            device=self.device, seed=self.exp.seed, max_steps=3)
+        fit(
+            task,
+            model,
+            layers,
+            recipe,
+            task.dataset(train, True, recipe),
+            task.dataset(val, False, recipe),
+            metric=self.exp.metric,
+            direction=self.exp.direction,
+            device=self.device,
+            seed=self.exp.seed,
+            max_steps=3,
+        )
         smoke_dir = self.run_dir / "smoke"
         shutil.rmtree(smoke_dir, ignore_errors=True)
         task.save(model, smoke_dir)
@@ -193,14 +231,28 @@ class Search:
         model = None
         try:
             model, layers = task.build(recipe)
-            result = fit(task.forward, model, layers, recipe,
-                         task.dataset(task.splits.train, True),
-                         task.dataset(task.splits.validation, False),
-                         metric=exp.metric, direction=exp.direction, patience=exp.patience,
-                         device=self.device, seed=seed, on_epoch=on_epoch)
-            for key, value in (("curve", result.curve), ("examples", result.examples),
-                               ("train_seconds", result.seconds), ("best_epoch", result.best_epoch),
-                               ("stopped", result.stopped), ("metrics", result.best_metrics)):
+            result = fit(
+                task,
+                model,
+                layers,
+                recipe,
+                task.dataset(task.splits.train, True, recipe),
+                task.dataset(task.splits.validation, False, recipe),
+                metric=exp.metric,
+                direction=exp.direction,
+                patience=exp.patience,
+                device=self.device,
+                seed=seed,
+                on_epoch=on_epoch,
+            )
+            for key, value in (
+                ("curve", result.curve),
+                ("examples", result.examples),
+                ("train_seconds", result.seconds),
+                ("best_epoch", result.best_epoch),
+                ("stopped", result.stopped),
+                ("metrics", result.best_metrics),
+            ):
                 trial.set_user_attr(key, value)
             if result.stopped == "pruned":
                 raise optuna.TrialPruned(f"pruned at epoch {len(result.curve)}")
@@ -220,7 +272,9 @@ class Search:
             _free(model)
 
     def _is_new_best(self, trial: optuna.Trial, value: float) -> bool:
-        complete = [t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        complete = [
+            t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        ]
         if not complete or not (self.run_dir / "best").exists():
             return True
         best = trial.study.best_value
@@ -235,9 +289,18 @@ class Search:
         target.mkdir(parents=True)
         self.task.save(model, target)
         refit = self.exp.model_dump(mode="json")
-        refit.update(space=recipe.as_dict(), trials=1, timeout=None, defaults_first=False,
-                     name=f"{self.exp.name}-refit", test=refit["test"])
-        header = f"# best recipe of study {self.exp.name!r}: trial {number}, val {self.exp.metric} {value:.4f}\n"
+        refit.update(
+            space=recipe.as_dict(),
+            trials=1,
+            timeout=None,
+            defaults_first=False,
+            name=f"{self.exp.name}-refit",
+            test=refit["test"],
+        )
+        header = (
+            f"# best recipe of study {self.exp.name!r}: trial {number}, "
+            f"val {self.exp.metric} {value:.4f}\n"
+        )
         (target / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
         link, tmp_link = self.run_dir / "best", self.run_dir / "best.tmp-link"
         if link.exists() and not link.is_symlink():
@@ -251,7 +314,7 @@ class Search:
 
     def _test(self, model) -> dict[str, float]:
         test = self.task.dataset(self.task.splits.test, False)
-        return evaluate(self.task.forward, model.to(self.device), test, self.device)
+        return evaluate(self.task, model.to(self.device), test, self.device)
 
     def run(self) -> Result:
         exp = self.exp
@@ -273,8 +336,12 @@ class Search:
         time_left = None if exp.timeout is None else exp.timeout - sum(map(trial_seconds, finished))
         if (trials_left is None or trials_left > 0) and (time_left is None or time_left > 0):
             study.optimize(
-                self.objective, n_trials=trials_left, timeout=time_left, catch=TRIAL_FAILURES,
-                callbacks=[self._after_trial], gc_after_trial=True,
+                self.objective,
+                n_trials=trials_left,
+                timeout=time_left,
+                catch=TRIAL_FAILURES,
+                callbacks=[self._after_trial],
+                gc_after_trial=True,
             )
         result = self.finish(study)
         result.seconds = time.perf_counter() - start
@@ -287,8 +354,10 @@ class Search:
     def finish(self, study: optuna.Study) -> Result:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
-            raise RuntimeError(f"no trial of study {self.exp.name!r} completed; see the errors in "
-                               f"{self.run_dir / 'results.json'}")
+            raise RuntimeError(
+                f"no trial of study {self.exp.name!r} completed; see the errors in "
+                f"{self.run_dir / 'results.json'}"
+            )
         best = study.best_trial
         best_dir = self.run_dir / "best"
         test_metrics = None
@@ -298,14 +367,23 @@ class Search:
             _free(model)
         defaults = next((t for t in complete if t.user_attrs.get("tag") == "defaults"), None)
         path = self.run_dir / "results.json"
-        summary = {"best_trial": best.number, "best_value": best.value, "test_metrics": test_metrics}
+        summary = {
+            "best_trial": best.number,
+            "best_value": best.value,
+            "test_metrics": test_metrics,
+        }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
-            best_params=best.user_attrs["recipe"], best_value=best.value, metric=self.exp.metric,
-            best_model_dir=best_dir, test_metrics=test_metrics,
+            best_params=best.user_attrs["recipe"],
+            best_value=best.value,
+            metric=self.exp.metric,
+            best_model_dir=best_dir,
+            test_metrics=test_metrics,
             default_value=defaults.value if defaults else None,
             default_test_metrics=defaults.user_attrs.get("test_metrics") if defaults else None,
-            trials=len(study.trials), results_path=path, notes=self.task.splits.notes,
+            trials=len(study.trials),
+            results_path=path,
+            notes=self.task.splits.notes,
         )
 
 
@@ -337,8 +415,9 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     }
 
 
-def write_results(path: Path, study: optuna.Study, *, exp: Experiment, task,
-                  summary: dict[str, Any] | None = None) -> None:
+def write_results(
+    path: Path, study: optuna.Study, *, exp: Experiment, task, summary: dict[str, Any] | None = None
+) -> None:
     """Every trial's recipe, curve, state and cost; rewritten atomically after each trial."""
     previous = json.loads(path.read_text()) if path.exists() else {}
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
@@ -350,13 +429,19 @@ def write_results(path: Path, study: optuna.Study, *, exp: Experiment, task,
         "direction": exp.direction,
         "storage": redact(storage_url(exp)),
         "classes": [str(c) for c in task.splits.classes],
-        "data": {"train": len(task.splits.train), "validation": len(task.splits.validation),
-                 "test": len(task.splits.test) if task.splits.test else 0,
-                 "notes": task.splits.notes},
-        "budget": {"trials": exp.trials, "timeout_seconds": exp.timeout,
-                   "used_trials": sum(1 for t in study.get_trials(deepcopy=False) if counted(t)),
-                   "used_seconds": round(sum(r["seconds"] for r in rows), 1),
-                   "used_examples": sum(r["examples"] for r in rows)},
+        "data": {
+            "train": len(task.splits.train),
+            "validation": len(task.splits.validation),
+            "test": len(task.splits.test) if task.splits.test else 0,
+            "notes": task.splits.notes,
+        },
+        "budget": {
+            "trials": exp.trials,
+            "timeout_seconds": exp.timeout,
+            "used_trials": sum(1 for t in study.get_trials(deepcopy=False) if counted(t)),
+            "used_seconds": round(sum(r["seconds"] for r in rows), 1),
+            "used_examples": sum(r["examples"] for r in rows),
+        },
         **{k: previous.get(k) for k in ("best_trial", "best_value", "test_metrics")},
         **(summary or {}),
         "trials": rows,

@@ -3,7 +3,8 @@
 A knob's spec in the experiment is one of:
   a scalar            -> fixed, never searched          (epochs: 4)
   a list              -> one of these values             (batch_size: [16, 32])
-  {low, high, log}    -> a range, log scale if asked     (learning_rate: {low: 1e-5, high: 1e-4, log: true})
+  {low, high, log}    -> a range, log scale if asked
+                         (learning_rate: {low: 1e-5, high: 1e-4, log: true})
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Knob:
             return
         if self.kind == "choice":
             if value not in self.choices:
-                raise ValueError(f"knob {name!r} must be one of {list(self.choices)}. Got {value!r}")
+                raise ValueError(
+                    f"knob {name!r} must be one of {list(self.choices)}. Got {value!r}"
+                )
             return
         if name == "freeze_layers" and value == "all":
             return
@@ -40,15 +43,25 @@ class Knob:
         if isinstance(value, bool) or not ok_type or not math.isfinite(value):
             raise ValueError(f"knob {name!r} must be a finite {self.kind}. Got {value!r} instead")
         below = value <= self.low if self.low_open else value < self.low
-        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        above = self.high is not None and (
+            value >= self.high if self.high_open else value > self.high
+        )
         if below or above:
             left = "(" if self.low_open else "["
-            right = "inf)" if self.high is None else (f"{self.high})" if self.high_open else f"{self.high}]")
-            raise ValueError(f"knob {name!r} must be in {left}{self.low}, {right}. Got {value} instead")
+            right = (
+                "inf)"
+                if self.high is None
+                else (f"{self.high})" if self.high_open else f"{self.high}]")
+            )
+            raise ValueError(
+                f"knob {name!r} must be in {left}{self.low}, {right}. Got {value} instead"
+            )
 
 
 KNOBS: dict[str, Knob] = {
-    "learning_rate": Knob("float", 0.0, 1.0, low_open=True, default={"low": 1e-5, "high": 2e-4, "log": True}),
+    "learning_rate": Knob(
+        "float", 0.0, 1.0, low_open=True, default={"low": 1e-5, "high": 2e-4, "log": True}
+    ),
     "batch_size": Knob("int", 1, 4096, default=[8, 16, 32]),
     "epochs": Knob("int", 1, 1000, default={"low": 2, "high": 5}),
     "dropout": Knob("float", 0.0, 1.0, high_open=True, default={"low": 0.0, "high": 0.3}),
@@ -118,7 +131,11 @@ def resolve_space(user_space: dict[str, Any], num_layers: int) -> dict[str, Any]
 
     spec = space["freeze_layers"]
     if isinstance(spec, dict):
-        space["freeze_layers"] = {**spec, "low": concrete(spec["low"]), "high": concrete(spec["high"])}
+        space["freeze_layers"] = {
+            **spec,
+            "low": concrete(spec["low"]),
+            "high": concrete(spec["high"]),
+        }
     elif isinstance(spec, list):
         space["freeze_layers"] = [concrete(v) for v in spec]
     else:

@@ -1,7 +1,8 @@
 """Fine-tune one recipe: AdamW, warmup + decay, epochs, evaluation, early stopping, best weights.
 
 Knows nothing of the search: after every epoch it calls `on_epoch(report)`, which may ask it to
-stop (a pruned trial) by returning True.
+stop (a pruned trial) by returning True. The task supplies `forward(model, inputs) -> logits`
+and `metrics(logits, labels) -> dict`.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from hypertweaks.models import LayerStack
+from hypertweaks.models import LayerStack, freeze_norm_statistics
 from hypertweaks.space import Recipe
-from hypertweaks.tasks.metrics import classification_metrics
 
 SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
@@ -37,8 +37,13 @@ class EpochReport:
     examples: int  # training examples processed so far
 
     def as_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "train_loss": self.train_loss, **self.metrics,
-                "seconds": round(self.seconds, 3), "examples": self.examples}
+        return {
+            "epoch": self.epoch,
+            "train_loss": self.train_loss,
+            **self.metrics,
+            "seconds": round(self.seconds, 3),
+            "examples": self.examples,
+        }
 
 
 @dataclass
@@ -66,8 +71,10 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": recipe.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=recipe.learning_rate,
     )
 
@@ -90,16 +97,17 @@ def _autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(forward, model: nn.Module, data: Dataset, device: torch.device | str,
-             batch_size: int = 64) -> dict[str, float]:
+def evaluate(
+    task, model: nn.Module, data: Dataset, device: torch.device | str, batch_size: int = 64
+) -> dict[str, float]:
     device = torch.device(device)
     model.eval()
     logits, labels = [], []
     for inputs, target in DataLoader(data, batch_size=batch_size, collate_fn=data.collate):
         with _autocast(device):
-            logits.append(forward(model, {k: v.to(device) for k, v in inputs.items()}).float())
+            logits.append(task.forward(model, {k: v.to(device) for k, v in inputs.items()}).float())
         labels.append(target)
-    return classification_metrics(torch.cat(logits), torch.cat(labels))
+    return task.metrics(torch.cat(logits), torch.cat(labels))
 
 
 def _is_better(value: float, best: float | None, direction: str) -> bool:
@@ -109,7 +117,7 @@ def _is_better(value: float, best: float | None, direction: str) -> bool:
 
 
 def fit(
-    forward: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor],
+    task,
     model: nn.Module,
     layers: LayerStack,
     recipe: Recipe,
@@ -129,8 +137,13 @@ def fit(
     torch.manual_seed(seed)
     model.to(device)
     loader = DataLoader(
-        train_data, batch_size=recipe.batch_size, shuffle=True, drop_last=False,
-        collate_fn=train_data.collate, generator=torch.Generator().manual_seed(seed),
+        # a last batch of one breaks batch norm; drop the ragged tail when there is more data
+        train_data,
+        batch_size=recipe.batch_size,
+        shuffle=True,
+        drop_last=len(train_data) > recipe.batch_size,
+        collate_fn=train_data.collate,
+        generator=torch.Generator().manual_seed(seed),
     )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * recipe.epochs
@@ -143,14 +156,15 @@ def fit(
     best_value, best_state, bad_epochs, step = None, None, 0, 0
     start = time.perf_counter()
     for epoch in range(recipe.epochs):
-        layers.set_trainable(recipe.freeze_layers, recipe.gradual_unfreeze, epoch)
         model.train()
+        layers.set_trainable(recipe.freeze_layers, recipe.gradual_unfreeze, epoch)
+        freeze_norm_statistics(model)
         loss_sum, batches = 0.0, 0
         for inputs, labels in loader:
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             labels = labels.to(device, non_blocking=True)
             with _autocast(device):
-                logits = forward(model, inputs)
+                logits = task.forward(model, inputs)
             loss = nn.functional.cross_entropy(logits.float(), labels)
             if not torch.isfinite(loss):
                 raise Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
@@ -164,9 +178,14 @@ def fit(
             if step == total_steps:
                 break
 
-        metrics = evaluate(forward, model, val_data, device, batch_size=max(64, recipe.batch_size))
-        report = EpochReport(epoch + 1, loss_sum / max(batches, 1), metrics,
-                             time.perf_counter() - start, result.examples)
+        metrics = evaluate(task, model, val_data, device, batch_size=max(64, recipe.batch_size))
+        report = EpochReport(
+            epoch + 1,
+            loss_sum / max(batches, 1),
+            metrics,
+            time.perf_counter() - start,
+            result.examples,
+        )
         result.curve.append(report.as_dict())
         value = metrics[metric]
         if not math.isfinite(value):

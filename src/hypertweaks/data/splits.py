@@ -85,7 +85,9 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> list[int]:
     picked: list[int] = []
     for label in classes:
         members = np.flatnonzero(labels == label)
-        picked.extend(rng.choice(members, size=min(per_class, len(members)), replace=False).tolist())
+        picked.extend(
+            rng.choice(members, size=min(per_class, len(members)), replace=False).tolist()
+        )
     return sorted(picked)
 
 

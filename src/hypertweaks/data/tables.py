@@ -1,4 +1,4 @@
-"""Read a table of examples: CSV, TSV, JSONL, Parquet, or a folder saved by the `datasets` library."""
+"""Read a table of examples: CSV, TSV, JSONL, Parquet, or a `datasets` library folder."""
 
 from __future__ import annotations
 

@@ -25,12 +25,16 @@ class Task(Protocol):
     def build(self, recipe: Recipe) -> tuple[nn.Module, LayerStack]:
         """A fresh pretrained model for this recipe (dropout set), and its layers for freezing."""
 
-    def dataset(self, split: Split, train: bool) -> Dataset:
-        """Examples of one split; `train` turns on augmentation where the task has it. The
-        dataset's `collate(examples) -> (model inputs, labels)` makes its batches."""
+    def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
+        """Examples of one split; `train` turns on augmentation where the task has it; the recipe
+        may change what is fed (e.g. cached features when the backbone is frozen). The dataset's
+        `collate(examples) -> (model inputs, labels)` makes its batches."""
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Model inputs -> logits."""
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Validation / test metrics from logits."""
 
     def save(self, model: nn.Module, directory: Path) -> None:
         """Write the model so that `load` (or the model's own library) reads it back."""

@@ -1,5 +1,5 @@
 """Classification metrics from logits: loss, accuracy, macro-F1; ROC AUC and defect recall for two
-classes (class 1 is the positive, "defect" class)."""
+classes (`positive` is the defect class: its recall at the argmax threshold)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from sklearn.metrics import f1_score, recall_score, roc_auc_score
 from torch.nn import functional as F
 
 
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def classification_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, positive: int = 1
+) -> dict[str, float]:
     logits, labels = logits.float().cpu(), labels.cpu()
     predicted = logits.argmax(dim=1).numpy()
     truth = labels.numpy()
@@ -19,7 +21,11 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
         "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
     }
     if logits.shape[1] == 2:
-        scores = torch.softmax(logits, dim=1)[:, 1].numpy()
-        metrics["roc_auc"] = float(roc_auc_score(truth, scores)) if len(np.unique(truth)) == 2 else 0.5
-        metrics["defect_recall"] = float(recall_score(truth, predicted, zero_division=0))
+        scores = torch.softmax(logits, dim=1)[:, positive].numpy()
+        is_positive = truth == positive
+        both = len(np.unique(is_positive)) == 2
+        metrics["roc_auc"] = float(roc_auc_score(is_positive, scores)) if both else 0.5
+        metrics["defect_recall"] = float(
+            recall_score(is_positive, predicted == positive, zero_division=0)
+        )
     return metrics

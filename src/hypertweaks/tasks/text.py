@@ -22,6 +22,7 @@ from hypertweaks.models import (
     looks_like_path,
 )
 from hypertweaks.space import Recipe
+from hypertweaks.tasks.metrics import classification_metrics
 
 
 def drop_empty_texts(max_dropped_fraction: float, column: str):
@@ -96,8 +97,14 @@ class TextClassification:
         )
         self.pretrained_dropout = default_dropout(config)
         self.tokenizer = self._load_tokenizer(exp.model)
-        self.tokenizer_key = json.dumps([type(self.tokenizer).__name__, self.tokenizer.name_or_path,
-                                         len(self.tokenizer), exp.max_length])
+        self.tokenizer_key = json.dumps(
+            [
+                type(self.tokenizer).__name__,
+                self.tokenizer.name_or_path,
+                len(self.tokenizer),
+                exp.max_length,
+            ]
+        )
         probe = load_text_classifier(exp.model, len(self.splits.classes), self.id2label)
         self.num_layers = len(layer_stack(probe).blocks)
         del probe
@@ -121,7 +128,7 @@ class TextClassification:
         )
         return model, layer_stack(model)
 
-    def dataset(self, split: Split, train: bool) -> EncodedTexts:
+    def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> EncodedTexts:
         key = id(split)
         if key not in self._encoded:
             self._encoded[key] = self._encode(split)
@@ -138,7 +145,10 @@ class TextClassification:
             cached = torch.load(path, weights_only=True)
         else:
             encoded = self.tokenizer(
-                split.inputs, truncation=True, max_length=self.experiment.max_length, padding="max_length",
+                split.inputs,
+                truncation=True,
+                max_length=self.experiment.max_length,
+                padding="max_length",
                 return_tensors="pt",
             )
             cached = {
@@ -154,11 +164,17 @@ class TextClassification:
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**inputs).logits
 
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return classification_metrics(logits, labels)
+
     def save(self, model: nn.Module, directory: Path) -> None:
         model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        labels = {"classes": [c if isinstance(c, int | float | str) else str(c)
-                              for c in self.splits.classes]}
+        labels = {
+            "classes": [
+                c if isinstance(c, int | float | str) else str(c) for c in self.splits.classes
+            ]
+        }
         (directory / "labels.json").write_text(json.dumps(labels, indent=2, default=str))
 
     def load(self, directory: Path) -> nn.Module:
@@ -167,5 +183,8 @@ class TextClassification:
         return AutoModelForSequenceClassification.from_pretrained(directory)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model_source, "num_layers": self.num_layers,
-                "pretrained_dropout": self.pretrained_dropout}
+        return {
+            "model": self.model_source,
+            "num_layers": self.num_layers,
+            "pretrained_dropout": self.pretrained_dropout,
+        }

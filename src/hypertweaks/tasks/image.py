@@ -1,0 +1,245 @@
+"""Image classification (and defect detection) with a timm or Hugging Face backbone.
+
+Images are decoded and resized once per study. When a recipe freezes the whole backbone, its
+pooled features are computed once per study and image size, and only the classifier trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from hypertweaks.backbones import (
+    is_hf_model,
+    load_image_classifier,
+    normalisation,
+    pretrained_dropout,
+)
+from hypertweaks.config import Experiment
+from hypertweaks.data import Split, load_splits
+from hypertweaks.data.images import load_images_cached, read_images_source
+from hypertweaks.space import Recipe
+from hypertweaks.tasks.metrics import classification_metrics
+
+DEFECT_NAMES = (
+    "defect",
+    "defective",
+    "defects",
+    "bad",
+    "ng",
+    "nok",
+    "anomaly",
+    "faulty",
+    "1",
+    "true",
+    "yes",
+    "positive",
+)
+
+
+def positive_class(classes: list[Any]) -> int:
+    """For two classes, the one whose recall matters (the defect): found by name, else class 1."""
+    for index, name in enumerate(classes):
+        if str(name).strip().lower() in DEFECT_NAMES:
+            return index
+    return 1
+
+
+class Images(Dataset):
+    """uint8 images; training batches get a light augmentation (small crop, horizontal flip)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, augment: bool):
+        self.images, self.labels, self.augment = images, labels, augment
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        if augment:
+            from torchvision.transforms import v2
+
+            size = images.shape[-1]
+            self.transform = v2.Compose(
+                [
+                    v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+                    v2.RandomHorizontalFlip(),
+                ]
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        batch = self.images[torch.as_tensor(indices)]
+        if self.augment:
+            batch = torch.stack([self.transform(image) for image in batch])
+        pixels = batch.float().div_(255).expand(-1, 3, -1, -1)  # grayscale scans -> 3 channels
+        pixels = (pixels - self.mean) / self.std
+        return {"pixel_values": pixels}, self.labels[torch.as_tensor(indices)]
+
+
+class Features(Dataset):
+    """Pooled backbone features, for recipes that train only the classifier."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return {"features": self.features[index]}, self.labels[index]
+
+
+class ImageClassification:
+    def __init__(self, experiment: Experiment, cache_dir: Path):
+        self.experiment = experiment
+        self.cache_dir = cache_dir
+        self._pixels: dict[int, torch.Tensor] = {}
+        self._features: dict[int, torch.Tensor] = {}
+
+    def prepare(self) -> None:
+        exp = self.experiment
+        tables = {}
+        for role in ("train", "validation", "test"):
+            path = getattr(exp, role)
+            tables[role] = (
+                None
+                if path is None
+                else (
+                    read_images_source(Path(path), exp.image_column, exp.label_column, role),
+                    str(path),
+                )
+            )
+        self.splits = load_splits(tables, "image", "label", exp.validation_fraction, exp.seed)
+        for split in (self.splits.train, self.splits.validation, self.splits.test):
+            if split is not None:  # decode now: an unreadable image fails before any training
+                self._images(split)
+        self.positive = positive_class(self.splits.classes)
+        self.pretrained_dropout = pretrained_dropout(exp.model)
+        probe, layers = self._load(self.pretrained_dropout)
+        self.num_layers = len(layers.blocks)
+        self.mean, self.std = normalisation(probe)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return {i: str(name) for i, name in enumerate(self.splits.classes)}
+
+    def _load(self, dropout: float):
+        exp = self.experiment
+        return load_image_classifier(
+            exp.model, len(self.splits.classes), dropout, exp.weights, self.id2label
+        )
+
+    def build(self, recipe: Recipe):
+        return self._load(recipe.dropout)
+
+    def _images(self, split: Split) -> torch.Tensor:
+        key = id(split)
+        if key not in self._pixels:
+            self._pixels[key] = load_images_cached(
+                split.inputs, self.experiment.image_size, self.cache_dir
+            )
+        return self._pixels[key]
+
+    def trains_head_only(self, recipe: Recipe) -> bool:
+        return recipe.freeze_layers >= self.num_layers and not is_hf_model(self.experiment.model)
+
+    def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
+        labels = torch.as_tensor(split.labels)
+        if recipe is not None and self.trains_head_only(recipe):
+            return Features(self._backbone_features(split), labels)
+        return Images(self._images(split), labels, self.mean, self.std, augment=train)
+
+    @torch.no_grad()
+    def _backbone_features(self, split: Split) -> torch.Tensor:
+        """Pooled features of the frozen pretrained backbone: computed once per study and image
+        size (never paying twice for the same forward passes), on disk and in memory."""
+        key = id(split)
+        if key in self._features:
+            return self._features[key]
+        exp = self.experiment
+        digest = hashlib.sha256(json.dumps([exp.model, str(exp.weights), exp.image_size]).encode())
+        digest.update("\0".join(split.inputs).encode())
+        path = self.cache_dir / f"features-{digest.hexdigest()[:24]}.pt"
+        if path.exists():
+            features = torch.load(path, weights_only=True)
+        else:
+            model, _ = self._load(dropout=0.0)
+            model.eval()
+            data = Images(
+                self._images(split),
+                torch.as_tensor(split.labels),
+                self.mean,
+                self.std,
+                augment=False,
+            )
+            chunks = []
+            for start in range(0, len(data), 64):
+                inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
+                chunks.append(
+                    model.forward_head(
+                        model.forward_features(inputs["pixel_values"]), pre_logits=True
+                    )
+                )
+            features = torch.cat(chunks)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(features, path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
+        self._features[key] = features
+        return features
+
+    def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "features" in inputs:  # the frozen backbone ran once already: only the head trains
+            head_dropout = getattr(model, "drop_rate", 0.0)
+            features = nn.functional.dropout(inputs["features"], head_dropout, model.training)
+            return model.get_classifier()(features)
+        if is_hf_model(self.experiment.model):
+            return model(pixel_values=inputs["pixel_values"]).logits
+        return model(inputs["pixel_values"])
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        return classification_metrics(logits, labels, positive=self.positive)
+
+    def save(self, model: nn.Module, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "model": self.experiment.model,
+            "classes": [str(c) for c in self.splits.classes],
+            "image_size": self.experiment.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "positive_class": self.positive,
+        }
+        if is_hf_model(self.experiment.model):
+            model.save_pretrained(directory)
+        else:
+            from safetensors.torch import save_file
+
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(state, directory / "model.safetensors")
+        (directory / "labels.json").write_text(json.dumps(meta, indent=2))
+
+    def load(self, directory: Path) -> nn.Module:
+        if is_hf_model(self.experiment.model):
+            from transformers import AutoModelForImageClassification
+
+            return AutoModelForImageClassification.from_pretrained(directory)
+        import timm
+        from safetensors.torch import load_file
+
+        model = timm.create_model(
+            self.experiment.model, pretrained=False, num_classes=len(self.splits.classes)
+        )
+        model.load_state_dict(load_file(directory / "model.safetensors"))
+        return model

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import yaml
+
+from hypertweaks.cli import main
+
+
+def flags(exp):
+    return [
+        "tune",
+        "--model",
+        exp["model"],
+        "--train",
+        exp["train"],
+        "--validation",
+        exp["validation"],
+        "--test",
+        exp["test"],
+        "--runs-dir",
+        exp["runs_dir"],
+        "--name",
+        "cli",
+        "--max-length",
+        "16",
+        "--trials",
+        "2",
+        "--quiet",
+    ]
+
+
+def test_tune_from_flags(text_experiment, tmp_path, capsys):
+    assert main(flags(text_experiment)) == 0
+    out = capsys.readouterr().out
+    assert "best recipe" in out and "test, best recipe" in out
+    assert (tmp_path / "runs" / "cli" / "best" / "best.yaml").exists()
+
+
+def test_tune_from_yaml_with_flags_overriding(text_experiment, tmp_path, capsys):
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump({**text_experiment, "trials": 50, "name": "from-yaml"}))
+    assert main(["tune", str(path), "--trials", "1"]) == 0
+    assert "1 trials" in capsys.readouterr().out
+
+
+def test_bad_input_is_a_clear_error_without_a_traceback(text_experiment, capsys):
+    args = flags(text_experiment)
+    args[args.index("--train") + 1] = "missing.csv"
+    assert main(args) == 2
+    out = capsys.readouterr().out
+    assert "error:" in out and "missing.csv' does not exist" in out and "Traceback" not in out
+
+
+def test_console_script_is_installed():
+    done = subprocess.run(
+        [sys.executable, "-m", "hypertweaks.cli", "tune", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--text-column" in done.stdout and "--timeout" in done.stdout

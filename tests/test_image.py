@@ -1,0 +1,177 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from hypertweaks import DataError, ModelError, tune
+from hypertweaks.backbones import map_state_dict
+from hypertweaks.config import make_experiment
+from hypertweaks.tasks.image import ImageClassification, positive_class
+
+timm = pytest.importorskip("timm")
+
+
+def write_images(root, counts, seed=0, mode="L"):
+    """Class 'defect' has a bright square on noise; class 'ok' is noise only."""
+    rng = np.random.default_rng(seed)
+    for label, count in counts.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = rng.integers(0, 90, size=(40, 40), dtype=np.uint8)
+            if label == "defect":
+                x, y = rng.integers(4, 24, size=2)
+                pixels[y : y + 12, x : x + 12] = 255
+            image = Image.fromarray(pixels, "L")
+            (image.convert("RGB") if mode == "RGB" else image).save(root / label / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_weights(tmp_path_factory):
+    """A tiny random timm EfficientNet as a local weights file (its names, 1000 classes)."""
+    path = tmp_path_factory.mktemp("weights") / "tiny.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_efficientnet").state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def image_experiment(tmp_path, tiny_cnn_weights):
+    return {
+        "task": "image-classification",
+        "model": "test_efficientnet",
+        "weights": str(tiny_cnn_weights),
+        "train": str(write_images(tmp_path / "train", {"defect": 24, "ok": 24})),
+        "test": str(write_images(tmp_path / "test", {"defect": 8, "ok": 8}, seed=1)),
+        "image_size": 32,
+        "name": "img",
+        "runs_dir": str(tmp_path / "runs"),
+        "trials": 3,
+        "quiet": True,
+        "metric": "roc_auc",
+        "space": {"epochs": {"low": 1, "high": 3}, "batch_size": [8, 16]},
+    }
+
+
+def test_tunes_an_image_folder_end_to_end(image_experiment):
+    result = tune(image_experiment)
+    assert {"accuracy", "macro_f1", "roc_auc", "defect_recall"} <= set(result.test_metrics)
+    labels = json.loads((result.best_model_dir / "labels.json").read_text())
+    assert labels["classes"] == ["defect", "ok"] and labels["positive_class"] == 0
+    assert (result.best_model_dir / "model.safetensors").exists()
+
+
+def test_reads_a_table_of_image_paths(image_experiment, tmp_path):
+    rows = [
+        {"path": f"train/{label}/{i}.png", "kind": label}
+        for label in ("defect", "ok")
+        for i in range(24)
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "images.csv", index=False)
+    exp = make_experiment(
+        {
+            **image_experiment,
+            "train": str(tmp_path / "images.csv"),
+            "image_column": "path",
+            "label_column": "kind",
+        }
+    )
+    task = ImageClassification(exp, tmp_path / "cache")
+    task.prepare()
+    assert len(task.splits.train) + len(task.splits.validation) == 48
+
+
+def test_rgb_and_grayscale_images_become_three_channels(image_experiment, tmp_path):
+    write_images(tmp_path / "rgb", {"defect": 4, "ok": 4}, mode="RGB")
+    exp = make_experiment({**image_experiment, "train": str(tmp_path / "rgb"), "test": None})
+    task = ImageClassification(exp, tmp_path / "cache")
+    task.prepare()
+    inputs, _ = task.dataset(task.splits.train, False).collate([0, 1])
+    assert inputs["pixel_values"].shape == (2, 3, 32, 32)
+
+
+def test_head_only_recipes_train_on_cached_features(image_experiment, tmp_path):
+    # freezing the whole backbone: features computed once, then only the classifier trains
+    exp = make_experiment({**image_experiment, "space": {"freeze_layers": "all", "epochs": 2}})
+    task = ImageClassification(exp, tmp_path / "cache")
+    task.prepare()
+    from hypertweaks.search import resolve_space, suggest
+    from hypertweaks.train import fit
+
+    class Fixed:  # a trial that takes every knob's first value
+        def suggest_categorical(self, name, choices):
+            return choices[0]
+
+        def suggest_float(self, name, low, high, log=False):
+            return low
+
+        suggest_int = suggest_float
+
+    recipe = suggest(Fixed(), resolve_space(exp.space, task.num_layers))
+    train = task.dataset(task.splits.train, True, recipe)
+    assert "features" in train.collate([0])[0]
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 1
+    model, layers = task.build(recipe)
+    backbone = [p.detach().clone() for p in model.blocks.parameters()]
+    fit(task, model, layers, recipe, train, task.dataset(task.splits.validation, False, recipe))
+    assert all(torch.equal(a, b) for a, b in zip(backbone, model.blocks.parameters(), strict=True))
+
+
+def test_backbone_stages_are_the_freezable_layers(image_experiment, tmp_path):
+    exp = make_experiment(image_experiment)
+    task = ImageClassification(exp, tmp_path / "cache")
+    task.prepare()
+    model, layers = task._load(dropout=0.1)
+    assert task.num_layers == len(model.blocks) + 1  # the stages, then the neck (conv_head)
+    classifier = {id(p) for p in model.get_classifier().parameters()}
+    assert {id(p) for p in layers.top} == classifier
+
+
+def test_positive_class_is_found_by_name():
+    assert positive_class(["defective", "functional"]) == 0
+    assert positive_class(["free", "crack"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda root: (root / "train" / "empty").mkdir(), "class folder .*empty.* holds no images"),
+        (
+            lambda root: (root / "train" / "ok" / "broken.png").write_bytes(b"not an image"),
+            "cannot read image .*broken.png",
+        ),
+        (lambda root: write_images(root / "train", {"lonely": 1}), "class 'lonely' has only 1"),
+    ],
+)
+def test_bad_image_data_is_a_clear_error_before_training(
+    image_experiment, tmp_path, setup, message
+):
+    setup(tmp_path)
+    with pytest.raises(DataError, match=message):
+        tune(image_experiment)
+
+
+def test_missing_image_paths_in_a_table(image_experiment, tmp_path):
+    pd.DataFrame({"image": ["nope.png", "train/ok/0.png"], "label": ["a", "b"]}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    with pytest.raises(DataError, match="1 of 2 image paths .* missing files, e.g. .*nope.png"):
+        tune({**image_experiment, "train": str(tmp_path / "t.csv")})
+
+
+def test_weights_for_another_architecture_are_refused(tmp_path):
+    model = timm.create_model("test_efficientnet")
+    wrong = {k: v for k, v in list(model.state_dict().items())[:-3]}
+    with pytest.raises(ModelError, match="have .* tensors but"):
+        map_state_dict({f"_x{i}": v for i, v in enumerate(wrong.values())}, model, tmp_path)
+    shuffled = dict(reversed(list(model.state_dict().items())))
+    with pytest.raises(ModelError, match="do not fit the model"):
+        map_state_dict({f"_{k}": v for k, v in shuffled.items()}, model, tmp_path)
+
+
+def test_unknown_backbone_name(image_experiment):
+    with pytest.raises(ModelError, match="unknown model 'efficientnet_lite9'"):
+        tune({**image_experiment, "model": "efficientnet_lite9"})
