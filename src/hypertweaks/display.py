@@ -66,9 +66,13 @@ class LogDisplay:
         )
 
     def trial_finished(self, row: dict[str, Any]) -> None:
-        value = row.get("value")
-        shown = "-" if value is None else f"{value:.4f}"
-        log.info("trial %d %s: best val %s=%s", row["number"], row["state"], self.metric, shown)
+        if row["state"] == "complete":
+            shown = f"best val {self.metric}={row['value']:.4f}"
+        elif row["state"] == "pruned":
+            shown = f"at epoch {len(row['curve'])}, val {self.metric}={row['last_value']:.4f}"
+        else:
+            shown = row.get("error") or ("interrupted" if row.get("interrupted") else "")
+        log.info("trial %d %s: %s", row["number"], row["state"], shown)
 
 
 class LiveDisplay(LogDisplay):

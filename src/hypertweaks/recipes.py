@@ -36,7 +36,19 @@ _BY_TASK = {
     "image-classification": IMAGE_CLASSIFICATION,
 }
 
+# Search ranges that differ from the knobs' general defaults (space.KNOBS): CNNs fine-tune at
+# learning rates about ten times those of transformers.
+_SPACE_BY_TASK = {
+    "text-classification": {},
+    "image-classification": {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}},
+}
+
 
 def default_recipe(task: str, pretrained_dropout: float) -> dict[str, Any]:
     """The recommended recipe; dropout is the one the model was pretrained with."""
     return {**_BY_TASK[task], "dropout": float(pretrained_dropout)}
+
+
+def default_space(task: str, user_space: dict[str, Any]) -> dict[str, Any]:
+    """The task's default search ranges, overridden knob by knob by the user's."""
+    return {**_SPACE_BY_TASK[task], **user_space}

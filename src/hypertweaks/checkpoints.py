@@ -1,0 +1,80 @@
+"""The one best model of a study on disk: RUN_DIR/best -> checkpoints/trial-N.
+
+A new best is written next to the old one, then the `best` link is swapped atomically under a
+file lock (workers may share RUN_DIR), then the old one is deleted: a crash at any point leaves a
+complete best model, and at rest there is exactly one checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Container, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+META = "trial.json"
+
+
+class BestCheckpoint:
+    def __init__(self, run_dir: Path, direction: str):
+        self.run_dir, self.direction = run_dir, direction
+        self.link = run_dir / "best"
+        self.checkpoints = run_dir / "checkpoints"
+
+    def meta(self) -> dict | None:
+        """{'trial': N, 'value': v} of the best checkpoint, or None."""
+        path = self.link / META
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def beats_current(self, value: float) -> bool:
+        current = self.meta()
+        if current is None:
+            return True
+        best = current["value"]
+        return value > best if self.direction == "maximize" else value < best
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / ".best.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def offer(self, trial: int, value: float, write: Callable[[Path], None]) -> bool:
+        """Keep this trial's model if it beats the best on disk; `write(folder)` saves it."""
+        if not self.beats_current(value):
+            return False
+        target = self.checkpoints / f"trial-{trial}"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        write(target)
+        (target / META).write_text(json.dumps({"trial": trial, "value": value}))
+        with self._locked():
+            if not self.beats_current(value):  # another worker saved a better one meanwhile
+                shutil.rmtree(target)
+                return False
+            previous = self.link.resolve() if self.link.is_symlink() else None
+            tmp_link = self.run_dir / f".best-{trial}.tmp"
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(target.relative_to(self.run_dir))
+            os.replace(tmp_link, self.link)
+            if previous is not None and previous != target.resolve():
+                shutil.rmtree(previous, ignore_errors=True)
+        return True
+
+    def remove_orphans(self, running: Container[int]) -> None:
+        """Delete checkpoints left half-written by a crash (not the best, not being written)."""
+        if not self.checkpoints.is_dir():
+            return
+        with self._locked():
+            keep = self.link.resolve() if self.link.is_symlink() else None
+            for folder in self.checkpoints.iterdir():
+                number = int(folder.name.removeprefix("trial-"))
+                if folder.resolve() != keep and number not in running:
+                    shutil.rmtree(folder, ignore_errors=True)
