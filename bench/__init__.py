@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
+# Cells, plots and speed runs; RESULTS.md goes next to the default folder, else inside it.
+RESULTS_DIR = Path(os.environ.get("HYPERTWEAKS_BENCH_RESULTS", BENCH_DIR / "results")).resolve()
+RESULTS_MD = (
+    BENCH_DIR / "RESULTS.md" if RESULTS_DIR == BENCH_DIR / "results" else RESULTS_DIR / "RESULTS.md"
+)
 WORK_DIR = BENCH_DIR / "work"  # data cuts, token caches, study folders; git-ignored
 
 # Everything offline and quiet, before transformers is imported anywhere.

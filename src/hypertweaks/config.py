@@ -52,6 +52,9 @@ class Experiment(BaseModel):
     name: str = "study"
     runs_dir: Path = Path("runs")
     storage: str | None = Field(None, description="Optuna storage URL; default runs/NAME/study.db")
+    heartbeat_seconds: int = Field(
+        30, ge=1, description="a trial whose worker is silent for twice this long is retried"
+    )
     trials: int | None = 20
     timeout: float | None = Field(None, description="wall-clock budget of the whole study, seconds")
 

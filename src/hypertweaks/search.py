@@ -7,6 +7,7 @@ import gc
 import json
 import logging
 import os
+import random
 import tempfile
 import time
 import warnings
@@ -62,19 +63,34 @@ def redact(url: str) -> str:
         return url.split(":", 1)[0] + "://***"
 
 
+def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """The study's storage. Workers that start together on a new database race to create its
+    tables; the losers retry."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            # A worker that dies mid-trial stops beating; its trial is failed and retried once.
+            return optuna.storages.RDBStorage(
+                storage_url(exp),
+                heartbeat_interval=exp.heartbeat_seconds,
+                grace_period=2 * exp.heartbeat_seconds,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=1
+                ),
+            )
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
 def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
     trials = exp.trials or 20
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # A worker that dies mid-trial stops beating; its trial is failed and retried once.
-        storage = optuna.storages.RDBStorage(
-            storage_url(exp),
-            heartbeat_interval=30,
-            grace_period=90,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                max_retry=1
-            ),
-        )
+        storage = _connect(exp)
         sampler = optuna.samplers.TPESampler(
             seed=exp.seed,
             n_startup_trials=max(2, min(10, trials // 4)),
@@ -141,6 +157,12 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
     if trial.datetime_start and trial.datetime_complete:
         return (trial.datetime_complete - trial.datetime_start).total_seconds()
     return 0.0
+
+
+def _fail_stale_trials(study: optuna.Study) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def _enqueue_interrupted(study: optuna.Study) -> None:
@@ -320,7 +342,9 @@ class Search:
         if exp.smoke:
             self.smoke()
         if exp.defaults_first and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(fit_into(self.space, self.defaults), user_attrs={"tag": "defaults"})
+            study.enqueue_trial(  # skip_if_exists: workers that start together enqueue it once
+                fit_into(self.space, self.defaults), {"tag": "defaults"}, skip_if_exists=True
+            )
         _enqueue_interrupted(study)
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         self.best.remove_orphans(running)
@@ -344,6 +368,7 @@ class Search:
         """The budget is shared by every worker of the study: trials counted, plus trials that
         other workers are running (they will count), against trials; trial time against
         timeout."""
+        _fail_stale_trials(study)  # a dead worker's trial stops counting (and is retried)
         trials = study.get_trials(deepcopy=False)
         if before is not None:
             trials = [t for t in trials if t.number < before]

@@ -1,0 +1,192 @@
+"""Runs the (task, method, budget, seed) cells, one JSON file each under
+bench/results/cells/<cut>/, skipping cells already there: the table fills over several runs.
+
+Per task and seed the 'defaults' cell runs first; its wall time is the budget unit, and every
+other method gets budget = k x that time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+import traceback
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import BENCH_DIR, RESULTS_DIR
+from bench.tasks import Cut
+
+CELLS_DIR = RESULTS_DIR / "cells"
+
+
+def parse_budget(text: str) -> float:
+    value = float(text.strip().lower().removesuffix("x"))
+    if value <= 0:
+        raise SystemExit(f"a budget is a positive multiple of a default run, e.g. 4x; got {text}")
+    return value
+
+
+def budget_name(multiple: float) -> str:
+    return f"{multiple:g}x"
+
+
+def cell_path(
+    cut: Cut, task: str, method: str, budget: str | None, seed: int, cells_dir: Path | None = None
+) -> Path:
+    parts = [task, method] + ([budget] if budget else []) + [f"s{seed}"]
+    return (cells_dir or CELLS_DIR) / cut.key / ("__".join(parts) + ".json")
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(
+            ["git", *args], cwd=BENCH_DIR.parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def machine(device) -> dict[str, Any]:
+    import optuna
+    import torch
+    import transformers
+
+    from bench import methods as bench_methods
+
+    info = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device)
+        if getattr(device, "type", "") == "cuda"
+        else _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "threads_pinned": bench_methods.PINNED_THREADS is not None,
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "optuna": optuna.__version__,
+        "hypertweaks_commit": _git("rev-parse", "--short", "HEAD"),
+        "hypertweaks_dirty": bool(_git("status", "--porcelain", "--", "src")),
+    }
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def write_cell(path: Path, cell: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _run_cell(path, ctx, method, multiple, budget_seconds) -> dict[str, Any] | None:
+    from bench.methods import METHODS
+
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    print(
+        f"cell {path.name}: budget {budget_seconds:.0f}s"
+        if budget_seconds
+        else f"cell {path.name}",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    try:
+        result = METHODS[method](ctx, budget_seconds)
+    except Exception:  # one broken method must not stop the table
+        error = traceback.format_exc()
+        print(error, flush=True)
+        path.with_suffix(".error.txt").write_text(error)
+        return None
+    cell = {
+        "task": ctx.task,
+        "method": method,
+        "budget": budget_name(multiple) if multiple else None,
+        "budget_multiple": multiple,
+        "budget_seconds": budget_seconds,
+        "unit_seconds": ctx.unit_seconds,
+        "seed": ctx.seed,
+        "cut": {**asdict(ctx.cut), "key": ctx.cut.key},
+        "rows": {
+            "train": len(ctx.text.splits.train),
+            "validation": len(ctx.text.splits.validation),
+            "test": len(ctx.text.splits.test),
+            "classes": len(ctx.text.splits.classes),
+        },
+        "machine": machine(ctx.device),
+        "started": started,
+        "wall_seconds": time.perf_counter() - t0,
+        "result": result,
+    }
+    write_cell(path, cell)
+    path.with_suffix(".error.txt").unlink(missing_ok=True)
+    test = (result.get("test_metrics") or {}).get("accuracy")
+    print(
+        f"  -> val {result.get('val_score')} test {test} examples {result.get('examples')} "
+        f"{result.get('seconds', 0):.0f}s",
+        flush=True,
+    )
+    return cell
+
+
+def run(
+    tasks: list[str],
+    methods: list[str],
+    budgets: list[float],
+    seeds: list[int],
+    cut: Cut,
+    device: str = "auto",
+    cells_dir: Path | None = None,
+) -> int:
+    """Runs every missing cell; returns how many failed."""
+    from bench.methods import METHODS, make_context
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown methods {unknown}; the methods are: {', '.join(METHODS)}")
+    failures = 0
+    cells_dir = cells_dir or CELLS_DIR
+    (cells_dir / cut.key).mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        for seed in seeds:
+            ctx = None
+            unit_path = cell_path(cut, task, "defaults", None, seed, cells_dir)
+            if not unit_path.exists():
+                ctx = make_context(task, cut, seed, device)
+                if _run_cell(unit_path, ctx, "defaults", None, None) is None:
+                    failures += 1
+                    continue
+            unit = json.loads(unit_path.read_text())["result"]["seconds"]
+            for multiple in budgets:
+                for method in methods:
+                    if method == "defaults":
+                        continue
+                    path = cell_path(cut, task, method, budget_name(multiple), seed, cells_dir)
+                    if path.exists():
+                        print(f"cell {path.name}: done, skipped", flush=True)
+                        continue
+                    ctx = ctx or make_context(task, cut, seed, device)
+                    ctx.unit_seconds = unit
+                    if _run_cell(path, ctx, method, multiple, multiple * unit) is None:
+                        failures += 1
+    return failures

@@ -1,0 +1,107 @@
+"""Training speed: examples/second of hypertweaks' training loop (hypertweaks.train.fit) against
+the Hugging Face Trainer, same recipe (the default recipe, one epoch), same tokens, same device,
+run back to back and alternated. Writes bench/results/speed/<cut>__<task>.json."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from bench import RESULTS_DIR
+from bench.run import machine, write_cell
+from bench.tasks import Cut
+
+
+def _hypertweaks_once(ctx, recipe) -> dict[str, float]:
+    from hypertweaks.train import fit
+
+    tiny_val = ctx.text.dataset(ctx.text.splits.validation, False)
+    tiny_val = type(tiny_val)(tiny_val.ids[:8], tiny_val.lengths[:8], tiny_val.labels[:8])
+    model, layers = ctx.text.build(recipe)
+    t0 = time.perf_counter()
+    result = fit(
+        ctx.text, model, layers, recipe, ctx.train, tiny_val, device=ctx.device, seed=ctx.seed
+    )
+    wall = time.perf_counter() - t0
+    # fit's epoch time includes a validation pass over 8 examples: negligible
+    return {"examples": result.examples, "seconds": result.seconds, "wall": wall}
+
+
+def _hf_once(ctx, recipe) -> dict[str, float]:
+    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer
+
+    from bench.methods import HFData, hf_arguments, hf_model_init
+    from hypertweaks.train import SCHEDULER_NAMES
+
+    train = HFData(ctx.train)
+    model = hf_model_init(ctx)()
+    with tempfile.TemporaryDirectory(prefix="hf-speed-") as out:
+        args = hf_arguments(
+            ctx,
+            out,
+            eval_strategy="no",
+            save_strategy="no",
+            load_best_model_at_end=False,
+            logging_strategy="no",
+            learning_rate=recipe.learning_rate,
+            per_device_train_batch_size=recipe.batch_size,
+            num_train_epochs=recipe.epochs,
+            weight_decay=recipe.weight_decay,
+            lr_scheduler_type=SCHEDULER_NAMES[recipe.schedule],
+            warmup_steps=recipe.warmup_ratio,  # transformers 5: a float below 1 is a ratio
+            max_grad_norm=1.0,
+            dataloader_drop_last=True,  # as hypertweaks drops the ragged tail
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train,
+            data_collator=DataCollatorWithPadding(ctx.text.tokenizer),
+        )
+        trainer.remove_callback(PrinterCallback)
+        t0 = time.perf_counter()
+        output = trainer.train()
+        wall = time.perf_counter() - t0
+    return {"examples": train.reads, "seconds": output.metrics["train_runtime"], "wall": wall}
+
+
+def speed(task: str, cut: Cut, repeats: int = 2, epochs: int = 1, device: str = "auto"):
+    from bench.methods import make_context
+    from hypertweaks.space import Recipe
+
+    ctx = make_context(task, cut, seed=0, device=device)
+    recipe = Recipe(**{**ctx.defaults, "epochs": epochs})
+    runs: dict[str, list[dict[str, float]]] = {"hypertweaks": [], "hf_trainer": []}
+    _hypertweaks_once(ctx, Recipe(**{**recipe.as_dict(), "epochs": 1}))  # warm-up, not counted
+    for i in range(repeats):
+        order = ("hypertweaks", "hf_trainer") if i % 2 == 0 else ("hf_trainer", "hypertweaks")
+        for name in order:
+            once = _hypertweaks_once if name == "hypertweaks" else _hf_once
+            run = once(ctx, recipe)
+            run["examples_per_second"] = run["examples"] / run["seconds"]
+            runs[name].append(run)
+            print(f"  {name}: {run['examples_per_second']:.1f} examples/s", flush=True)
+            torch.manual_seed(0)
+    rate = {k: statistics.median(r["examples_per_second"] for r in v) for k, v in runs.items()}
+    data: dict[str, Any] = {
+        "task": task,
+        "cut": {"key": cut.key, "train": len(ctx.text.splits.train), "max_length": cut.max_length},
+        "recipe": recipe.as_dict(),
+        "repeats": repeats,
+        "runs": runs,
+        "examples_per_second": rate,
+        "ratio": rate["hypertweaks"] / rate["hf_trainer"],
+        "machine": machine(ctx.device),
+    }
+    path = RESULTS_DIR / "speed" / f"{cut.key}__{task}.json"
+    write_cell(path, data)
+    print(
+        f"hypertweaks {rate['hypertweaks']:.1f} ex/s, HF Trainer {rate['hf_trainer']:.1f} ex/s: "
+        f"ratio {data['ratio']:.2f} -> {path}",
+        flush=True,
+    )
+    return data

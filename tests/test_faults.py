@@ -1,0 +1,251 @@
+"""Each fault is caused for real; each test checks that nothing finished is lost."""
+
+import json
+import signal
+import time
+
+import optuna
+import pytest
+import torch
+import yaml
+from faults import Postgres, load_trials, start_worker, trial_running, wait_until
+
+import hypertweaks.search as search_module
+from hypertweaks import tune
+from hypertweaks.checkpoints import BestCheckpoint
+from hypertweaks.config import make_experiment
+from hypertweaks.search import counted, redact
+from hypertweaks.space import Recipe
+from hypertweaks.tasks.text import TextClassification
+from hypertweaks.train import fit
+
+FAIL = optuna.trial.TrialState.FAIL
+
+
+@pytest.fixture
+def slow_experiment(text_experiment, tmp_path):
+    """Trials of several seconds, so that a worker can be hit in the middle of one."""
+    exp = {
+        **text_experiment,
+        "name": "faults",
+        "trials": 3,
+        "heartbeat_seconds": 1,
+        "pruner": "none",
+        "patience": 100,
+        "space": {"epochs": 12, "batch_size": 8, "learning_rate": 1e-4},
+    }
+    path = tmp_path / "faults.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    storage = f"sqlite:///{tmp_path}/runs/faults/study.db"
+    return exp, path, storage
+
+
+@pytest.fixture
+def workers():
+    """Starts worker processes; a failing test must not leave them running."""
+    started = []
+
+    def start(*args):
+        started.append(start_worker(*args))
+        return started[-1]
+
+    yield start
+    for worker in started:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
+def snapshot(trials, numbers):
+    return {n: (trials[n].params, trials[n].value, trials[n].state) for n in numbers}
+
+
+def test_a_killed_worker_s_trial_is_retried_and_nothing_finished_is_lost(slow_experiment, workers):
+    exp, path, storage = slow_experiment
+    worker = workers(path)
+    wait_until(lambda: trial_running(storage, "faults", 1, worker), what="trial 1 to run")
+    worker.kill()  # SIGKILL mid-trial: no chance to clean up
+    worker.wait()
+    time.sleep(2 * exp["heartbeat_seconds"] + 1)  # its heartbeat goes stale
+    before = snapshot(load_trials(storage, "faults"), [0])
+    best_before = json.loads((exp_dir(exp) / "best" / "trial.json").read_text())
+
+    result = tune({**exp, "space": exp["space"]})  # the same command, run again
+    trials = load_trials(storage, "faults")
+    assert snapshot(trials, [0]) == before
+    assert trials[1].state == FAIL  # stale heartbeat -> failed ...
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert len(retries) == 1 and retries[0].params == trials[1].params  # ... and retried once
+    assert sum(map(counted, trials)) == 3 == result.trials
+    assert best_before["trial"] == 0
+
+
+def exp_dir(exp):
+    from pathlib import Path
+
+    return Path(exp["runs_dir"]) / exp["name"]
+
+
+def test_ctrl_c_stops_the_trial_saves_the_study_and_the_same_command_resumes(
+    slow_experiment, workers
+):
+    exp, path, storage = slow_experiment
+    worker = workers(path)
+    wait_until(lambda: trial_running(storage, "faults", 1, worker), what="trial 1 to run")
+    worker.send_signal(signal.SIGINT)
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 130 and "run the same command to resume" in output
+    trials = load_trials(storage, "faults")
+    assert trials[1].state == FAIL and trials[1].user_attrs["interrupted"]
+    before = snapshot(trials, [0])
+    assert (exp_dir(exp) / "best" / "config.json").exists()
+
+    resumed = workers(path)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    trials = load_trials(storage, "faults")
+    assert snapshot(trials, [0]) == before
+    assert sum(map(counted, trials)) == 3
+    assert any(t.user_attrs.get("retry_of") == 1 for t in trials)
+
+
+FAST = Recipe(
+    learning_rate=1e-3,
+    batch_size=8,
+    epochs=2,
+    dropout=0.0,
+    weight_decay=0.01,
+    schedule="constant",
+    warmup_ratio=0.0,
+    freeze_layers=0,
+    gradual_unfreeze=False,
+)
+
+
+@pytest.fixture
+def task(text_experiment, tmp_path):
+    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
+    task.prepare()
+    return task
+
+
+def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(task):
+    class OutOfMemoryAbove(type(task)):
+        def forward(self, model, inputs):
+            if model.training and len(inputs["input_ids"]) > 3:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return super().forward(model, inputs)
+
+    oom_task = object.__new__(OutOfMemoryAbove)
+    oom_task.__dict__.update(task.__dict__)
+    results = {}
+    for name, runner in (("plain", task), ("oom", oom_task)):
+        torch.manual_seed(0)
+        model, layers = task.build(FAST)
+        results[name] = (
+            model,
+            fit(
+                runner,
+                model,
+                layers,
+                FAST,
+                task.dataset(task.splits.train, True),
+                task.dataset(task.splits.validation, False),
+                seed=0,
+            ),
+        )
+    (plain_model, plain), (oom_model, oom) = results["plain"], results["oom"]
+    assert oom.micro_batch == 2 and plain.micro_batch is None
+    assert oom.examples == plain.examples  # same batches, same optimizer steps
+    for a, b in zip(plain_model.parameters(), oom_model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_a_trial_out_of_memory_even_at_one_example_fails_alone(text_experiment, monkeypatch):
+    real_fit, calls = search_module.fit, []
+
+    def oom_on_trial_1(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # smoke, trial 0, trial 1
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(search_module, "fit", oom_on_trial_1)
+    result = tune(text_experiment)
+    trials = load_trials(f"sqlite:///{text_experiment['runs_dir']}/tiny/study.db", "tiny")
+    assert trials[1].state == FAIL and "OutOfMemoryError" in trials[1].user_attrs["error"]
+    assert result.trials == 3 and trials[2].state.is_finished()
+
+
+def test_a_crash_while_writing_a_new_best_keeps_the_previous_one(tmp_path):
+    best = BestCheckpoint(tmp_path, "maximize")
+    best.offer(0, 0.5, lambda folder: (folder / "model.bin").write_text("trial 0"))
+
+    def crash_midway(folder):
+        (folder / "model.bin").write_text("half of trial 1")
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError):
+        best.offer(1, 0.9, crash_midway)
+    assert best.meta() == {"trial": 0, "value": 0.5}
+    assert (tmp_path / "best" / "model.bin").read_text() == "trial 0"
+    best.remove_orphans(running=set())  # the next start cleans the half-written one
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["trial-0"]
+    assert not best.offer(2, 0.4, lambda folder: pytest.fail("a worse model is never written"))
+
+
+def test_same_seed_and_config_give_the_same_recipes_and_scores(text_experiment, tmp_path):
+    runs = []
+    for attempt in ("a", "b"):
+        tune({**text_experiment, "runs_dir": str(tmp_path / attempt)})
+        trials = load_trials(f"sqlite:///{tmp_path / attempt}/tiny/study.db", "tiny")
+        runs.append([(t.params, t.value, t.user_attrs["seed"]) for t in trials])
+    assert runs[0] == runs[1]
+    assert [seed for _, _, seed in runs[0]] == [0, 1, 2]
+
+
+def test_storage_passwords_are_never_shown():
+    url = "postgresql+psycopg2://me:hunter2@db.example.com:5432/studies"
+    assert "hunter2" not in redact(url) and "db.example.com" in redact(url)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        server = Postgres()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    url = server.start()
+    yield server, url
+    server.stop()
+
+
+def test_two_workers_share_one_study_on_postgresql(postgres, text_experiment, tmp_path, workers):
+    server, url = postgres
+    exp = {
+        **text_experiment,
+        "name": "shared",
+        "trials": 5,
+        "storage": url,
+        "space": {**text_experiment["space"], "epochs": 3},
+    }
+    path = tmp_path / "shared.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    both = [workers(path) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in both]
+    assert [w.returncode for w in both] == [0, 0], "\n\n".join(
+        o[-1500:] for o, w in zip(outputs, both, strict=True) if w.returncode
+    )
+
+    trials = load_trials(url, "shared")
+    assert sum(map(counted, trials)) == 5  # one shared budget, nothing duplicated or lost
+    assert sum(1 for t in trials if t.user_attrs.get("tag") == "defaults") == 1
+    assert all(t.state.is_finished() for t in trials)
+    run_dir = tmp_path / "runs" / "shared"
+    assert len(list((run_dir / "checkpoints").iterdir())) == 1
+    results = (run_dir / "results.json").read_text()
+    for text in [results, *outputs]:
+        assert server.password not in text
+    best = json.loads((run_dir / "best" / "trial.json").read_text())
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert best["value"] == max(t.value for t in complete)
