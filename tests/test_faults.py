@@ -14,8 +14,8 @@ import hypertweaks.search as search_module
 from hypertweaks import tune
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import make_experiment
-from hypertweaks.search import counted, redact
 from hypertweaks.space import Recipe
+from hypertweaks.study import counted, redact
 from hypertweaks.tasks.text import TextClassification
 from hypertweaks.train import fit
 

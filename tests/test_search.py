@@ -6,6 +6,7 @@ import yaml
 
 import hypertweaks.search as search_module
 from hypertweaks import load_experiment, tune
+from hypertweaks.study import trial_seconds
 from hypertweaks.train import Diverged
 
 
@@ -119,7 +120,7 @@ def test_a_resumed_study_must_be_the_same_search(text_experiment):
 
 def test_the_timeout_counts_the_whole_study(text_experiment):
     tune({**text_experiment, "trials": 2})
-    used = sum(search_module.trial_seconds(t) for t in study_trials(text_experiment))
+    used = sum(trial_seconds(t) for t in study_trials(text_experiment))
     result = tune({**text_experiment, "trials": 10, "timeout": used * 0.9, "smoke": False})
     assert result.trials == 2  # the budget was spent by the first run
 

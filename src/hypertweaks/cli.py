@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +15,7 @@ from hypertweaks.config import ConfigError, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
 from hypertweaks.models import ModelError
+from hypertweaks.report import render
 from hypertweaks.search import Result, tune
 
 # flag -> (experiment field, type, help); every flag overrides the YAML file.
@@ -56,7 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="skip the smoke run on a tiny subset",
     )
+    report_cmd = commands.add_parser("report", help="write RUN_DIR/report.html for a study")
+    report_cmd.add_argument("run_dir", help="the study folder, e.g. runs/NAME")
+    report_cmd.add_argument("--storage", help="the study's storage URL, if not RUN_DIR/study.db")
+    dashboard_cmd = commands.add_parser("dashboard", help="live optuna-dashboard on a study")
+    dashboard_cmd.add_argument("run_dir", help="the study folder, e.g. runs/NAME")
+    dashboard_cmd.add_argument("--storage", help="the study's storage URL, if not RUN_DIR/study.db")
+    dashboard_cmd.add_argument("--host", default="127.0.0.1", help="bind address (default local)")
+    dashboard_cmd.add_argument("--port", type=int, default=8080)
     return parser
+
+
+def run_dashboard(args: argparse.Namespace, console: Console) -> int:
+    try:
+        from optuna_dashboard import run_server
+    except ImportError:
+        console.print("the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
+        return 2
+    storage = args.storage or f"sqlite:///{(Path(args.run_dir) / 'study.db').resolve()}"
+    console.print(f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    run_server(storage, host=args.host, port=args.port)
+    return 0
 
 
 def print_result(result: Result, console: Console) -> None:
@@ -79,12 +101,23 @@ def print_result(result: Result, console: Console) -> None:
         f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})"
     )
     console.print(f"all trials: {result.results_path}")
+    if result.report_path:
+        console.print(f"report: {result.report_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    console = Console()
+    if args.command == "report":
+        try:
+            console.print(f"report: {render(args.run_dir, args.storage)}")
+        except FileNotFoundError as error:
+            console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+            return 2
+        return 0
+    if args.command == "dashboard":
+        return run_dashboard(args, console)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
-    console = Console(stderr=False)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("optuna").setLevel(logging.WARNING)
     try:

@@ -4,13 +4,10 @@ resume, and the best model on disk. Knows nothing of how a model trains beyond `
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
-import random
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,17 @@ from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.recipes import default_recipe, default_space
+from hypertweaks.report import render as render_report
+from hypertweaks.results import trial_row, write_results
 from hypertweaks.space import Recipe, fit_into, max_epochs, resolve_space, suggest
+from hypertweaks.study import (
+    counted,
+    enqueue_interrupted,
+    fail_stale_trials,
+    open_study,
+    same_experiment,
+    trial_seconds,
+)
 from hypertweaks.tasks import make_task
 from hypertweaks.train import Diverged, evaluate, fit, resolve_device
 
@@ -47,137 +54,7 @@ class Result:
     seconds: float = 0.0
     results_path: Path | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def storage_url(exp: Experiment) -> str:
-    return exp.storage or f"sqlite:///{(exp.run_dir / 'study.db').resolve()}"
-
-
-def redact(url: str) -> str:
-    """A storage URL safe to print: the password is never shown."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL sqlalchemy reads: show only its scheme
-        return url.split(":", 1)[0] + "://***"
-
-
-def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
-    """The study's storage. Workers that start together on a new database race to create its
-    tables; the losers retry."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
-
-    for attempt in range(attempts):
-        try:
-            # A worker that dies mid-trial stops beating; its trial is failed and retried once.
-            return optuna.storages.RDBStorage(
-                storage_url(exp),
-                heartbeat_interval=exp.heartbeat_seconds,
-                grace_period=2 * exp.heartbeat_seconds,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=1
-                ),
-            )
-        except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 + random.random())
-    raise AssertionError("unreachable")
-
-
-def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
-    trials = exp.trials or 20
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = _connect(exp)
-        sampler = optuna.samplers.TPESampler(
-            seed=exp.seed,
-            n_startup_trials=max(2, min(10, trials // 4)),
-            multivariate=True,
-            constant_liar=True,
-        )
-    pruners = {
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=num_epochs
-        ),
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }
-    return optuna.create_study(
-        study_name=exp.name,
-        storage=storage,
-        load_if_exists=True,
-        direction=exp.direction,
-        sampler=sampler,
-        pruner=pruners[exp.pruner](),
-    )
-
-
-def _same_experiment(study: optuna.Study, exp: Experiment) -> None:
-    """A resumed study must be the same search: same task, model, data, metric and space."""
-    key = json.dumps(
-        exp.model_dump(
-            mode="json",
-            include={
-                "task",
-                "model",
-                "train",
-                "validation",
-                "metric",
-                "space",
-                "max_length",
-                "image_size",
-                "seed",
-            },
-        ),
-        sort_keys=True,
-    )
-    stored = study.user_attrs.get("experiment_key")
-    if stored is None:
-        study.set_user_attr("experiment_key", key)
-    elif stored != key:
-        raise ConfigError(
-            f"study {exp.name!r} already exists in {redact(storage_url(exp))} with a different "
-            "task, model, data, metric or search space; give a new --name to start a new study"
-        )
-
-
-def counted(trial: optuna.trial.FrozenTrial) -> bool:
-    """Trials that used budget: finished ones, and failures of the recipe itself. A trial that
-    was interrupted or whose worker died is retried instead."""
-    if trial.user_attrs.get("surplus"):
-        return False
-    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
-        return True
-    return trial.state == TrialState.FAIL and "error" in trial.user_attrs
-
-
-def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
-    if trial.datetime_start and trial.datetime_complete:
-        return (trial.datetime_complete - trial.datetime_start).total_seconds()
-    return 0.0
-
-
-def _fail_stale_trials(study: optuna.Study) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-
-
-def _enqueue_interrupted(study: optuna.Study) -> None:
-    """A trial stopped by Ctrl-C (marked failed by Optuna) is tried again, once."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for trial in trials:
-        if trial.user_attrs.get("interrupted") and trial.number not in retried:
-            study.enqueue_trial(
-                trial.params,
-                user_attrs={
-                    "retry_of": trial.number,
-                    **({"tag": trial.user_attrs["tag"]} if "tag" in trial.user_attrs else {}),
-                },
-            )
+    report_path: Path | None = None
 
 
 class Search:
@@ -335,7 +212,7 @@ class Search:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         study = open_study(exp, max_epochs(self.space))
-        _same_experiment(study, exp)
+        same_experiment(study, exp)
         finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
         if finished:
             self.display.message(f"resuming study {exp.name!r}: {len(finished)} trials done")
@@ -345,7 +222,7 @@ class Search:
             study.enqueue_trial(  # skip_if_exists: workers that start together enqueue it once
                 fit_into(self.space, self.defaults), {"tag": "defaults"}, skip_if_exists=True
             )
-        _enqueue_interrupted(study)
+        enqueue_interrupted(study)
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         self.best.remove_orphans(running)
 
@@ -362,13 +239,14 @@ class Search:
             )
         result = self.finish(study)
         result.seconds = time.perf_counter() - start
+        result.report_path = render_report(self.run_dir, exp.storage)
         return result
 
     def _budget_spent(self, study: optuna.Study, before: int | None = None) -> bool:
         """The budget is shared by every worker of the study: trials counted, plus trials that
         other workers are running (they will count), against trials; trial time against
         timeout."""
-        _fail_stale_trials(study)  # a dead worker's trial stops counting (and is retried)
+        fail_stale_trials(study)  # a dead worker's trial stops counting (and is retried)
         trials = study.get_trials(deepcopy=False)
         if before is not None:
             trials = [t for t in trials if t.number < before]
@@ -430,62 +308,6 @@ def _free(model) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    return {
-        "number": trial.number,
-        "state": trial.state.name.lower(),
-        "tag": attrs.get("tag", ""),
-        "value": trial.value if trial.state == TrialState.COMPLETE else None,
-        "last_value": next(reversed(trial.intermediate_values.values()), None),
-        "recipe": attrs.get("recipe", trial.params),
-        "best_epoch": attrs.get("best_epoch"),
-        "stopped": attrs.get("stopped"),
-        "curve": attrs.get("curve", []),
-        "seconds": trial_seconds(trial),
-        "examples": attrs.get("examples", 0),
-        "seed": attrs.get("seed"),
-        "error": attrs.get("error"),
-        "interrupted": attrs.get("interrupted", False),
-    }
-
-
-def write_results(
-    path: Path, study: optuna.Study, *, exp: Experiment, task, summary: dict[str, Any] | None = None
-) -> None:
-    """Every trial's recipe, curve, state and cost; rewritten atomically after each trial."""
-    previous = json.loads(path.read_text()) if path.exists() else {}
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    data = {
-        "study": exp.name,
-        "task": exp.task,
-        "model": exp.model,
-        "metric": exp.metric,
-        "direction": exp.direction,
-        "storage": redact(storage_url(exp)),
-        "classes": [str(c) for c in task.splits.classes],
-        "data": {
-            "train": len(task.splits.train),
-            "validation": len(task.splits.validation),
-            "test": len(task.splits.test) if task.splits.test else 0,
-            "notes": task.splits.notes,
-        },
-        "budget": {
-            "trials": exp.trials,
-            "timeout_seconds": exp.timeout,
-            "used_trials": sum(1 for t in study.get_trials(deepcopy=False) if counted(t)),
-            "used_seconds": round(sum(r["seconds"] for r in rows), 1),
-            "used_examples": sum(r["examples"] for r in rows),
-        },
-        **{k: previous.get(k) for k in ("best_trial", "best_value", "test_metrics")},
-        **(summary or {}),
-        "trials": rows,
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:

@@ -1,0 +1,308 @@
+"""One self-contained HTML report of a study (inline SVG plots, no scripts, opens offline), built
+from runs/NAME/results.json and, for parameter importances, the study's storage."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+KNOB_SLICES = ("learning_rate", "batch_size", "dropout", "weight_decay", "freeze_layers")
+
+
+def _figure(width: float = 6.4, height: float = 3.6, columns: int = 1, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no screen
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, columns, figsize=(width, height), **kwargs)
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.StringIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="svg")
+    plt.close(fig)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _finished(results: dict) -> list[dict]:
+    return [t for t in results["trials"] if not t.get("interrupted")]
+
+
+def _score(trial: dict) -> float | None:
+    """The trial's best validation score: its result, or for a pruned trial the best it reached."""
+    if trial["value"] is not None:
+        return trial["value"]
+    values = [row[trial["metric"]] for row in trial["curve"]] if trial["curve"] else []
+    return max(values) if values else None
+
+
+def history_plot(results: dict) -> str:
+    metric, maximize = results["metric"], results["direction"] == "maximize"
+    fig, (by_trial, by_compute) = _figure(10, 3.6, columns=2)
+    trials = _finished(results)
+    best, best_line, examples, compute = None, [], 0, []
+    for trial in trials:
+        examples += trial["examples"]
+        compute.append(examples)
+        if trial["value"] is not None and (
+            best is None or (trial["value"] > best if maximize else trial["value"] < best)
+        ):
+            best = trial["value"]
+        best_line.append(best)
+    styles = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:orange"), "fail": ("s", "red")}
+    for state, (marker, color) in styles.items():
+        chosen = [(i, t) for i, t in enumerate(trials) if t["state"] == state]
+        if not chosen:
+            continue
+        ys = [_score(t) if _score(t) is not None else math.nan for _, t in chosen]
+        by_trial.scatter([t["number"] for _, t in chosen], ys, marker=marker, c=color, label=state)
+        by_compute.scatter([compute[i] for i, _ in chosen], ys, marker=marker, c=color)
+    numbers = [t["number"] for t in trials]
+    by_trial.step(numbers, best_line, where="post", c="black", label="best so far")
+    by_compute.step(compute, best_line, where="post", c="black")
+    by_trial.set(xlabel="trial", ylabel=f"validation {metric}", title="optimisation history")
+    by_compute.set(xlabel="training examples processed (cumulative)", title="against compute")
+    by_trial.legend(fontsize=8)
+    return _svg(fig)
+
+
+def importance_plot(importances: dict[str, float]) -> str:
+    fig, axis = _figure(6.4, 0.4 * len(importances) + 1)
+    names = list(importances)[::-1]
+    axis.barh(names, [importances[n] for n in names], color="tab:blue")
+    axis.set(xlabel="importance (Optuna default evaluator)", title="which knobs mattered")
+    return _svg(fig)
+
+
+def slice_plots(results: dict) -> str:
+    trials = [t for t in _finished(results) if _score(t) is not None]
+    fig, axes = _figure(14, 3, columns=len(KNOB_SLICES), sharey=True)
+    for axis, knob in zip(axes, KNOB_SLICES, strict=True):
+        xs = [t["recipe"][knob] for t in trials]
+        colors = ["tab:orange" if t["state"] == "pruned" else "tab:blue" for t in trials]
+        axis.scatter(xs, [_score(t) for t in trials], c=colors, s=18)
+        if knob == "learning_rate":
+            axis.set_xscale("log")
+        axis.set(xlabel=knob)
+    axes[0].set_ylabel(f"validation {results['metric']}")
+    return _svg(fig)
+
+
+def curve_plots(results: dict) -> str:
+    metric = results["metric"]
+    fig, (every, best) = _figure(10, 3.6, columns=2)
+    for trial in _finished(results):
+        if not trial["curve"]:
+            continue
+        epochs = [row["epoch"] for row in trial["curve"]]
+        style = {"pruned": ":", "fail": "--"}.get(trial["state"], "-")
+        every.plot(epochs, [row[metric] for row in trial["curve"]], style, alpha=0.7)
+        if trial["state"] == "pruned" or trial.get("stopped") == "early_stopped":
+            every.plot(epochs[-1], trial["curve"][-1][metric], "kx")
+    every.set(
+        xlabel="epoch",
+        ylabel=f"validation {metric}",
+        title="every trial (x: stopped early or pruned)",
+    )
+    chosen = _best_trial(results)
+    if chosen and chosen["curve"]:
+        epochs = [row["epoch"] for row in chosen["curve"]]
+        best.plot(epochs, [row["train_loss"] for row in chosen["curve"]], "o-", label="train loss")
+        best.plot(epochs, [row["loss"] for row in chosen["curve"]], "o-", label="validation loss")
+        best.axvline(chosen["best_epoch"], color="grey", ls=":", label="epoch kept")
+        best.set(xlabel="epoch", title=f"best trial ({chosen['number']}): the overfitting gap")
+        best.legend(fontsize=8)
+    return _svg(fig)
+
+
+def _best_trial(results: dict) -> dict | None:
+    return next((t for t in results["trials"] if t["number"] == results.get("best_trial")), None)
+
+
+def _default_trial(results: dict) -> dict | None:
+    return next((t for t in results["trials"] if t.get("tag") == "defaults"), None)
+
+
+def reading(results: dict, importances: dict[str, float]) -> list[str]:
+    """Plain-language observations, each computed from the numbers above."""
+    lines = []
+    trials = _finished(results)
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    failed = [t for t in trials if t["state"] == "fail"]
+    best, default = _best_trial(results), _default_trial(results)
+    metric = results["metric"]
+    if best and default and best["number"] != default["number"] and default["value"] is not None:
+        lines.append(
+            f"The best recipe (trial {best['number']}) reached validation {metric} "
+            f"{best['value']:.4f} against {default['value']:.4f} for the default recipe."
+        )
+    elif best and default:
+        lines.append("No searched recipe beat the default recipe on validation.")
+    if pruned:
+        epochs_run = sum(len(t["curve"]) for t in pruned)
+        epochs_planned = sum(t["recipe"]["epochs"] for t in pruned)
+        lines.append(
+            f"{len(pruned)} of {len(trials)} trials were pruned, after {epochs_run} of "
+            f"the {epochs_planned} epochs they asked for."
+        )
+    if failed:
+        lrs = sorted(t["recipe"]["learning_rate"] for t in failed)
+        lines.append(
+            f"{len(failed)} trials failed (learning rates {lrs[0]:.1e} to {lrs[-1]:.1e}): "
+            + "; ".join(sorted({t["error"] or "interrupted" for t in failed})[:3])
+            + "."
+        )
+    if importances:
+        top = next(iter(importances))
+        lines.append(
+            f"The knob that mattered most was {top} "
+            f"({importances[top]:.0%} of the explained variance)."
+        )
+    ranked = sorted(
+        (t for t in trials if t["value"] is not None),
+        key=lambda t: t["value"],
+        reverse=results["direction"] == "maximize",
+    )[:3]
+    if ranked:
+        freezes = sorted(t["recipe"]["freeze_layers"] for t in ranked)
+        lrs = sorted(t["recipe"]["learning_rate"] for t in ranked)
+        lines.append(
+            f"The best {len(ranked)} trials froze {freezes[0]} to {freezes[-1]} layers "
+            f"and used learning rates {lrs[0]:.1e} to {lrs[-1]:.1e}."
+        )
+    if best and best["curve"] and best["best_epoch"] < len(best["curve"]):
+        losses = [row["loss"] for row in best["curve"]]
+        lines.append(
+            f"The best trial peaked at epoch {best['best_epoch']} of {len(losses)}; "
+            f"validation loss went from {min(losses):.3f} to {losses[-1]:.3f} after it "
+            "(overfitting), so the weights of that epoch were kept."
+        )
+    return lines
+
+
+def load_importances(run_dir: Path, results: dict, storage: str | None = None) -> dict[str, float]:
+    """Importances (Optuna's default evaluator) of the searched knobs, from the study; empty when not computable."""
+    import optuna
+
+    url = storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    if storage is None and not (run_dir / "study.db").exists():
+        return {}
+    try:
+        study = optuna.load_study(study_name=results["study"], storage=url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "too few trials" style notices: a plot, not a gate
+            return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError, KeyError):  # too few complete trials, or nothing varied
+        return {}
+
+
+def _table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
+
+
+def summary_html(results: dict) -> str:
+    best, default = _best_trial(results), _default_trial(results)
+    data, budget = results["data"], results["budget"]
+    facts = [
+        ("task", results["task"]),
+        ("model", results["model"]),
+        ("data", f"train {data['train']}, validation {data['validation']}, test {data['test']}"),
+        (
+            "budget",
+            f"{budget['used_trials']} of {budget['trials'] or '-'} trials, "
+            f"{budget['used_seconds']:.0f}s of trial time, "
+            f"{budget['used_examples']} training examples",
+        ),
+    ]
+    knobs = list((best or default or {"recipe": {}})["recipe"])
+    recipe_rows = [
+        (
+            k,
+            _fmt(default["recipe"][k]) if default else "-",
+            _fmt(best["recipe"][k]) if best else "-",
+        )
+        for k in knobs
+    ]
+    metric = results["metric"]
+    test_default = (default or {}).get("test_metrics") or {}
+    test_best = results.get("test_metrics") or {}
+    recipe_rows += [
+        (
+            f"validation {metric}",
+            _fmt((default or {}).get("value")),
+            _fmt((best or {}).get("value")),
+        ),
+        *[
+            (f"test {name}", _fmt(test_default.get(name)), _fmt(value))
+            for name, value in test_best.items()
+        ],
+    ]
+    return (
+        _table(facts, ("", ""))
+        + "<h3>best recipe beside the default</h3>"
+        + _table(
+            recipe_rows, ("", "default recipe", f"best (trial {_fmt(results.get('best_trial'))})")
+        )
+    )
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left}svg{max-width:100%;height:auto}li{margin:.3em 0}"""
+
+
+def render(run_dir: str | Path, storage: str | None = None) -> Path:
+    """Write RUN_DIR/report.html from RUN_DIR/results.json and return its path."""
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise FileNotFoundError(f"{results_path} does not exist: is {run_dir} a study folder?")
+    results = json.loads(results_path.read_text())
+    for trial in results["trials"]:
+        trial["metric"] = results["metric"]
+    importances = load_importances(run_dir, results, storage)
+    sections = [
+        f"<h1>hypertweaks study {html.escape(results['study'])}</h1>",
+        "<h2>summary</h2>",
+        summary_html(results),
+        "<h2>what the numbers say</h2><ul>"
+        + "".join(f"<li>{html.escape(line)}</li>" for line in reading(results, importances))
+        + "</ul>",
+        "<h2>optimisation history</h2>",
+        history_plot(results),
+    ]
+    if importances:
+        sections += ["<h2>which knobs mattered</h2>", importance_plot(importances)]
+    sections += [
+        "<h2>score against each knob</h2>",
+        slice_plots(results),
+        "<h2>learning curves</h2>",
+        curve_plots(results),
+    ]
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(results['study'])}"
+        f"</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
+    )
+    out = run_dir / "report.html"
+    out.write_text(page)
+    return out

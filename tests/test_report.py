@@ -1,0 +1,89 @@
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from hypertweaks import tune
+from hypertweaks.report import render
+
+
+@pytest.fixture(scope="module")
+def study(tiny_bert, tmp_path_factory):
+    """A real small study on the tiny BERT, with its report written by tune."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import make_texts
+
+    root = tmp_path_factory.mktemp("report")
+    for role, n, seed in (("train", 40, 0), ("validation", 10, 1), ("test", 10, 2)):
+        make_texts(n, seed).to_csv(root / f"{role}.csv", index=False)
+    result = tune({
+        "model": str(tiny_bert), "train": str(root / "train.csv"),
+        "validation": str(root / "validation.csv"), "test": str(root / "test.csv"),
+        "name": "report", "runs_dir": str(root / "runs"), "trials": 5, "max_length": 16,
+        "quiet": True, "space": {"epochs": {"low": 2, "high": 4}, "batch_size": [8, 16],
+                                 "learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}},
+    })
+    return result, json.loads(result.results_path.read_text())
+
+
+def test_tune_writes_the_report(study):
+    result, _ = study
+    assert result.report_path == result.results_path.parent / "report.html"
+    assert result.report_path.read_text().startswith("<!doctype html>")
+
+
+def test_report_numbers_match_results_json(study):
+    result, results = study
+    page = render(result.results_path.parent).read_text()
+    best = next(t for t in results["trials"] if t["number"] == results["best_trial"])
+    assert f"best (trial {results['best_trial']})" in page
+    assert "<td>validation accuracy</td>" in page
+    assert f"{best['value']:.4g}" in page
+    for name, value in results["test_metrics"].items():
+        assert f"<td>test {name}</td>" in page and f"{value:.4g}" in page
+    used = results["budget"]["used_trials"]
+    assert f"{used} of 5 trials" in page
+    assert page.count("<svg") >= 3  # history, slices, learning curves (+ importances)
+    assert "<script" not in page  # self-contained and static: nothing to fail offline
+
+
+def test_report_reading_is_derived_from_the_numbers(study):
+    result, results = study
+    page = result.report_path.read_text()
+    ranked = sorted((t for t in results["trials"] if t["value"] is not None),
+                    key=lambda t: t["value"], reverse=True)[:3]
+    freezes = sorted(t["recipe"]["freeze_layers"] for t in ranked)
+    assert f"froze {freezes[0]} to {freezes[-1]} layers" in page
+    pruned = sum(t["state"] == "pruned" for t in results["trials"])
+    if pruned:
+        assert f"{pruned} of {len(results['trials'])} trials were pruned" in page
+
+
+def test_report_of_a_folder_without_results():
+    with pytest.raises(FileNotFoundError, match="results.json does not exist"):
+        render("/nonexistent/study")
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_report_renders_in_headless_chromium_without_errors(study, tmp_path):
+    result, _ = study
+    shot = tmp_path / "report.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
+    done = subprocess.run([chromium(), *flags, "--window-size=1200,4000", f"--screenshot={shot}",
+                           result.report_path.as_uri()], capture_output=True, text=True,
+                          timeout=120)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    assert not re.search(r"Uncaught|CONSOLE\(\d+\)", done.stderr), done.stderr[-2000:]
+    dom = subprocess.run([chromium(), *flags, "--dump-dom", result.report_path.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    assert dom.count("<svg") >= 3
