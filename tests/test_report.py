@@ -20,13 +20,24 @@ def study(tiny_bert, tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     for role, n, seed in (("train", 40, 0), ("validation", 10, 1), ("test", 10, 2)):
         make_texts(n, seed).to_csv(root / f"{role}.csv", index=False)
-    result = tune({
-        "model": str(tiny_bert), "train": str(root / "train.csv"),
-        "validation": str(root / "validation.csv"), "test": str(root / "test.csv"),
-        "name": "report", "runs_dir": str(root / "runs"), "trials": 5, "max_length": 16,
-        "quiet": True, "space": {"epochs": {"low": 2, "high": 4}, "batch_size": [8, 16],
-                                 "learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}},
-    })
+    result = tune(
+        {
+            "model": str(tiny_bert),
+            "train": str(root / "train.csv"),
+            "validation": str(root / "validation.csv"),
+            "test": str(root / "test.csv"),
+            "name": "report",
+            "runs_dir": str(root / "runs"),
+            "trials": 5,
+            "max_length": 16,
+            "quiet": True,
+            "space": {
+                "epochs": {"low": 2, "high": 4},
+                "batch_size": [8, 16],
+                "learning_rate": {"low": 1e-4, "high": 3e-3, "log": True},
+            },
+        }
+    )
     return result, json.loads(result.results_path.read_text())
 
 
@@ -54,8 +65,11 @@ def test_report_numbers_match_results_json(study):
 def test_report_reading_is_derived_from_the_numbers(study):
     result, results = study
     page = result.report_path.read_text()
-    ranked = sorted((t for t in results["trials"] if t["value"] is not None),
-                    key=lambda t: t["value"], reverse=True)[:3]
+    ranked = sorted(
+        (t for t in results["trials"] if t["value"] is not None),
+        key=lambda t: t["value"],
+        reverse=True,
+    )[:3]
     freezes = sorted(t["recipe"]["freeze_layers"] for t in ranked)
     assert f"froze {freezes[0]} to {freezes[-1]} layers" in page
     pruned = sum(t["state"] == "pruned" for t in results["trials"])
@@ -76,14 +90,36 @@ def chromium() -> str | None:
 def test_report_renders_in_headless_chromium_without_errors(study, tmp_path):
     result, _ = study
     shot = tmp_path / "report.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
-    done = subprocess.run([chromium(), *flags, "--window-size=1200,4000", f"--screenshot={shot}",
-                           result.report_path.as_uri()], capture_output=True, text=True,
-                          timeout=120)
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
+    done = subprocess.run(
+        [
+            chromium(),
+            *flags,
+            "--window-size=1200,4000",
+            f"--screenshot={shot}",
+            result.report_path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 10_000
     assert not re.search(r"Uncaught|CONSOLE\(\d+\)", done.stderr), done.stderr[-2000:]
-    dom = subprocess.run([chromium(), *flags, "--dump-dom", result.report_path.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", result.report_path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     assert dom.count("<svg") >= 3

@@ -191,7 +191,8 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
 
 
 def load_importances(run_dir: Path, results: dict, storage: str | None = None) -> dict[str, float]:
-    """Importances (Optuna's default evaluator) of the searched knobs, from the study; empty when not computable."""
+    """Importances of the searched knobs (Optuna's default evaluator), from the study; empty
+    when they cannot be computed (too few trials, nothing varied)."""
     import optuna
 
     url = storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
