@@ -136,6 +136,7 @@ def _fit(ctx: Context, recipe, seed: int, on_epoch: Callable | None = None):
     """Build the pretrained model and fine-tune one recipe with hypertweaks' training loop."""
     from hypertweaks.train import fit
 
+    torch.manual_seed(seed)  # the new classifier head's initialisation too, not only training
     model, layers = ctx.text.build(recipe)
     result = fit(
         ctx.text,

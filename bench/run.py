@@ -101,6 +101,8 @@ def write_cell(path: Path, cell: dict[str, Any]) -> None:
 
 
 def _run_cell(path, ctx, method, multiple, budget_seconds) -> dict[str, Any] | None:
+    import torch
+
     from bench.methods import METHODS
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -111,6 +113,7 @@ def _run_cell(path, ctx, method, multiple, budget_seconds) -> dict[str, Any] | N
         flush=True,
     )
     t0 = time.perf_counter()
+    at_start = machine(ctx.device)  # the code under test as it was when the cell started
     try:
         result = METHODS[method](ctx, budget_seconds)
     except Exception:  # one broken method must not stop the table
@@ -133,7 +136,12 @@ def _run_cell(path, ctx, method, multiple, budget_seconds) -> dict[str, Any] | N
             "test": len(ctx.text.splits.test),
             "classes": len(ctx.text.splits.classes),
         },
-        "machine": machine(ctx.device),
+        "machine": {
+            **at_start,
+            # what the method actually ran with (hypertweaks sets its own thread count)
+            "torch_threads": torch.get_num_threads(),
+            "load_average_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
         "started": started,
         "wall_seconds": time.perf_counter() - t0,
         "result": result,

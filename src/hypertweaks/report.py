@@ -166,7 +166,7 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
         top = next(iter(importances))
         lines.append(
             f"The knob that mattered most was {top} "
-            f"({importances[top]:.0%} of the explained variance)."
+            f"({importances[top]:.0%} of the total importance)."
         )
     ranked = sorted(
         (t for t in trials if t["value"] is not None),
@@ -182,10 +182,13 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
         )
     if best and best["curve"] and best["best_epoch"] < len(best["curve"]):
         losses = [row["loss"] for row in best["curve"]]
+        at_best = losses[best["best_epoch"] - 1]
+        rose = losses[-1] > 1.05 * at_best
         lines.append(
-            f"The best trial peaked at epoch {best['best_epoch']} of {len(losses)}; "
-            f"validation loss went from {min(losses):.3f} to {losses[-1]:.3f} after it "
-            "(overfitting), so the weights of that epoch were kept."
+            f"The best trial peaked at epoch {best['best_epoch']} of {len(losses)}; validation "
+            f"loss went from {at_best:.3f} to {losses[-1]:.3f} after it"
+            + (" (overfitting)" if rose else "")
+            + ", so the weights of that epoch were kept."
         )
     return lines
 

@@ -30,6 +30,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "examples": attrs.get("examples", 0),
         "seed": attrs.get("seed"),
         "error": attrs.get("error"),
+        "test_metrics": attrs.get("test_metrics"),  # the default recipe's, for comparison
         "interrupted": attrs.get("interrupted", False),
     }
 
