@@ -5,9 +5,7 @@ Entry point: `python -m bench {run,quick,report,speed}`; see bench/README.md.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -25,9 +23,3 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-# The HF Trainer needs `accelerate`. Where it is not installed in the environment, a copy
-# installed with `pip install --target bench/work/vendor accelerate psutil` is used.
-_VENDOR = WORK_DIR / "vendor"
-if importlib.util.find_spec("accelerate") is None and _VENDOR.is_dir():
-    sys.path.append(str(_VENDOR))

@@ -28,6 +28,7 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "curve": attrs.get("curve", []),
         "seconds": trial_seconds(trial),
         "examples": attrs.get("examples", 0),
+        "train_seconds": attrs.get("train_seconds"),
         "seed": attrs.get("seed"),
         "error": attrs.get("error"),
         "test_metrics": attrs.get("test_metrics"),  # the default recipe's, for comparison

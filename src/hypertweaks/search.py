@@ -77,8 +77,8 @@ class Search:
         except ValueError as error:
             raise ConfigError(f"invalid experiment:\n  space: {error}") from None
         self.defaults = default_recipe(self.exp.task, self.task.pretrained_dropout)
-        if self.device.type == "cpu":
-            torch.set_num_threads(os.cpu_count() or 1)
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(len(os.sched_getaffinity(0)))  # every core this process may use
         splits = self.task.splits
         self.display.message(
             f"{self.exp.task}: {len(splits.classes)} classes, train {len(splits.train)}, "
@@ -98,6 +98,7 @@ class Search:
             stratified_subset(splits.validation.labels, 32, self.exp.seed)
         )
         recipe = Recipe(**{**self.defaults, "batch_size": 8, "epochs": 1})
+        torch.manual_seed(self.exp.seed)
         model, layers = task.build(recipe)
         fit(
             task,
@@ -139,6 +140,7 @@ class Search:
 
         model = None
         try:
+            torch.manual_seed(seed)  # the new head's initial weights belong to the trial's seed
             model, layers = task.build(recipe)
             result = fit(
                 task,
