@@ -123,3 +123,40 @@ def test_report_renders_in_headless_chromium_without_errors(study, tmp_path):
         timeout=120,
     ).stdout
     assert dom.count("<svg") >= 3
+
+
+def test_dashboard_serves_the_study_on_localhost(tmp_path):
+    pytest.importorskip("optuna_dashboard")
+    import os
+    import socket
+    import sys
+    import time
+    import urllib.request
+
+    import optuna
+
+    run_dir = tmp_path / "runs" / "dash"
+    run_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name="dash", storage=f"sqlite:///{run_dir / 'study.db'}")
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hypertweaks.cli", "dashboard", str(run_dir), "--port", str(port)],
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline, body = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "dash" not in body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies") as answer:
+                    body = answer.read().decode()
+            except OSError:
+                time.sleep(0.5)
+        assert '"study_name": "dash"' in body or '"study_name":"dash"' in body
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
