@@ -12,7 +12,21 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+
+def _shared_data() -> Path:
+    """../shared/data beside the checkout; HYPERTWEAKS_SHARED_DATA or /work/shared/data else."""
+    candidates = [
+        os.environ.get("HYPERTWEAKS_SHARED_DATA", ""),
+        Path(__file__).resolve().parents[2] / "shared" / "data",
+        "/work/shared/data",
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return Path(candidates[1])
+
+
+SHARED_DATA = _shared_data()
 WORDS = {
     "joy": ["happy", "great", "love", "wonderful", "smile"],
     "anger": ["angry", "hate", "awful", "furious", "rage"],

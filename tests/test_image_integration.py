@@ -5,12 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA
 
 from hypertweaks import tune
 from hypertweaks.backbones import create_timm
 from hypertweaks.data.images import decode_images, read_image_folder
 
-TILES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "magnetic-tile"
+TILES = SHARED_DATA / "magnetic-tile"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not TILES.exists(), reason="needs ../shared/data/magnetic-tile"),

@@ -1,14 +1,14 @@
 """The real packaged MiniLM on a slice of real tweets (slow: about three minutes on 2 cores)."""
 
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SHARED_DATA
 
 from hypertweaks import tune
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tweeteval-emotion"
+DATA = SHARED_DATA / "tweeteval-emotion"
 pytestmark = pytest.mark.slow
 
 
