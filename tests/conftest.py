@@ -101,3 +101,33 @@ def text_experiment(tiny_bert, text_csvs, tmp_path) -> dict:
             "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
         },
     }
+
+
+def _fast_recipe():
+    from hypertweaks.space import Recipe
+
+    return Recipe(
+        learning_rate=1e-3,
+        batch_size=8,
+        epochs=2,
+        dropout=0.0,
+        weight_decay=0.01,
+        schedule="constant",
+        warmup_ratio=0.0,
+        freeze_layers=0,
+        gradual_unfreeze=False,
+    )
+
+
+FAST_RECIPE = _fast_recipe()  # learns the tiny task in a few epochs
+
+
+@pytest.fixture
+def task(text_experiment, tmp_path):
+    """The text task of `text_experiment`, prepared (data checked, tokenizer loaded)."""
+    from hypertweaks.config import make_experiment
+    from hypertweaks.tasks.text import TextClassification
+
+    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
+    task.prepare()
+    return task

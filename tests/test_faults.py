@@ -8,15 +8,14 @@ import optuna
 import pytest
 import torch
 import yaml
+from conftest import FAST_RECIPE
 from faults import Postgres, load_trials, start_worker, trial_running, wait_until
 
 import hypertweaks.search as search_module
 from hypertweaks import tune
 from hypertweaks.checkpoints import BestCheckpoint
-from hypertweaks.config import make_experiment
 from hypertweaks.space import Recipe
 from hypertweaks.study import counted, redact
-from hypertweaks.tasks.text import TextClassification
 from hypertweaks.train import fit
 
 FAIL = optuna.trial.TrialState.FAIL
@@ -109,24 +108,7 @@ def test_ctrl_c_stops_the_trial_saves_the_study_and_the_same_command_resumes(
     assert any(t.user_attrs.get("retry_of") == 1 for t in trials)
 
 
-FAST = Recipe(
-    learning_rate=1e-3,
-    batch_size=8,
-    epochs=2,
-    dropout=0.0,
-    weight_decay=0.01,
-    schedule="constant",
-    warmup_ratio=0.0,
-    freeze_layers=0,
-    gradual_unfreeze=False,
-)
-
-
-@pytest.fixture
-def task(text_experiment, tmp_path):
-    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
-    task.prepare()
-    return task
+FAST = Recipe(**{**FAST_RECIPE.as_dict(), "epochs": 2})
 
 
 def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(task):

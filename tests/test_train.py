@@ -2,30 +2,12 @@ import math
 
 import pytest
 import torch
+from conftest import FAST_RECIPE
 
-from hypertweaks.config import make_experiment
 from hypertweaks.space import Recipe
-from hypertweaks.tasks.text import TextClassification
 from hypertweaks.train import Diverged, fit, make_optimizer
 
-FAST = Recipe(
-    learning_rate=1e-3,
-    batch_size=8,
-    epochs=6,
-    dropout=0.0,
-    weight_decay=0.01,
-    schedule="constant",
-    warmup_ratio=0.0,
-    freeze_layers=0,
-    gradual_unfreeze=False,
-)
-
-
-@pytest.fixture
-def task(text_experiment, tmp_path):
-    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
-    task.prepare()
-    return task
+FAST = Recipe(**{**FAST_RECIPE.as_dict(), "epochs": 6})
 
 
 def run(task, recipe=FAST, **kwargs):
@@ -130,7 +112,7 @@ def test_tokenization_is_cached_per_study(task, tmp_path):
     task.dataset(task.splits.train, True)
     cached = list((tmp_path / "cache").glob("tokens-*.pt"))
     assert len(cached) == 1
-    other = TextClassification(task.experiment, tmp_path / "cache")
+    other = type(task)(task.experiment, tmp_path / "cache")
     other.prepare()
     other.tokenizer = None  # a second study reads the cache: calling the tokenizer would fail
     assert len(other.dataset(other.splits.train, True)) == len(task.splits.train)

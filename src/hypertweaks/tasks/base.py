@@ -14,6 +14,19 @@ from hypertweaks.models import LayerStack
 from hypertweaks.space import Recipe
 
 
+class IndexedExamples(Dataset):
+    """Yields example indices; the subclass's `collate(indices)` builds a whole batch at once,
+    which is much faster than stacking examples one by one."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
 class Task(Protocol):
     splits: Splits
     num_layers: int  # how many blocks freeze_layers can freeze

@@ -25,6 +25,7 @@ from hypertweaks.config import Experiment
 from hypertweaks.data import Split, load_splits
 from hypertweaks.data.images import load_images_cached, read_images_source
 from hypertweaks.space import Recipe
+from hypertweaks.tasks.base import IndexedExamples
 from hypertweaks.tasks.metrics import classification_metrics
 
 DEFECT_NAMES = (
@@ -51,7 +52,7 @@ def positive_class(classes: list[Any]) -> int:
     return 1
 
 
-class Images(Dataset):
+class Images(IndexedExamples):
     """uint8 images; training batches get a light augmentation (small crop, horizontal flip)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, augment: bool):
@@ -69,12 +70,6 @@ class Images(Dataset):
                 ]
             )
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
     def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         batch = self.images[torch.as_tensor(indices)]
         if self.augment:
@@ -84,17 +79,11 @@ class Images(Dataset):
         return {"pixel_values": pixels}, self.labels[torch.as_tensor(indices)]
 
 
-class Features(Dataset):
+class Features(IndexedExamples):
     """Pooled backbone features, for recipes that train only the classifier."""
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor):
         self.features, self.labels = features, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> int:
-        return index
 
     def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         index = torch.as_tensor(indices)

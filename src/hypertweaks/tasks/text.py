@@ -10,7 +10,6 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
@@ -22,6 +21,7 @@ from hypertweaks.models import (
     looks_like_path,
 )
 from hypertweaks.space import Recipe
+from hypertweaks.tasks.base import IndexedExamples
 from hypertweaks.tasks.metrics import classification_metrics
 
 
@@ -46,17 +46,11 @@ def drop_empty_texts(max_dropped_fraction: float, column: str):
     return clean
 
 
-class EncodedTexts(Dataset):
+class EncodedTexts(IndexedExamples):
     """Token ids padded to max_length once; batches are trimmed to their longest row."""
 
     def __init__(self, ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor):
         self.ids, self.lengths, self.labels = ids, lengths, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> int:
-        return index
 
     def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         index = torch.as_tensor(indices)
