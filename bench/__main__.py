@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--task", default="tweeteval-emotion", choices=TASKS)
     speed.add_argument("--repeats", type=int, default=2)
     speed.add_argument("--epochs", type=int, default=1)
+    speed.add_argument("--batch-size", type=int, help="default: the default recipe's")
     data_options(speed, "quick")
 
     args = parser.parse_args(argv)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "speed":
         from bench.speed import speed as run_speed
 
-        run_speed(args.task, _cut(args), args.repeats, args.epochs, args.device)
+        run_speed(args.task, _cut(args), args.repeats, args.epochs, args.device, args.batch_size)
         return 0
 
     from bench.run import parse_budget

@@ -69,12 +69,21 @@ def _hf_once(ctx, recipe) -> dict[str, float]:
     return {"examples": train.reads, "seconds": output.metrics["train_runtime"], "wall": wall}
 
 
-def speed(task: str, cut: Cut, repeats: int = 2, epochs: int = 1, device: str = "auto"):
+def speed(
+    task: str,
+    cut: Cut,
+    repeats: int = 2,
+    epochs: int = 1,
+    device: str = "auto",
+    batch_size: int | None = None,
+):
     from bench.methods import make_context
     from hypertweaks.space import Recipe
 
     ctx = make_context(task, cut, seed=0, device=device)
-    recipe = Recipe(**{**ctx.defaults, "epochs": epochs})
+    recipe = Recipe(
+        **{**ctx.defaults, "epochs": epochs, "batch_size": batch_size or ctx.defaults["batch_size"]}
+    )
     runs: dict[str, list[dict[str, float]]] = {"hypertweaks": [], "hf_trainer": []}
     _hypertweaks_once(ctx, Recipe(**{**recipe.as_dict(), "epochs": 1}))  # warm-up, not counted
     for i in range(repeats):
@@ -97,7 +106,7 @@ def speed(task: str, cut: Cut, repeats: int = 2, epochs: int = 1, device: str = 
         "ratio": rate["hypertweaks"] / rate["hf_trainer"],
         "machine": machine(ctx.device),
     }
-    path = RESULTS_DIR / "speed" / f"{cut.key}__{task}.json"
+    path = RESULTS_DIR / "speed" / f"{cut.key}__{task}__b{recipe.batch_size}.json"
     write_cell(path, data)
     print(
         f"hypertweaks {rate['hypertweaks']:.1f} ex/s, HF Trainer {rate['hf_trainer']:.1f} ex/s: "
