@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import SHARED_DATA
@@ -57,9 +58,11 @@ def test_packaged_weights_are_really_pretrained(lite0_weights):
 
 
 def test_tunes_a_defect_detector_on_magnetic_tiles(lite0_weights, tmp_path):
-    table = tile_sample(per_class=25, seed=1)
-    table["label"] = np.where(table["label"] == "free", "free", "defect")
-    table.to_csv(tmp_path / "tiles.csv", index=False)
+    table = read_image_folder(TILES, "train")
+    free = table[table["label"] == "free"].sample(50, random_state=1)
+    defects = table[table["label"] != "free"].groupby("label").sample(10, random_state=1)
+    tiles = pd.concat([free, defects.assign(label="defect")])
+    tiles.to_csv(tmp_path / "tiles.csv", index=False)
     result = tune(
         {
             "task": "image-classification",
@@ -67,13 +70,13 @@ def test_tunes_a_defect_detector_on_magnetic_tiles(lite0_weights, tmp_path):
             "weights": str(lite0_weights),
             "train": str(tmp_path / "tiles.csv"),
             "validation_fraction": 0.3,
-            "image_size": 96,
+            "image_size": 128,
             "metric": "roc_auc",
             "trials": 3,
             "name": "tiles",
             "runs_dir": str(tmp_path / "runs"),
             "quiet": True,
-            "space": {"epochs": 2, "batch_size": 16},
+            "space": {"epochs": 3, "batch_size": 16},
         }
     )
-    assert result.best_value > 0.7  # ROC AUC on held-out tiles; chance is 0.5
+    assert result.best_value > 0.75  # ROC AUC on held-out tiles; chance is 0.5
