@@ -28,9 +28,11 @@ def start_worker(experiment_yaml: Path, *extra: str) -> subprocess.Popen:
 def load_trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
     if storage.startswith("sqlite:///") and not Path(storage[10:]).exists():
         return []  # the worker has not created it yet
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         return optuna.load_study(study_name=name, storage=storage).get_trials()
-    except KeyError:  # the study is not created yet
+    except (KeyError, SQLAlchemyError):  # the worker is still creating the study or its tables
         return []
 
 

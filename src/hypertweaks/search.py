@@ -120,6 +120,17 @@ class Search:
         self.display.message(f"smoke run passed in {time.perf_counter() - start:.1f}s")
 
     def objective(self, trial: optuna.Trial) -> float:
+        """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
+        try:
+            return self._run_trial(trial)
+        except TRIAL_FAILURES as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def _run_trial(self, trial: optuna.Trial) -> float:
         exp, task = self.exp, self.task
         if self._budget_spent(trial.study, before=trial.number):
             # Another worker took the last trial of the budget while this one was being created.
@@ -177,12 +188,6 @@ class Search:
                 lambda folder: self._write_model(model, folder, trial.number, recipe, result),
             )
             return result.best_value
-        except TRIAL_FAILURES as error:
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
         finally:
             _free(model)
 

@@ -131,11 +131,14 @@ def fail_stale_trials(study: optuna.Study) -> None:
 
 
 def enqueue_interrupted(study: optuna.Study) -> None:
-    """A trial stopped by Ctrl-C (marked failed by Optuna) is tried again, once."""
+    """A trial stopped by Ctrl-C, or that failed for no reason of its recipe, is tried again,
+    once (a killed worker's trial is retried by the heartbeat callback instead)."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried |= {t.system_attrs.get("failed_trial") for t in trials}
     for trial in trials:
-        if trial.user_attrs.get("interrupted") and trial.number not in retried:
+        interrupted = trial.state == TrialState.FAIL and "error" not in trial.user_attrs
+        if interrupted and trial.number not in retried:
             study.enqueue_trial(
                 trial.params,
                 user_attrs={
