@@ -49,7 +49,12 @@ def trial_running(storage: str, name: str, number: int, worker: subprocess.Popen
     if worker.poll() is not None:
         raise RuntimeError(f"the worker exited early:\n{worker.communicate()[0]}")
     trials = load_trials(storage, name)
-    return len(trials) > number and trials[number].state == optuna.trial.TrialState.RUNNING
+    # an epoch reported: the trial is well under way and its heartbeat has been recorded
+    return (
+        len(trials) > number
+        and trials[number].state == optuna.trial.TrialState.RUNNING
+        and len(trials[number].intermediate_values) > 0
+    )
 
 
 def _free_port() -> int:
