@@ -160,3 +160,20 @@ def test_dashboard_serves_the_study_on_localhost(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_reading_copes_with_a_trial_killed_before_its_recipe_was_recorded():
+    from hypertweaks.report import reading
+
+    killed = {
+        "number": 1,
+        "state": "fail",
+        "value": None,
+        "recipe": {},
+        "curve": [],
+        "error": None,
+        "interrupted": False,
+        "metric": "accuracy",
+    }
+    results = {"metric": "accuracy", "direction": "maximize", "trials": [killed]}
+    assert reading(results, {}) == ["1 trials failed: interrupted or killed."]

@@ -85,12 +85,12 @@ def importance_plot(importances: dict[str, float]) -> str:
 
 
 def slice_plots(results: dict) -> str:
-    trials = [t for t in _finished(results) if _score(t) is not None]
+    trials = [t for t in _finished(results) if _score(t) is not None and t["recipe"]]
     fig, axes = _figure(14, 3, columns=len(KNOB_SLICES), sharey=True)
     for axis, knob in zip(axes, KNOB_SLICES, strict=True):
-        xs = [t["recipe"][knob] for t in trials]
-        colors = ["tab:orange" if t["state"] == "pruned" else "tab:blue" for t in trials]
-        axis.scatter(xs, [_score(t) for t in trials], c=colors, s=18)
+        shown = [t for t in trials if knob in t["recipe"]]
+        colors = ["tab:orange" if t["state"] == "pruned" else "tab:blue" for t in shown]
+        axis.scatter([t["recipe"][knob] for t in shown], [_score(t) for t in shown], c=colors, s=18)
         if knob == "learning_rate":
             axis.set_xscale("log")
         axis.set(xlabel=knob)
@@ -155,13 +155,11 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
             f"{len(pruned)} of {len(trials)} trials were pruned, after {epochs_run} of "
             f"the {epochs_planned} epochs they asked for."
         )
-    if failed:
-        lrs = sorted(t["recipe"]["learning_rate"] for t in failed)
-        lines.append(
-            f"{len(failed)} trials failed (learning rates {lrs[0]:.1e} to {lrs[-1]:.1e}): "
-            + "; ".join(sorted({t["error"] or "interrupted" for t in failed})[:3])
-            + "."
-        )
+    if failed:  # a trial killed early may lack some knobs
+        lrs = sorted(t["recipe"]["learning_rate"] for t in failed if "learning_rate" in t["recipe"])
+        span = f" (learning rates {lrs[0]:.1e} to {lrs[-1]:.1e})" if lrs else ""
+        reasons = sorted({t["error"] or "interrupted or killed" for t in failed})
+        lines.append(f"{len(failed)} trials failed{span}: " + "; ".join(reasons[:3]) + ".")
     if importances:
         top = next(iter(importances))
         lines.append(
