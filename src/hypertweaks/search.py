@@ -3,7 +3,6 @@ resume, and the best model on disk. Knows nothing of how a model trains beyond `
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import tempfile
@@ -34,7 +33,7 @@ from hypertweaks.study import (
     trial_seconds,
 )
 from hypertweaks.tasks import make_task
-from hypertweaks.train import Diverged, evaluate, fit, resolve_device
+from hypertweaks.train import Diverged, evaluate, fit, release_memory, resolve_device
 
 log = logging.getLogger("hypertweaks")
 # Failures that belong to one recipe: the trial fails alone and the study goes on.
@@ -116,7 +115,8 @@ class Search:
         with tempfile.TemporaryDirectory(prefix="smoke-", dir=self.run_dir) as smoke_dir:
             task.save(model, Path(smoke_dir))
             task.load(Path(smoke_dir))
-        _free(model)
+        del model
+        release_memory(self.device)
         self.display.message(f"smoke run passed in {time.perf_counter() - start:.1f}s")
 
     def objective(self, trial: optuna.Trial) -> float:
@@ -189,7 +189,8 @@ class Search:
             )
             return result.best_value
         finally:
-            _free(model)
+            model = None  # the last reference: its memory goes back before the next trial
+            release_memory(self.device)
 
     def _write_model(self, model, folder: Path, number: int, recipe: Recipe, result) -> None:
         """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
@@ -285,7 +286,8 @@ class Search:
         if self.task.splits.test is not None:
             model = self.task.load(best_dir)
             test_metrics = self._test(model)
-            _free(model)
+            del model
+            release_memory(self.device)
         defaults = next((t for t in complete if t.user_attrs.get("tag") == "defaults"), None)
         path = self.run_dir / "results.json"
         summary = {
@@ -306,15 +308,6 @@ class Search:
             results_path=path,
             notes=self.task.splits.notes,
         )
-
-
-def _free(model) -> None:
-    """Give back the trial's memory: the peers' most reported failure is running out of GPU
-    memory a few trials in."""
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:

@@ -128,7 +128,9 @@ def _accumulate_gradients(task, model, optimizer, inputs, labels, micro: int) ->
     return total
 
 
-def _release_memory(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
+    """Give memory back after a model is dropped: the peers' most reported failure is running
+    out of GPU memory a few trials in."""
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -197,7 +199,7 @@ def fit(
                         raise
                     micro = max(1, min(micro, len(labels)) // 2)
                     result.micro_batch = micro
-                    _release_memory(device)
+                    release_memory(device)
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at epoch {epoch + 1}, step {step + 1}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
