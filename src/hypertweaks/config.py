@@ -9,10 +9,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hypertweaks.recipes import task_knobs
 from hypertweaks.space import KNOBS, check_knob_spec
 
-TASKS = ("text-classification", "image-classification")
-METRICS = ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall")
+TASKS = ("text-classification", "image-classification", "causal-lm")
+METRICS = ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall", "perplexity", "exact_match")
+LOWER_IS_BETTER = ("loss", "perplexity")
+_METRICS_BY_TASK = {
+    "text-classification": ("accuracy", "macro_f1", "loss"),
+    "image-classification": ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall"),
+    "causal-lm": ("loss", "perplexity", "exact_match"),
+}
+_DEFAULT_METRIC = {"causal-lm": "loss"}
+_DEFAULT_MAX_LENGTH = {"causal-lm": 512}
 
 
 class ConfigError(ValueError):
@@ -39,9 +48,12 @@ class Experiment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=False)
 
-    task: Literal["text-classification", "image-classification"] = "text-classification"
+    task: Literal["text-classification", "image-classification", "causal-lm"] = (
+        "text-classification"
+    )
     model: str = Field(description="Hugging Face hub id, local model folder, or timm name")
     weights: Path | None = Field(None, description="local weights file (image backbones)")
+    gguf_file: str | None = Field(None, description="GGUF file name inside the model folder/repo")
     train: Path
     validation: Path | None = None
     test: Path | None = None
@@ -58,9 +70,16 @@ class Experiment(BaseModel):
     trials: int | None = 20
     timeout: float | None = Field(None, description="wall-clock budget of the whole study, seconds")
 
-    metric: Literal["accuracy", "macro_f1", "loss", "roc_auc", "defect_recall"] = "accuracy"
+    metric: (
+        Literal[
+            "accuracy", "macro_f1", "loss", "roc_auc", "defect_recall", "perplexity", "exact_match"
+        ]
+        | None
+    ) = Field(None, description="default: accuracy, or loss for causal-lm")
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
-    max_length: int = Field(128, ge=8, le=8192)
+    max_length: int | None = Field(
+        None, ge=8, le=131072, description="tokens; default 128, or 512 for causal-lm"
+    )
     image_size: int = Field(224, ge=32, le=1024)
     validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     max_dropped_fraction: float = Field(0.1, ge=0.0, le=1.0)
@@ -115,8 +134,23 @@ class Experiment(BaseModel):
             raise ValueError(f"timeout must be positive. Got {self.timeout} seconds instead")
         if self.trials is None and self.timeout is None:
             raise ValueError("give a budget: trials, timeout, or both")
-        if self.metric in ("roc_auc", "defect_recall") and self.task != "image-classification":
-            raise ValueError(f"metric {self.metric!r} is only for image-classification")
+        if self.metric is None:
+            self.metric = _DEFAULT_METRIC.get(self.task, "accuracy")
+        if self.metric not in _METRICS_BY_TASK[self.task]:
+            raise ValueError(
+                f"metric {self.metric!r} is not one of {self.task}'s: "
+                f"{', '.join(_METRICS_BY_TASK[self.task])}"
+            )
+        if self.max_length is None:
+            self.max_length = _DEFAULT_MAX_LENGTH.get(self.task, 128)
+        knobs = task_knobs(self.task)
+        for knob in self.space:
+            if knob not in knobs:
+                raise ValueError(
+                    f"knob {knob!r} is for causal-lm only; {self.task} has no adapters"
+                )
+        if self.gguf_file is not None and self.task != "causal-lm":
+            raise ValueError("gguf_file is for causal-lm models only")
         return self
 
     @property
@@ -125,7 +159,7 @@ class Experiment(BaseModel):
 
     @property
     def direction(self) -> str:
-        return "minimize" if self.metric == "loss" else "maximize"
+        return "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_defaults=False)

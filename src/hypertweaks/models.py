@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,8 @@ class LayerStack:
     bottom: list[nn.Parameter]
     blocks: list[nn.Module]
     top: list[nn.Parameter]
+    # When set, only these parameters (by id) ever train, e.g. the LoRA adapters inside the blocks.
+    only: set[int] | None = field(default=None)
 
     def groups_top_down(self, freeze_layers: int) -> list[list[nn.Parameter]]:
         """Trainable parameter groups, top first; the bottom and the lowest `freeze_layers`
@@ -91,7 +93,7 @@ class LayerStack:
             block.requires_grad_(False)
         for group in groups:
             for param in group:
-                param.requires_grad_(True)
+                param.requires_grad_(self.only is None or id(param) in self.only)
         return len(groups)
 
 
@@ -104,7 +106,7 @@ def freeze_norm_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-def _largest_block_list(module: nn.Module) -> nn.Module | None:
+def largest_block_list(module: nn.Module) -> nn.Module | None:
     """The longest ModuleList/Sequential whose children share one class: the transformer layers
     (or backbone stages), whatever the family calls them."""
     best, best_key = None, (1, 0)
@@ -124,7 +126,7 @@ def layer_stack(model: nn.Module, body: nn.Module | None = None) -> LayerStack:
     """Split a model into bottom / blocks / top. `body` is the pretrained part (HF base_model);
     parameters registered before the blocks in it are the bottom, all the rest is the top."""
     body = body if body is not None else getattr(model, "base_model", model)
-    blocks_module = _largest_block_list(body)
+    blocks_module = largest_block_list(body)
     if blocks_module is None:
         raise ModelError(f"cannot find the stack of layers in {type(model).__name__} to freeze")
     block_params = {id(p) for p in blocks_module.parameters()}

@@ -20,7 +20,7 @@ from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
-from hypertweaks.recipes import default_recipe, default_space
+from hypertweaks.recipes import default_recipe, default_space, task_knobs
 from hypertweaks.report import render as render_report
 from hypertweaks.results import trial_row, write_results
 from hypertweaks.space import Recipe, fit_into, max_epochs, resolve_space, suggest
@@ -71,7 +71,9 @@ class Search:
         self.task.prepare()
         try:
             self.space = resolve_space(
-                default_space(self.exp.task, self.exp.space), self.task.num_layers
+                default_space(self.exp.task, self.exp.space),
+                self.task.num_layers,
+                task_knobs(self.exp.task),
             )
         except ValueError as error:
             raise ConfigError(f"invalid experiment:\n  space: {error}") from None
@@ -79,8 +81,9 @@ class Search:
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # every core this process may use
         splits = self.task.splits
+        classes = f"{len(splits.classes)} classes, " if len(splits.classes) > 1 else ""
         self.display.message(
-            f"{self.exp.task}: {len(splits.classes)} classes, train {len(splits.train)}, "
+            f"{self.exp.task}: {classes}train {len(splits.train)}, "
             f"validation {len(splits.validation)}, test {len(splits.test or [])}; "
             f"model {self.exp.model} ({self.task.num_layers} layers) on {self.device}"
         )

@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 SCHEDULES = ("constant", "linear", "cosine")
+ADAPTERS = ("lora", "full")
+# Which linear layers get LoRA adapters: the attention projections, or every linear layer of the
+# blocks (QLoRA, Dettmers et al. 2023, found the latter needed to match full fine-tuning).
+LORA_TARGETS = ("attention", "all-linear")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,17 @@ KNOBS: dict[str, Knob] = {
     "warmup_ratio": Knob("float", 0.0, 1.0, high_open=True, default={"low": 0.0, "high": 0.2}),
     "freeze_layers": Knob("int", 0, None, default={"low": 0, "high": "all"}),
     "gradual_unfreeze": Knob("bool", default=[False, True]),
+    # Causal language models only: full fine-tuning or LoRA adapters, and the adapters' settings.
+    "adapter": Knob("choice", choices=ADAPTERS, default="lora"),
+    "lora_r": Knob("int", 1, 1024, default=[8, 16, 32, 64]),
+    "lora_alpha": Knob(
+        "float", 0.0, 4096.0, low_open=True, default={"low": 8, "high": 128, "log": True}
+    ),
+    "lora_dropout": Knob("float", 0.0, 1.0, high_open=True, default={"low": 0.0, "high": 0.2}),
+    "lora_targets": Knob("choice", choices=LORA_TARGETS, default=list(LORA_TARGETS)),
 }
+CORE_KNOBS = tuple(name for name in KNOBS if name != "adapter" and not name.startswith("lora_"))
+LM_KNOBS = tuple(KNOBS)
 
 
 @dataclass(frozen=True)
@@ -86,9 +100,14 @@ class Recipe:
     warmup_ratio: float
     freeze_layers: int
     gradual_unfreeze: bool
+    adapter: str | None = None  # the rest: causal language models only
+    lora_r: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_targets: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: value for name, value in asdict(self).items() if value is not None}
 
 
 def check_knob_spec(name: str, spec: Any) -> None:
@@ -115,9 +134,12 @@ def check_knob_spec(name: str, spec: Any) -> None:
         knob.check(name, spec)
 
 
-def resolve_space(user_space: dict[str, Any], num_layers: int) -> dict[str, Any]:
-    """Every knob's spec: the user's where given, else the default; 'all' layers made concrete."""
-    space = {name: user_space.get(name, knob.default) for name, knob in KNOBS.items()}
+def resolve_space(
+    user_space: dict[str, Any], num_layers: int, names: tuple[str, ...] = CORE_KNOBS
+) -> dict[str, Any]:
+    """Every knob's spec (of the task's knobs `names`): the user's where given, else the
+    default; 'all' layers made concrete."""
+    space = {name: user_space.get(name, KNOBS[name].default) for name in names}
 
     def concrete(value: Any) -> Any:
         if value == "all":

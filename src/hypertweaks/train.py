@@ -2,7 +2,8 @@
 
 Knows nothing of the search: after every epoch it calls `on_epoch(report)`, which may ask it to
 stop (a pruned trial) by returning True. The task supplies `forward(model, inputs) -> logits`
-and `metrics(logits, labels) -> dict`.
+and `metrics(logits, labels) -> dict`; a task whose loss is not cross-entropy over one label per
+example (language modelling) also supplies `loss_sum`, `count_targets` and `evaluate`.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps
     )
 
 
-def _autocast(device: torch.device):
+def autocast(device: torch.device):
     if device.type != "cuda":
         return nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16)  # no loss scaling needed, unlike fp16
@@ -104,23 +105,34 @@ def evaluate(
 ) -> dict[str, float]:
     device = torch.device(device)
     model.eval()
+    if hasattr(task, "evaluate"):
+        return task.evaluate(model, data, device, batch_size)
     logits, labels = [], []
     for inputs, target in DataLoader(data, batch_size=batch_size, collate_fn=data.collate):
-        with _autocast(device):
+        with autocast(device):
             logits.append(task.forward(model, {k: v.to(device) for k, v in inputs.items()}).float())
         labels.append(target)
     return task.metrics(torch.cat(logits), torch.cat(labels))
 
 
+def _loss_sum(task, model, inputs, labels) -> torch.Tensor:
+    if hasattr(task, "loss_sum"):
+        return task.loss_sum(model, inputs, labels)
+    logits = task.forward(model, inputs)
+    return nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+
+
 def _accumulate_gradients(task, model, optimizer, inputs, labels, micro: int) -> float:
-    """Gradients of the mean loss over the batch, computed `micro` examples at a time."""
+    """Gradients of the mean loss over the batch (per example, or per target token for a
+    language model), computed `micro` examples at a time."""
     optimizer.zero_grad(set_to_none=True)
     total, size = 0.0, len(labels)
+    targets = task.count_targets(labels) if hasattr(task, "count_targets") else size
     for start in range(0, size, micro):
         part = slice(start, start + micro)
-        with _autocast(labels.device):
-            logits = task.forward(model, {k: v[part] for k, v in inputs.items()})
-        loss = nn.functional.cross_entropy(logits.float(), labels[part], reduction="sum") / size
+        with autocast(labels.device):
+            loss_sum = _loss_sum(task, model, {k: v[part] for k, v in inputs.items()}, labels[part])
+        loss = loss_sum.float() / max(targets, 1)
         if not torch.isfinite(loss):
             return loss.item()
         loss.backward()
@@ -162,15 +174,24 @@ def fit(
     device = torch.device(device)
     torch.manual_seed(seed)
     model.to(device)
-    loader = DataLoader(
-        # a last batch of one breaks batch norm; drop the ragged tail when there is more data
-        train_data,
-        batch_size=recipe.batch_size,
-        shuffle=True,
-        drop_last=len(train_data) > recipe.batch_size,
-        collate_fn=train_data.collate,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    # a last batch of one breaks batch norm; drop the ragged tail when there is more data
+    drop_last = len(train_data) > recipe.batch_size
+    generator = torch.Generator().manual_seed(seed)
+    if hasattr(train_data, "batches"):  # the dataset groups its batches (e.g. by length)
+        loader = DataLoader(
+            train_data,
+            batch_sampler=train_data.batches(recipe.batch_size, drop_last, generator),
+            collate_fn=train_data.collate,
+        )
+    else:
+        loader = DataLoader(
+            train_data,
+            batch_size=recipe.batch_size,
+            shuffle=True,
+            drop_last=drop_last,
+            collate_fn=train_data.collate,
+            generator=generator,
+        )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * recipe.epochs
     if max_steps is not None:

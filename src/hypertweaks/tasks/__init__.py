@@ -17,4 +17,8 @@ def make_task(experiment: Experiment, cache_dir: Path) -> Task:
         from hypertweaks.tasks.image import ImageClassification
 
         return ImageClassification(experiment, cache_dir)
+    if experiment.task == "causal-lm":
+        from hypertweaks.tasks.causal_lm import CausalLM
+
+        return CausalLM(experiment, cache_dir)
     raise ValueError(f"unknown task {experiment.task!r}")
