@@ -47,6 +47,7 @@ def build_tiny_llama(folder: Path, chat_template: bool = True, layers: int = 3) 
         eos_token_id=vocab["<|im_end|>"],
         pad_token_id=vocab["<pad>"],
         tie_word_embeddings=True,
+        initializer_range=0.3,  # embeddings large enough for LoRA alone to make confident logits
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)

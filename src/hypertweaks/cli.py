@@ -20,8 +20,9 @@ from hypertweaks.search import Result, tune
 
 # flag -> (experiment field, type, help); every flag overrides the YAML file.
 FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--task": ("task", str, "text-classification or image-classification"),
+    "--task": ("task", str, "text-classification, image-classification or causal-lm"),
     "--model": ("model", str, "hub id, local model folder, or timm backbone name"),
+    "--gguf-file": ("gguf_file", str, "GGUF file inside the model folder/repo (causal-lm)"),
     "--weights": ("weights", str, "local weights file for the backbone (image models)"),
     "--train": ("train", str, "training data: CSV, JSONL, Parquet, datasets folder, image folder"),
     "--validation": ("validation", str, "validation data (default: a stratified split of train)"),
@@ -34,7 +35,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--storage": ("storage", str, "Optuna storage URL (default: SQLite in RUNS_DIR/NAME)"),
     "--trials": ("trials", int, "number of trials for the whole study"),
     "--timeout": ("timeout", str, "wall-clock budget for the whole study, e.g. 30m, 2h"),
-    "--metric": ("metric", str, "accuracy, macro_f1, loss, roc_auc or defect_recall"),
+    "--metric": (
+        "metric",
+        str,
+        "accuracy, macro_f1, loss, roc_auc, defect_recall; causal-lm: loss, perplexity, "
+        "exact_match",
+    ),
     "--device": ("device", str, "auto, cpu, cuda, cuda:N"),
     "--seed": ("seed", int, "seed of the splits, the sampler and the trials"),
     "--max-length": ("max_length", int, "longest text in tokens"),
@@ -66,7 +72,24 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_cmd.add_argument("--storage", help="the study's storage URL, if not RUN_DIR/study.db")
     dashboard_cmd.add_argument("--host", default="127.0.0.1", help="bind address (default local)")
     dashboard_cmd.add_argument("--port", type=int, default=8080)
+    merge_cmd = commands.add_parser(
+        "merge", help="merge a LoRA adapter (e.g. runs/NAME/best) into its base model"
+    )
+    merge_cmd.add_argument("adapter_dir", help="the saved adapter, e.g. runs/NAME/best")
+    merge_cmd.add_argument("--output", required=True, help="folder for the merged full model")
     return parser
+
+
+def run_merge(args: argparse.Namespace, console: Console) -> int:
+    from hypertweaks.tasks.causal_lm import merge_adapter
+
+    try:
+        output = merge_adapter(args.adapter_dir, args.output)
+    except ModelError as error:
+        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+        return 2
+    console.print(f"merged model: {output}")
+    return 0
 
 
 def run_dashboard(args: argparse.Namespace, console: Console) -> int:
@@ -117,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "dashboard":
         return run_dashboard(args, console)
+    if args.command == "merge":
+        return run_merge(args, console)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("optuna").setLevel(logging.WARNING)

@@ -21,7 +21,6 @@ _METRICS_BY_TASK = {
     "causal-lm": ("loss", "perplexity", "exact_match"),
 }
 _DEFAULT_METRIC = {"causal-lm": "loss"}
-_DEFAULT_MAX_LENGTH = {"causal-lm": 512}
 
 
 class ConfigError(ValueError):
@@ -78,7 +77,7 @@ class Experiment(BaseModel):
     ) = Field(None, description="default: accuracy, or loss for causal-lm")
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
     max_length: int | None = Field(
-        None, ge=8, le=131072, description="tokens; default 128, or 512 for causal-lm"
+        None, ge=8, le=131072, description="tokens; default 128 (causal-lm: context, <= 512)"
     )
     image_size: int = Field(224, ge=32, le=1024)
     validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
@@ -141,8 +140,8 @@ class Experiment(BaseModel):
                 f"metric {self.metric!r} is not one of {self.task}'s: "
                 f"{', '.join(_METRICS_BY_TASK[self.task])}"
             )
-        if self.max_length is None:
-            self.max_length = _DEFAULT_MAX_LENGTH.get(self.task, 128)
+        if self.max_length is None and self.task != "causal-lm":  # causal-lm: from its context
+            self.max_length = 128
         knobs = task_knobs(self.task)
         for knob in self.space:
             if knob not in knobs:

@@ -79,6 +79,8 @@ class LayerStack:
         groups = [self.top] + [list(b.parameters()) for b in reversed(self.blocks[freeze_layers:])]
         if freeze_layers == 0:
             groups.append(self.bottom)
+        if self.only is not None:  # a group counts only if something in it may train
+            groups = [[p for p in g if id(p) in self.only] for g in groups]
         return [g for g in groups if g]
 
     def set_trainable(self, freeze_layers: int, gradual_unfreeze: bool, epoch: int) -> int:
@@ -93,7 +95,7 @@ class LayerStack:
             block.requires_grad_(False)
         for group in groups:
             for param in group:
-                param.requires_grad_(self.only is None or id(param) in self.only)
+                param.requires_grad_(True)
         return len(groups)
 
 

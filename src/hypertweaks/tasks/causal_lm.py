@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,13 +110,20 @@ def load_causal_lm(source: str, gguf_file: str | None = None, dropout: float | N
     if dropout is not None:
         overrides = with_dropout(load_hf_config(source, **extra), dropout)
     try:
-        return AutoModelForCausalLM.from_pretrained(_source(source), **extra, **overrides)
+        model = AutoModelForCausalLM.from_pretrained(_source(source), **extra, **overrides)
     except (OSError, ValueError) as error:
         raise ModelError(
             f"cannot load causal language model {source!r}"
             + (f" from GGUF file {gguf_file!r}" if gguf_file else "")
             + f": {str(error).splitlines()[0]}"
         ) from None
+    if gguf_file:
+        # transformers dequantises GGUF weights to float32 but still marks the model as
+        # quantized, which forbids saving it; the weights are plain tensors, so unmark it.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
 
 
 def load_tokenizer(source: str, gguf_file: str | None = None):
@@ -183,7 +191,8 @@ class CausalLM:
                 "no chat template; use prompt/completion fields, or a chat (instruct) model"
             )
         context = getattr(config, "max_position_embeddings", None)
-        if context is not None and exp.max_length > context:
+        self.max_length = exp.max_length or min(512, context or 512)
+        if context is not None and self.max_length > context:
             raise DataError(
                 f"max_length {exp.max_length} is longer than the model's context of {context} "
                 f"tokens; set max_length to at most {context}"
@@ -208,7 +217,7 @@ class CausalLM:
         return {"gguf_file": self.experiment.gguf_file} if self.experiment.gguf_file else {}
 
     def _encode_all(self, rows: list[dict[str, Any]], role: str, notes: list[str]) -> list:
-        limit, out, truncated, dropped = self.experiment.max_length, [], 0, 0
+        limit, out, truncated, dropped = self.max_length, [], 0, 0
         for row in rows:
             ids, targets, label = self._encode(row)
             if len(ids) > limit:
@@ -338,7 +347,9 @@ class CausalLM:
             layers_pattern=_blocks_name(model),
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.simplefilter("ignore", FutureWarning)
+            model = get_peft_model(model, config)
         stack = layer_stack(model, body=model.get_base_model().base_model)
         stack.only = {id(p) for name, p in model.named_parameters() if "lora_" in name}
         return model, stack
@@ -393,6 +404,7 @@ class CausalLM:
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TokenExamples, device, batch_size: int = 16):
         model.eval()
+        device = torch.device(device)
         loss, tokens, exact = 0.0, 0, 0
         order = sorted(range(len(data)), key=lambda i: -int(data.lengths[i]))
         size = min(batch_size, 16)  # logits are vocabulary-wide: keep them small
@@ -454,7 +466,9 @@ def load_finetuned(directory: str | Path) -> nn.Module:
     from peft import PeftModel
 
     base, gguf_file = _base_of(directory)
-    return PeftModel.from_pretrained(load_causal_lm(base, gguf_file), directory)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        return PeftModel.from_pretrained(load_causal_lm(base, gguf_file), directory)
 
 
 def merge_adapter(directory: str | Path, output: str | Path) -> Path:
