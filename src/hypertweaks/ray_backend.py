@@ -1,0 +1,309 @@
+"""The same study on a Ray cluster through Ray Tune.
+
+Ray's OptunaSearch asks the same define-by-run space as the embedded backend (the default
+recipe first), Ray's ASHA stops weak trials at epoch boundaries, and each trial runs the usual
+`fit` in a Ray worker with the resources the experiment asks for. The best model goes to
+RUN_DIR/best through the same BestCheckpoint as the embedded backend (so RUN_DIR must be on
+storage every node sees), and when Ray is done its trials are written into RUN_DIR/study.db as an
+Optuna study, so results.json, `report` and `dashboard` work unchanged. Ray retries a trial whose
+worker died; running the same command again resumes an interrupted experiment (Tuner.restore).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+import optuna
+import torch
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+
+from hypertweaks.checkpoints import BestCheckpoint
+from hypertweaks.config import ConfigError, Experiment
+from hypertweaks.display import LogDisplay
+from hypertweaks.search import Result, Search
+from hypertweaks.space import KNOBS, Recipe, fit_into, max_epochs, suggest, tunable
+from hypertweaks.study import storage_url
+from hypertweaks.tasks import make_task
+from hypertweaks.train import evaluate, fit, release_memory, resolve_device
+
+RAY_DIR = "ray"  # Ray's experiment state, under RUN_DIR
+
+
+def require_ray():
+    try:
+        import ray
+        from ray import tune  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "backend 'ray' needs Ray Tune: pip install 'hypertweaks[ray]' (or 'ray[tune]')"
+        ) from None
+    return ray
+
+
+def distributions(space: dict[str, Any]) -> dict[str, Any]:
+    """The Optuna distributions `space.suggest` samples from, for writing Ray's trials back."""
+    out = {}
+    for name in tunable(space):
+        spec = space[name]
+        if isinstance(spec, list):
+            out[name] = CategoricalDistribution(list(dict.fromkeys(spec)))
+        elif KNOBS[name].kind == "int":
+            out[name] = IntDistribution(spec["low"], spec["high"], log=bool(spec.get("log")))
+        else:
+            out[name] = FloatDistribution(spec["low"], spec["high"], log=bool(spec.get("log")))
+    return out
+
+
+def run_trial(
+    config: dict[str, Any], experiment: dict[str, Any], space: dict, defaults: dict
+) -> None:
+    """One trial inside a Ray worker: the embedded backend's trial, reporting every epoch."""
+    from ray import tune
+
+    exp = Experiment(**experiment)
+    context = tune.get_context()
+    attempts_dir = exp.run_dir / RAY_DIR / "attempts"
+    attempts_dir.mkdir(parents=True, exist_ok=True)
+    marker = attempts_dir / context.get_trial_id()  # counts the tries of this trial
+    attempt = json.loads(marker.read_text())["attempt"] + 1 if marker.exists() else 1
+    marker.write_text(json.dumps({"attempt": attempt, "pid": os.getpid()}))
+
+    resources = context.get_trial_resources().required_resources
+    device = resolve_device(exp.device if resources.get("GPU", 0) else "cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    recipe = Recipe(**{**_fixed(space), **config})
+    is_default = config == fit_into(space, defaults)
+    number = int(context.get_trial_id().rsplit("_", 1)[-1])
+    seed = exp.seed + number
+
+    task = make_task(exp, exp.run_dir / "cache")
+    task.prepare()  # tokens and features come from the study's cache
+    torch.manual_seed(seed)
+    model, layers = task.build(recipe)
+    extra = {
+        "attempt": attempt,
+        "number": number,
+        "recipe": json.dumps(recipe.as_dict()),
+        "seed": seed,
+        "started": time.time(),
+    }
+
+    def on_epoch(report) -> bool:
+        row = report.as_dict()
+        tune.report({**row, **extra, "row": json.dumps(row), "final": False})
+        return False  # ASHA stops a trial by ending this worker's function at a report
+
+    result = fit(
+        task,
+        model,
+        layers,
+        recipe,
+        task.dataset(task.splits.train, True, recipe),
+        task.dataset(task.splits.validation, False, recipe),
+        metric=exp.metric,
+        direction=exp.direction,
+        patience=exp.patience,
+        device=device,
+        seed=seed,
+        on_epoch=on_epoch,
+    )
+    test_metrics = None
+    if is_default and task.splits.test is not None:
+        test = task.dataset(task.splits.test, False)
+        test_metrics = evaluate(task, model, test, device)
+    BestCheckpoint(exp.run_dir, exp.direction).offer(
+        number, result.best_value, lambda folder: task.save(model, folder)
+    )
+    summary = {
+        "best_value": result.best_value,
+        "best_epoch": result.best_epoch,
+        "stopped": result.stopped,
+        "train_seconds": result.seconds,
+        "examples": result.examples,
+        "best_metrics": json.dumps(result.best_metrics),
+        "curve": json.dumps(result.curve),
+        "test_metrics": json.dumps(test_metrics),
+        "tag": "defaults" if is_default else "",
+        "finished": time.time(),
+    }
+    last = result.curve[-1] if result.curve else {}
+    model = None
+    release_memory(device)
+    tune.report({**last, **extra, **summary, "final": True})
+
+
+def _fixed(space: dict[str, Any]) -> dict[str, Any]:
+    """The knobs the search does not vary, with their one value."""
+
+    class Fixed:  # a suggester that is never asked: every knob it would be asked is tunable
+        def __getattr__(self, name):
+            raise AssertionError(name)
+
+    fixed_space = {k: v for k, v in space.items() if k not in tunable(space)}
+    return suggest(Fixed(), fixed_space).as_dict() if fixed_space else {}
+
+
+class RaySearch(Search):
+    """The study's stages on Ray Tune; outputs identical in form to the embedded backend's."""
+
+    def run(self) -> Result:
+        ray = require_ray()
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        exp = self.exp
+        start = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        if exp.smoke:
+            self.smoke()
+        ray.init(
+            address=exp.ray_address,
+            ignore_reinit_error=True,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
+        )
+        space, metric, mode = self.space, exp.metric, exp.direction[:3]
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                run_trial,
+                experiment=exp.model_dump(mode="json"),
+                space=space,
+                defaults=self.defaults,
+            ),
+            {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial},
+        )
+        ray_dir = (self.run_dir / RAY_DIR).resolve()
+        if tune.Tuner.can_restore(str(ray_dir / "study")):
+            self.display.message(f"resuming Ray experiment {ray_dir / 'study'}")
+            tuner = tune.Tuner.restore(str(ray_dir / "study"), trainable, resume_errored=True)
+        else:
+
+            def define_by_run(trial: optuna.Trial) -> None:
+                suggest(trial, space)
+
+            searcher = OptunaSearch(
+                define_by_run,
+                metric=metric,
+                mode=mode,
+                points_to_evaluate=[fit_into(space, self.defaults)] if exp.defaults_first else [],
+                sampler=optuna.samplers.TPESampler(seed=exp.seed, multivariate=True),
+            )
+            max_t = max_epochs(space)
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher,
+                    scheduler=ASHAScheduler(
+                        time_attr="epoch", max_t=max_t, grace_period=1, reduction_factor=3
+                    )
+                    if exp.pruner != "none"
+                    else None,
+                    metric=metric,
+                    mode=mode,
+                    num_samples=exp.trials if exp.trials is not None else -1,
+                    time_budget_s=exp.timeout,
+                ),
+                run_config=tune.RunConfig(
+                    name="study",
+                    storage_path=str(ray_dir),
+                    failure_config=tune.FailureConfig(max_failures=2),
+                    verbose=0 if exp.quiet else 1,
+                ),
+            )
+        grid = tuner.fit()
+        study = self._record(grid)
+        result = self.finish(study)
+        result.seconds = time.perf_counter() - start
+        from hypertweaks.report import render
+
+        result.report_path = render(self.run_dir, exp.storage)
+        return result
+
+    def _record(self, grid) -> optuna.Study:
+        """Ray's trials, in creation order, as an Optuna study in the experiment's storage."""
+        exp = self.exp
+        url = storage_url(exp)
+        try:
+            optuna.delete_study(study_name=exp.name, storage=url)
+        except KeyError:
+            pass
+        study = optuna.create_study(study_name=exp.name, storage=url, direction=exp.direction)
+        study.set_user_attr("backend", "ray")
+        dists = distributions(self.space)
+        results = sorted(grid, key=lambda r: (r.metrics or {}).get("number", len(grid)))
+        for result in results:
+            study.add_trial(self._frozen(result, dists))
+        return study
+
+    def _frozen(self, result, dists) -> optuna.trial.FrozenTrial:
+        exp, last = self.exp, result.metrics or {}
+        params = {k: v for k, v in (result.config or {}).items() if k in dists}
+        history = result.metrics_dataframe
+        epochs = history[history["final"] == False] if history is not None else None  # noqa: E712
+        intermediate = (
+            {int(r["epoch"]): float(r[exp.metric]) for _, r in epochs.iterrows()}
+            if epochs is not None and exp.metric in epochs
+            else {}
+        )
+        attrs: dict[str, Any] = {"attempts": int(last.get("attempt", 1))}
+        if "recipe" in last:
+            attrs["recipe"] = json.loads(last["recipe"])
+            attrs["seed"] = int(last["seed"])
+        if last.get("final"):
+            state, value = TrialState.COMPLETE, float(last["best_value"])
+            attrs.update(
+                curve=json.loads(last["curve"]),
+                metrics=json.loads(last["best_metrics"]),
+                examples=int(last["examples"]),
+                train_seconds=float(last["train_seconds"]),
+                best_epoch=int(last["best_epoch"]),
+                stopped=last["stopped"],
+            )
+            if last.get("tag"):
+                attrs["tag"] = last["tag"]
+                test = json.loads(last["test_metrics"])
+                if test:
+                    attrs["test_metrics"] = test
+        elif result.error is not None:
+            state, value = TrialState.FAIL, None
+            attrs["error"] = f"{type(result.error).__name__}: {str(result.error)[:500]}"
+        else:  # ASHA stopped it after an epoch
+            state, value = TrialState.PRUNED, None
+            rows = epochs["row"].tolist() if epochs is not None else []
+            attrs.update(
+                curve=[json.loads(row) for row in rows],
+                stopped="pruned",
+                train_seconds=float(last.get("seconds", 0.0)),
+                examples=int(last.get("examples", 0)),
+            )
+        trial = optuna.trial.create_trial(
+            state=state,
+            value=value,
+            params=params,
+            distributions={k: dists[k] for k in params},
+            intermediate_values=intermediate,
+            user_attrs=attrs,
+        )
+        if "started" in last:  # when the trial ran, not when it was recorded
+            trial.datetime_start = datetime.fromtimestamp(last["started"])
+            trial.datetime_complete = datetime.fromtimestamp(
+                last.get("finished", last.get("timestamp", last["started"]))
+            )
+        return trial
+
+
+def tune_on_ray(exp: Experiment, display: LogDisplay) -> Result:
+    return RaySearch(exp, display).run()

