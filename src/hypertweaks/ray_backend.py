@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.display import LogDisplay
-from hypertweaks.search import Result, Search
+from hypertweaks.search import Result, Search, write_model
 from hypertweaks.space import KNOBS, Recipe, fit_into, max_epochs, suggest, tunable
 from hypertweaks.study import storage_url
 from hypertweaks.tasks import make_task
@@ -122,7 +122,9 @@ def run_trial(
         test = task.dataset(task.splits.test, False)
         test_metrics = evaluate(task, model, test, device)
     BestCheckpoint(exp.run_dir, exp.direction).offer(
-        number, result.best_value, lambda folder: task.save(model, folder)
+        number,
+        result.best_value,
+        lambda folder: write_model(exp, task, model, folder, number, recipe, result),
     )
     summary = {
         "best_value": result.best_value,

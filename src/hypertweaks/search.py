@@ -188,30 +188,12 @@ class Search:
             self.best.offer(
                 trial.number,
                 result.best_value,
-                lambda folder: self._write_model(model, folder, trial.number, recipe, result),
+                lambda folder: write_model(exp, task, model, folder, trial.number, recipe, result),
             )
             return result.best_value
         finally:
             model = None  # the last reference: its memory goes back before the next trial
             release_memory(self.device)
-
-    def _write_model(self, model, folder: Path, number: int, recipe: Recipe, result) -> None:
-        """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
-        self.task.save(model, folder)
-        refit = self.exp.model_dump(mode="json")
-        refit.update(
-            space=recipe.as_dict(),
-            trials=1,
-            timeout=None,
-            defaults_first=False,
-            name=f"{self.exp.name}-refit",
-            storage=None,
-        )
-        header = (
-            f"# best recipe of study {self.exp.name!r}: trial {number}, "
-            f"val {self.exp.metric} {result.best_value:.4f} at epoch {result.best_epoch}\n"
-        )
-        (folder / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
 
     def _test(self, model) -> dict[str, float]:
         test = self.task.dataset(self.task.splits.test, False)
@@ -311,6 +293,26 @@ class Search:
             results_path=path,
             notes=self.task.splits.notes,
         )
+
+
+def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe, result) -> None:
+    """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
+    task.save(model, folder)
+    refit = exp.model_dump(mode="json")
+    refit.update(
+        space=recipe.as_dict(),
+        trials=1,
+        timeout=None,
+        defaults_first=False,
+        name=f"{exp.name}-refit",
+        storage=None,
+        backend="optuna",
+    )
+    header = (
+        f"# best recipe of study {exp.name!r}: trial {number}, "
+        f"val {exp.metric} {result.best_value:.4f} at epoch {result.best_epoch}\n"
+    )
+    (folder / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
 
 
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:
