@@ -95,6 +95,11 @@ class Experiment(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0, description="Ray backend: CPUs each trial holds")
     gpus_per_trial: float = Field(0.0, ge=0, description="Ray backend: GPUs (or a fraction)")
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value  # a Path to a model folder
+
     @field_validator("timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float | None:

@@ -36,6 +36,7 @@ from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, fit, release_memory, resolve_device
 
 RAY_DIR = "ray"  # Ray's experiment state, under RUN_DIR
+NUMBER = "trial_number"  # added to each trial's config: its place in the study, and its seed
 
 
 def require_ray():
@@ -81,9 +82,10 @@ def run_trial(
     device = resolve_device(exp.device if resources.get("GPU", 0) else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    recipe = Recipe(**{**_fixed(space), **config})
-    is_default = config == fit_into(space, defaults)
-    number = int(context.get_trial_id().rsplit("_", 1)[-1])
+    params = {k: v for k, v in config.items() if k != NUMBER}
+    recipe = Recipe(**{**_fixed(space), **params})
+    is_default = params == fit_into(space, defaults)
+    number = int(config[NUMBER])
     seed = exp.seed + number
 
     task = make_task(exp, exp.run_dir / "cache")
@@ -96,12 +98,16 @@ def run_trial(
         "recipe": json.dumps(recipe.as_dict()),
         "seed": seed,
         "started": time.time(),
+        "tag": "defaults" if is_default else "",
     }
 
     def on_epoch(report) -> bool:
-        row = report.as_dict()
-        tune.report({**row, **extra, "row": json.dumps(row), "final": False})
-        return False  # ASHA stops a trial by ending this worker's function at a report
+        # ASHA stops a trial by ending its function at a report. The last epoch is reported
+        # with the trial's summary, once its model is saved, so that stop can lose nothing.
+        if report.epoch < recipe.epochs:
+            row = report.as_dict()
+            tune.report({**row, **extra, "row": json.dumps(row), "final": False})
+        return False
 
     result = fit(
         task,
@@ -135,13 +141,12 @@ def run_trial(
         "best_metrics": json.dumps(result.best_metrics),
         "curve": json.dumps(result.curve),
         "test_metrics": json.dumps(test_metrics),
-        "tag": "defaults" if is_default else "",
         "finished": time.time(),
     }
     last = result.curve[-1] if result.curve else {}
     model = None
     release_memory(device)
-    tune.report({**last, **extra, **summary, "final": True})
+    tune.report({**last, **extra, **summary, "row": json.dumps(last), "final": True})
 
 
 def _fixed(space: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +160,36 @@ def _fixed(space: dict[str, Any]) -> dict[str, Any]:
     return suggest(Fixed(), fixed_space).as_dict() if fixed_space else {}
 
 
+class DefineByRun:
+    """The embedded backend's `suggest` as Ray's define-by-run space (picklable: Ray saves the
+    searcher with the experiment)."""
+
+    def __init__(self, space: dict[str, Any]):
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        suggest(trial, self.space)
+
+
+def numbered_searcher(**kwargs):
+    """Ray's OptunaSearch that also numbers its trials in the order it creates them (the
+    embedded backend's trial numbers: they seed the trials and order the results). The counter is
+    part of the searcher's saved state, so it survives a restore."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class NumberedOptunaSearch(OptunaSearch):
+        created = 0
+
+        def suggest(self, trial_id: str):
+            config = super().suggest(trial_id)
+            if isinstance(config, dict):
+                config = {**config, NUMBER: self.created}
+                self.created += 1
+            return config
+
+    return NumberedOptunaSearch(**kwargs)
+
+
 class RaySearch(Search):
     """The study's stages on Ray Tune; outputs identical in form to the embedded backend's."""
 
@@ -162,7 +197,6 @@ class RaySearch(Search):
         ray = require_ray()
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
-        from ray.tune.search.optuna import OptunaSearch
 
         exp = self.exp
         start = time.perf_counter()
@@ -193,11 +227,8 @@ class RaySearch(Search):
             tuner = tune.Tuner.restore(str(ray_dir / "study"), trainable, resume_errored=True)
         else:
 
-            def define_by_run(trial: optuna.Trial) -> None:
-                suggest(trial, space)
-
-            searcher = OptunaSearch(
-                define_by_run,
+            searcher = numbered_searcher(
+                space=DefineByRun(space),
                 metric=metric,
                 mode=mode,
                 points_to_evaluate=[fit_into(space, self.defaults)] if exp.defaults_first else [],
@@ -253,17 +284,17 @@ class RaySearch(Search):
     def _frozen(self, result, dists) -> optuna.trial.FrozenTrial:
         exp, last = self.exp, result.metrics or {}
         params = {k: v for k, v in (result.config or {}).items() if k in dists}
-        history = result.metrics_dataframe
-        epochs = history[history["final"] == False] if history is not None else None  # noqa: E712
-        intermediate = (
-            {int(r["epoch"]): float(r[exp.metric]) for _, r in epochs.iterrows()}
-            if epochs is not None and exp.metric in epochs
-            else {}
-        )
+        history, rows = result.metrics_dataframe, []
+        if history is not None and "row" in history:  # the epochs of the trial's last attempt
+            latest = history[history["attempt"] == last.get("attempt", 1)]
+            rows = [json.loads(row) for row in latest["row"]]
+        intermediate = {int(r["epoch"]): float(r[exp.metric]) for r in rows if exp.metric in r}
         attrs: dict[str, Any] = {"attempts": int(last.get("attempt", 1))}
         if "recipe" in last:
             attrs["recipe"] = json.loads(last["recipe"])
             attrs["seed"] = int(last["seed"])
+            if last.get("tag"):
+                attrs["tag"] = last["tag"]
         if last.get("final"):
             state, value = TrialState.COMPLETE, float(last["best_value"])
             attrs.update(
@@ -274,23 +305,20 @@ class RaySearch(Search):
                 best_epoch=int(last["best_epoch"]),
                 stopped=last["stopped"],
             )
-            if last.get("tag"):
-                attrs["tag"] = last["tag"]
-                test = json.loads(last["test_metrics"])
-                if test:
-                    attrs["test_metrics"] = test
-        elif result.error is not None:
-            state, value = TrialState.FAIL, None
-            attrs["error"] = f"{type(result.error).__name__}: {str(result.error)[:500]}"
-        else:  # ASHA stopped it after an epoch
+            if json.loads(last["test_metrics"]):
+                attrs["test_metrics"] = json.loads(last["test_metrics"])
+        elif rows and result.error is None:  # ASHA stopped it after an epoch
             state, value = TrialState.PRUNED, None
-            rows = epochs["row"].tolist() if epochs is not None else []
             attrs.update(
-                curve=[json.loads(row) for row in rows],
+                curve=rows,
                 stopped="pruned",
-                train_seconds=float(last.get("seconds", 0.0)),
-                examples=int(last.get("examples", 0)),
+                train_seconds=float(rows[-1]["seconds"]),
+                examples=int(rows[-1]["examples"]),
             )
+        else:
+            state, value = TrialState.FAIL, None
+            error = result.error or "stopped before its first epoch ended"
+            attrs["error"] = f"{type(error).__name__}: {str(error)[:500]}"
         trial = optuna.trial.create_trial(
             state=state,
             value=value,
