@@ -256,7 +256,10 @@ class RaySearch(Search):
                     verbose=0 if exp.quiet else 1,
                 ),
             )
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            ray.shutdown()  # disconnect; a cluster started elsewhere keeps running
         study = self._record(grid)
         result = self.finish(study)
         result.seconds = time.perf_counter() - start
