@@ -269,12 +269,19 @@ def test_smollm2_from_its_gguf_file_learns_a_label_format(tmp_path):
             "runs_dir": tmp_path / "runs",
             "name": "smollm2",
             "quiet": True,
-            "space": {"epochs": 1, "batch_size": 8, "lora_r": 8, "lora_targets": "attention"},
+            "space": {
+                "epochs": 2,
+                "batch_size": 8,
+                "learning_rate": 1e-3,
+                "lora_r": 8,
+                "lora_targets": "attention",
+            },
         }
     )
     run_dir = tmp_path / "runs" / "smollm2"
     assert list((run_dir / "cache").glob("base-*/model.safetensors"))  # dequantised once
     curve = json.loads((run_dir / "results.json").read_text())["trials"][0]["curve"]
-    assert curve[0]["loss"] < 3.0  # a pretrained LM: the label tokens are far from uniform
+    # pretrained weights (a random model starts at ln(49152) = 10.8), and it learns the format
+    assert curve[0]["loss"] < 8.0 and curve[1]["loss"] < curve[0]["loss"]
     adapter = result.best_model_dir / "adapter_model.safetensors"
     assert 100_000 < adapter.stat().st_size < 5_000_000  # r 8 on q/k/v/o of 30 layers
