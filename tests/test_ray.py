@@ -150,3 +150,45 @@ def test_a_study_on_a_ray_cluster_matches_the_embedded_backend(cluster, minilm, 
     spans = sorted((t["started"], t["finished"]) for t in results["trials"] if t["started"])
     assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
     print(f"ray study: {seconds:.0f}s wall for 4 trials")
+
+
+def test_a_killed_ray_study_resumes_with_the_same_command(cluster, minilm, tweets, tmp_path):
+    exp = experiment(
+        minilm, tweets, tmp_path, backend="ray", ray_address=cluster, trials=4, smoke=False
+    )
+    (tmp_path / "exp.json").write_text(json.dumps(exp))
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys; from hypertweaks import tune; tune(json.load(open(sys.argv[1])))",
+            str(tmp_path / "exp.json"),
+        ],
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    best = tmp_path / "ray-study" / "best"
+    deadline = time.time() + 300
+    while not best.exists() and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    assert driver.poll() is None, "the study ended before it could be interrupted"
+    driver.kill()  # the driver dies mid-study: a crash, not a clean stop
+    driver.wait()
+    killed_at = time.time()
+    first_best = (best / "trial.json").read_text() if (best / "trial.json").exists() else None
+
+    result = tune(exp)  # the same command again
+    results = json.loads((tmp_path / "ray-study" / "results.json").read_text())
+    assert len(results["trials"]) == 4 and result.trials == 4
+    finished_before = [
+        t for t in results["trials"] if t["finished"] and _epoch(t["finished"]) < killed_at
+    ]
+    assert finished_before, "no trial of the first run was kept"
+    assert first_best is None or (best / "trial.json").exists()
+
+
+def _epoch(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()

@@ -31,7 +31,7 @@ from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.display import LogDisplay
 from hypertweaks.search import Result, Search, write_model
 from hypertweaks.space import KNOBS, Recipe, fit_into, max_epochs, suggest, tunable
-from hypertweaks.study import storage_url
+from hypertweaks.study import make_sampler, storage_url
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, fit, release_memory, resolve_device
 
@@ -204,12 +204,13 @@ class RaySearch(Search):
         self.prepare()
         if exp.smoke:
             self.smoke()
+        offline = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         ray.init(
             address=exp.ray_address,
             ignore_reinit_error=True,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "0")}},
+            runtime_env={"env_vars": offline},  # workers as offline as the driver
         )
         space, metric, mode = self.space, exp.metric, exp.direction[:3]
         trainable = tune.with_resources(
@@ -226,13 +227,12 @@ class RaySearch(Search):
             self.display.message(f"resuming Ray experiment {ray_dir / 'study'}")
             tuner = tune.Tuner.restore(str(ray_dir / "study"), trainable, resume_errored=True)
         else:
-
             searcher = numbered_searcher(
                 space=DefineByRun(space),
                 metric=metric,
                 mode=mode,
                 points_to_evaluate=[fit_into(space, self.defaults)] if exp.defaults_first else [],
-                sampler=optuna.samplers.TPESampler(seed=exp.seed, multivariate=True),
+                sampler=make_sampler(exp),  # the embedded backend's sampler
             )
             max_t = max_epochs(space)
             tuner = tune.Tuner(

@@ -51,17 +51,24 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
-    trials = exp.trials or 20
+def make_sampler(exp: Experiment) -> optuna.samplers.TPESampler:
+    """TPE, multivariate, with a constant liar for trials running in parallel (many workers, or
+    Ray's concurrent trials); random for the first quarter of the budget (2 to 10 trials)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = _connect(exp)
-        sampler = optuna.samplers.TPESampler(
+        return optuna.samplers.TPESampler(
             seed=exp.seed,
-            n_startup_trials=max(2, min(10, trials // 4)),
+            n_startup_trials=max(2, min(10, (exp.trials or 20) // 4)),
             multivariate=True,
             constant_liar=True,
         )
+
+
+def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = _connect(exp)
+    sampler = make_sampler(exp)
     pruners = {
         "hyperband": lambda: optuna.pruners.HyperbandPruner(
             min_resource=1, max_resource=num_epochs
