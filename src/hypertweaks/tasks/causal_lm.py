@@ -23,7 +23,7 @@ from torch import nn
 
 from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, Splits, stratified_split
-from hypertweaks.data.jsonl import read_jsonl
+from hypertweaks.data.jsonl import read_jsonl, record_format
 from hypertweaks.models import (
     ModelError,
     default_dropout,
@@ -159,6 +159,9 @@ def _blocks_name(model: nn.Module) -> str:
 
 
 class CausalLM:
+    """The causal-lm task: what the trainer and the search need (see tasks/base.Task), plus
+    `loss_sum`, `count_targets` and `evaluate` for a loss over target tokens."""
+
     def __init__(self, experiment: Experiment, cache_dir: Path):
         self.experiment = experiment
         self.cache_dir = cache_dir
@@ -445,9 +448,7 @@ class CausalLM:
 
 
 def _format_of(rows: list[dict[str, Any]]) -> str:
-    from hypertweaks.data.jsonl import record_format
-
-    return record_format(rows[0]) or "text"
+    return record_format(rows[0]) or "text"  # read_jsonl checked that every row has one format
 
 
 def _base_of(directory: Path) -> tuple[str, str | None]:
