@@ -59,3 +59,23 @@ def test_console_script_is_installed():
         check=True,
     )
     assert "--text-column" in done.stdout and "--timeout" in done.stdout
+
+
+def test_llm_and_ray_flags_reach_the_experiment():
+    from hypertweaks.cli import build_parser
+    from hypertweaks.config import load_experiment
+
+    args = build_parser().parse_args(
+        ["tune", "--task", "causal-lm", "--model", "m", "--gguf-file", "m.Q4_1.gguf"]
+        + ["--train", "t.jsonl", "--backend", "ray", "--ray-address", "auto"]
+        + ["--cpus-per-trial", "2", "--gpus-per-trial", "0.5"]
+    )
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
+    exp = load_experiment(None, overrides)
+    assert (exp.gguf_file, exp.backend, exp.ray_address) == ("m.Q4_1.gguf", "ray", "auto")
+    assert (exp.cpus_per_trial, exp.gpus_per_trial, exp.metric) == (2.0, 0.5, "loss")
+
+
+def test_merge_refuses_a_folder_without_an_adapter(tmp_path, capsys):
+    assert main(["merge", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
+    assert "holds no LoRA adapter" in " ".join(capsys.readouterr().out.split())
