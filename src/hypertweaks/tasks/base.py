@@ -28,6 +28,11 @@ class IndexedExamples(Dataset):
 
 
 class Task(Protocol):
+    """Classification tasks train with cross-entropy over `forward`'s logits. A task with another
+    loss (causal-lm: over target tokens) also defines `loss_sum(model, inputs, labels)`,
+    `count_targets(labels)` and `evaluate(model, data, device, batch_size)`; `train` uses them
+    when present."""
+
     splits: Splits
     num_layers: int  # how many blocks freeze_layers can freeze
     pretrained_dropout: float
