@@ -74,7 +74,19 @@ def make_cut(task: str, cut: Cut, data_root: Path = DATA_ROOT) -> Path:
     if (folder / "cut.json").exists():
         return folder
     source = data_root / task
-    read = lambda name: pd.read_csv(source / name, keep_default_na=False)  # noqa: E731
+    dropped: dict[str, int] = {}
+
+    def read(name: str) -> pd.DataFrame:
+        # banking77's train.csv has a few texts broken over two lines (an empty label, then an
+        # empty text): those rows are dropped and counted, as hypertweaks would refuse them
+        table = pd.read_csv(source / name, keep_default_na=False)
+        empty = (table["text"].astype(str).str.strip() == "") | (
+            table["label"].astype(str).str.strip() == ""
+        )
+        if empty.any():
+            dropped[name] = int(empty.sum())
+        return table[~empty]
+
     full_train = read("train.csv")
     if (source / "validation.csv").exists():
         val_pool, train_pool = read("validation.csv"), full_train
@@ -101,6 +113,7 @@ def make_cut(task: str, cut: Cut, data_root: Path = DATA_ROOT) -> Path:
         "rows": {"train": len(train), "validation": len(val), "test": len(test)},
         "classes": len(classes),
         "validation_carved_from_train": carved,
+        "dropped_empty_rows": dropped,
         "seed": CUT_SEED,
         "source": str(source),
     }
