@@ -28,12 +28,11 @@ from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment
-from hypertweaks.display import LogDisplay
-from hypertweaks.search import Result, Search, write_model
-from hypertweaks.space import KNOBS, Recipe, fit_into, max_epochs, suggest, tunable
+from hypertweaks.search import Result, Search, fit_trial, write_model
+from hypertweaks.space import KNOBS, fit_into, max_epochs, suggest, tunable
 from hypertweaks.study import make_sampler, storage_url
 from hypertweaks.tasks import make_task
-from hypertweaks.train import evaluate, fit, release_memory, resolve_device
+from hypertweaks.train import evaluate, release_memory, resolve_device
 
 RAY_DIR = "ray"  # Ray's experiment state, under RUN_DIR
 NUMBER = "trial_number"  # added to each trial's config: its place in the study, and its seed
@@ -83,15 +82,13 @@ def run_trial(
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     params = {k: v for k, v in config.items() if k != NUMBER}
-    recipe = Recipe(**{**_fixed(space), **params})
+    recipe = suggest(FromParams(params), space)
     is_default = params == fit_into(space, defaults)
     number = int(config[NUMBER])
     seed = exp.seed + number
 
     task = make_task(exp, exp.run_dir / "cache")
     task.prepare()  # tokens and features come from the study's cache
-    torch.manual_seed(seed)
-    model, layers = task.build(recipe)
     extra = {
         "attempt": attempt,
         "number": number,
@@ -109,20 +106,7 @@ def run_trial(
             tune.report({**row, **extra, "row": json.dumps(row), "final": False})
         return False
 
-    result = fit(
-        task,
-        model,
-        layers,
-        recipe,
-        task.dataset(task.splits.train, True, recipe),
-        task.dataset(task.splits.validation, False, recipe),
-        metric=exp.metric,
-        direction=exp.direction,
-        patience=exp.patience,
-        device=device,
-        seed=seed,
-        on_epoch=on_epoch,
-    )
+    model, result = fit_trial(exp, task, recipe, device, seed, on_epoch)
     test_metrics = None
     if is_default and task.splits.test is not None:
         test = task.dataset(task.splits.test, False)
@@ -149,15 +133,17 @@ def run_trial(
     tune.report({**last, **extra, **summary, "row": json.dumps(last), "final": True})
 
 
-def _fixed(space: dict[str, Any]) -> dict[str, Any]:
-    """The knobs the search does not vary, with their one value."""
+class FromParams:
+    """A suggester that answers with the values Ray's searcher chose: `suggest` then builds the
+    recipe exactly as the embedded backend does, fixed knobs included."""
 
-    class Fixed:  # a suggester that is never asked: every knob it would be asked is tunable
-        def __getattr__(self, name):
-            raise AssertionError(name)
+    def __init__(self, params: dict[str, Any]):
+        self.params = params
 
-    fixed_space = {k: v for k, v in space.items() if k not in tunable(space)}
-    return suggest(Fixed(), fixed_space).as_dict() if fixed_space else {}
+    def suggest_float(self, name: str, *args, **kwargs) -> float:
+        return self.params[name]
+
+    suggest_int = suggest_categorical = suggest_float
 
 
 class DefineByRun:
@@ -336,7 +322,3 @@ class RaySearch(Search):
                 last.get("finished", last.get("timestamp", last["started"]))
             )
         return trial
-
-
-def tune_on_ray(exp: Experiment, display: LogDisplay) -> Result:
-    return RaySearch(exp, display).run()

@@ -154,22 +154,7 @@ class Search:
 
         model = None
         try:
-            torch.manual_seed(seed)  # the new head's initial weights belong to the trial's seed
-            model, layers = task.build(recipe)
-            result = fit(
-                task,
-                model,
-                layers,
-                recipe,
-                task.dataset(task.splits.train, True, recipe),
-                task.dataset(task.splits.validation, False, recipe),
-                metric=exp.metric,
-                direction=exp.direction,
-                patience=exp.patience,
-                device=self.device,
-                seed=seed,
-                on_epoch=on_epoch,
-            )
+            model, result = fit_trial(exp, task, recipe, self.device, seed, on_epoch)
             for key, value in (
                 ("curve", result.curve),
                 ("examples", result.examples),
@@ -293,6 +278,28 @@ class Search:
             results_path=path,
             notes=self.task.splits.notes,
         )
+
+
+def fit_trial(exp: Experiment, task, recipe: Recipe, device, seed: int, on_epoch):
+    """One trial's model, trained on the task's train split and scored on its validation split:
+    the same for every backend."""
+    torch.manual_seed(seed)  # the new head's initial weights belong to the trial's seed
+    model, layers = task.build(recipe)
+    result = fit(
+        task,
+        model,
+        layers,
+        recipe,
+        task.dataset(task.splits.train, True, recipe),
+        task.dataset(task.splits.validation, False, recipe),
+        metric=exp.metric,
+        direction=exp.direction,
+        patience=exp.patience,
+        device=device,
+        seed=seed,
+        on_epoch=on_epoch,
+    )
+    return model, result
 
 
 def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe, result) -> None:
