@@ -51,3 +51,16 @@ def test_default_recipe_is_moved_into_the_users_space():
         },
     )
     assert params["learning_rate"] == 1e-4 and params["batch_size"] == 32
+
+
+def test_text_default_space_freezes_at_most_half_the_layers_and_never_gradually():
+    from hypertweaks.recipes import default_space
+
+    space = resolve_space(default_space("text-classification", {}), num_layers=7)
+    assert space["freeze_layers"] == {"low": 0, "high": 3}
+    assert space["gradual_unfreeze"] is False
+    assert space["learning_rate"]["low"] >= 2e-5
+    # a user's range overrides the task's, and "half" is theirs to use too
+    mine = default_space("text-classification", {"freeze_layers": {"low": 1, "high": "all"}})
+    assert resolve_space(mine, num_layers=7)["freeze_layers"] == {"low": 1, "high": 7}
+    assert resolve_space({"freeze_layers": "half"}, num_layers=6)["freeze_layers"] == 3

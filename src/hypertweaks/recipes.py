@@ -59,9 +59,18 @@ _BY_TASK = {
 }
 
 # Search ranges that differ from the knobs' general defaults (space.KNOBS): CNNs fine-tune at
-# learning rates about ten times those of transformers.
+# learning rates about ten times those of transformers; text encoders on small data need
+# enough updates to move at all.
 _SPACE_BY_TASK = {
-    "text-classification": {},
+    # Measured on MiniLM with 600 training rows (bench/RESULTS.md): every trial that froze more
+    # than half the layers, trained with gradual unfreezing on 2-5 epochs, or used lr < 2e-5
+    # barely beat the majority class, so a small budget spent there is wasted. Users with more
+    # data or epochs can widen any of these (freeze_layers: {low: 0, high: all}).
+    "text-classification": {
+        "learning_rate": {"low": 2e-5, "high": 2e-4, "log": True},
+        "freeze_layers": {"low": 0, "high": "half"},
+        "gradual_unfreeze": False,
+    },
     "image-classification": {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}},
     # LoRA trains at about ten times the full fine-tuning lr; the LM's own dropout is not searched
     # (lora_dropout is the regulariser), nor is gradual unfreezing (the adapters are small).

@@ -18,6 +18,8 @@ ADAPTERS = ("lora", "full")
 # Which linear layers get LoRA adapters: the attention projections, or every linear layer of the
 # blocks (QLoRA, Dettmers et al. 2023, found the latter needed to match full fine-tuning).
 LORA_TARGETS = ("attention", "all-linear")
+# freeze_layers may name a share of the model's layers: "all" of them, or the lower "half".
+LAYER_WORDS = ("all", "half")
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Knob:
                     f"knob {name!r} must be one of {list(self.choices)}. Got {value!r}"
                 )
             return
-        if name == "freeze_layers" and value == "all":
+        if name == "freeze_layers" and value in LAYER_WORDS:
             return
         ok_type = isinstance(value, int) if self.kind == "int" else isinstance(value, int | float)
         if isinstance(value, bool) or not ok_type or not math.isfinite(value):
@@ -121,7 +123,8 @@ def check_knob_spec(name: str, spec: Any) -> None:
             raise ValueError(f"knob {name!r} takes a value or a list, not a range")
         knob.check(name, spec["low"])
         knob.check(name, spec["high"])
-        if spec["high"] != "all" and spec["low"] != "all" and spec["low"] > spec["high"]:
+        numbers = spec["low"] not in LAYER_WORDS and spec["high"] not in LAYER_WORDS
+        if numbers and spec["low"] > spec["high"]:
             raise ValueError(f"knob {name!r}: low {spec['low']} is above high {spec['high']}")
         if spec.get("log") and spec["low"] <= 0:
             raise ValueError(f"knob {name!r}: a log range needs low > 0. Got {spec['low']}")
@@ -144,6 +147,8 @@ def resolve_space(
     def concrete(value: Any) -> Any:
         if value == "all":
             return num_layers
+        if value == "half":
+            return num_layers // 2
         if isinstance(value, int) and value > num_layers:
             raise ValueError(
                 f"knob 'freeze_layers': the model has {num_layers} layers, so at most "
