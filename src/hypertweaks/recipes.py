@@ -62,10 +62,10 @@ _BY_TASK = {
 # learning rates about ten times those of transformers; text encoders on small data need
 # enough updates to move at all.
 _SPACE_BY_TASK = {
-    # Measured on MiniLM with 600 training rows (bench/RESULTS.md): every trial that froze more
-    # than half the layers, trained with gradual unfreezing on 2-5 epochs, or used lr < 2e-5
-    # barely beat the majority class, so a small budget spent there is wasted. Users with more
-    # data or epochs can widen any of these (freeze_layers: {low: 0, high: all}).
+    # Measured on MiniLM with 600 training rows (the bench cells at commit c2e574c): every trial
+    # that froze more than half the layers, trained with gradual unfreezing on 2-5 epochs, or
+    # used lr < 2e-5 barely beat the majority class, so a small budget spent there is wasted.
+    # Users with more data or epochs can widen any of these (freeze_layers: {low: 0, high: all}).
     "text-classification": {
         "learning_rate": {"low": 2e-5, "high": 2e-4, "log": True},
         "freeze_layers": {"low": 0, "high": "half"},
