@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +15,12 @@ from pathlib import Path
 import optuna
 
 
+def _as_in_a_terminal() -> None:
+    # A shell without job control starts background commands with Ctrl-C ignored, and children
+    # inherit that (`make test &` would then make the worker deaf to SIGINT): restore it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_worker(experiment_yaml: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
@@ -22,6 +29,7 @@ def start_worker(experiment_yaml: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
+        preexec_fn=_as_in_a_terminal,
     )
 
 

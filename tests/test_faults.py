@@ -93,7 +93,7 @@ def test_ctrl_c_stops_the_trial_saves_the_study_and_the_same_command_resumes(
     wait_until(lambda: trial_running(storage, "faults", 1, worker), what="trial 1 to run")
     worker.send_signal(signal.SIGINT)
     output, _ = worker.communicate(timeout=120)
-    assert worker.returncode == 130 and "run the same command to resume" in output
+    assert worker.returncode == 130 and "run the same command to resume" in output, output
     trials = load_trials(storage, "faults")
     assert trials[1].state == FAIL and trials[1].user_attrs["interrupted"]
     before = snapshot(trials, [0])
