@@ -200,6 +200,28 @@ def _speed_section(results_dir: Path) -> list[str]:
     return lines
 
 
+def _mixed_machines(cells: list[dict[str, Any]]) -> list[str]:
+    """A warning naming the tasks and seeds whose cells ran on different machines: the budget is
+    in seconds of the defaults run, so a method run on a faster machine got a bigger budget."""
+    by_seed: dict[tuple[str, int], dict[str, list[str]]] = {}
+    for c in cells:
+        name = c.get("machine", {}).get("device_name", "?")
+        by_seed.setdefault((c["task"], c["seed"]), {}).setdefault(name, []).append(c["method"])
+    mixed = {key: names for key, names in sorted(by_seed.items()) if len(names) > 1}
+    if not mixed:
+        return []
+    lines = [
+        "",
+        "**Not comparable within these tasks and seeds**: their cells ran on different machines, "
+        "and a method timed on a faster one than its `defaults` cell got a larger budget:",
+        "",
+    ]
+    for (task, seed), names in mixed.items():
+        where = "; ".join(f"{', '.join(sorted(m))} on {n}" for n, m in names.items())
+        lines.append(f"- {task} seed {seed}: {where}")
+    return lines
+
+
 def report(results_dir: Path | None = None, out: Path | None = None) -> Path:
     """Writes RESULTS.md (next to the default results folder, else inside results_dir) and one
     anytime plot per cut and budget."""
@@ -245,6 +267,7 @@ def report(results_dir: Path | None = None, out: Path | None = None) -> Path:
                 f"{_fmt(r['trials'], '.1f')} ({_fmt(r['complete'], '.1f')}) | "
                 f"{_fmt(r['overhead'], '.2f')} |"
             )
+        lines += _mixed_machines([c for c in cells if c["cut"]["key"] == cut])
         png = results_dir / f"anytime_{cut}_{budget}.png"
         anytime_plot(group, png, f"cut {cut}, budget {budget}")
         lines += ["", f"![anytime curves]({os.path.relpath(png, out.parent)})", ""]

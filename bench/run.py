@@ -61,6 +61,14 @@ def _cpu_name() -> str:
     return platform.processor()
 
 
+def device_name(device) -> str:
+    import torch
+
+    if getattr(device, "type", "") == "cuda":
+        return torch.cuda.get_device_name(device)
+    return _cpu_name()
+
+
 def machine(device) -> dict[str, Any]:
     import optuna
     import torch
@@ -70,9 +78,7 @@ def machine(device) -> dict[str, Any]:
 
     info = {
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device)
-        if getattr(device, "type", "") == "cuda"
-        else _cpu_name(),
+        "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
@@ -184,7 +190,8 @@ def run(
                 if _run_cell(unit_path, ctx, "defaults", None, None) is None:
                     failures += 1
                     continue
-            unit = json.loads(unit_path.read_text())["result"]["seconds"]
+            unit_cell = json.loads(unit_path.read_text())
+            unit = unit_cell["result"]["seconds"]
             for multiple in budgets:
                 for method in methods:
                     if method == "defaults":
@@ -194,6 +201,18 @@ def run(
                         print(f"cell {path.name}: done, skipped", flush=True)
                         continue
                     ctx = ctx or make_context(task, cut, seed, device)
+                    timed_on = unit_cell.get("machine", {}).get("device_name")
+                    if timed_on and timed_on != device_name(ctx.device):
+                        # The budget is in seconds of the defaults run: on a faster machine every
+                        # other method would get a bigger budget than the cells already there.
+                        print(
+                            f"cell {path.name}: not run: the budget unit {unit_path.name} was timed"
+                            f" on {timed_on!r}, this is {device_name(ctx.device)!r}. Run this task"
+                            " and seed on that machine, or delete its cells to rerun them all",
+                            flush=True,
+                        )
+                        failures += 1
+                        continue
                     ctx.unit_seconds = unit
                     if _run_cell(path, ctx, method, multiple, multiple * unit) is None:
                         failures += 1

@@ -145,10 +145,20 @@ def test_cells_run_once_with_budget_from_defaults_and_report(tmp_path, monkeypat
     run.run(["sst2"], ["defaults", "random"], [2.0], [0, 1], cut, cells_dir=cells)
     assert calls == []  # everything present: nothing runs again
 
+    # a budget unit timed on another machine is not used here: its seconds mean another budget
+    unit_path = cells / cut.key / "sst2__defaults__s0.json"
+    unit = json.loads(unit_path.read_text())
+    unit["machine"]["device_name"] = "a faster CPU"
+    unit_path.write_text(json.dumps(unit))
+    assert run.run(["sst2"], ["defaults", "random"], [4.0], [0], cut, cells_dir=cells) == 1
+    assert calls == [] and not (cells / cut.key / "sst2__random__4x__s0.json").exists()
+
     out = report(results_dir=tmp_path)
     text = out.read_text()
     assert "| sst2 | random | 2 | 60.0 ± 0.0 |" in text
     assert "| sst2 | defaults | 2 | 50.0 ± 0.0 |" in text and "0.167" in text  # regret
+    assert "- sst2 seed 0: defaults on a faster CPU;" in text  # flagged: not comparable
+    assert "sst2 seed 1:" not in text
     assert (tmp_path / f"anytime_{cut.key}_2x.png").stat().st_size > 1000
 
 
