@@ -202,13 +202,14 @@ def run(
                         continue
                     ctx = ctx or make_context(task, cut, seed, device)
                     timed_on = unit_cell.get("machine", {}).get("device_name")
-                    if timed_on and timed_on != device_name(ctx.device):
+                    here = device_name(ctx.device)
+                    if timed_on and timed_on != here:
                         # The budget is in seconds of the defaults run: on a faster machine every
                         # other method would get a bigger budget than the cells already there.
                         print(
                             f"cell {path.name}: not run: the budget unit {unit_path.name} was timed"
-                            f" on {timed_on!r}, this is {device_name(ctx.device)!r}. Run this task"
-                            " and seed on that machine, or delete its cells to rerun them all",
+                            f" on {timed_on!r}, this is {here!r}. Run this task and seed on that"
+                            " machine, or delete its cells to rerun them all",
                             flush=True,
                         )
                         failures += 1
