@@ -221,9 +221,9 @@ def test_two_workers_share_one_study_on_postgresql(postgres, text_experiment, tm
 
     trials = load_trials(url, "shared")
     assert sum(map(counted, trials)) == 5  # one shared budget, nothing duplicated or lost
-    # Known race, not fixed: two workers starting together can both enqueue the defaults trial
-    # (check, then enqueue); it then runs twice. Seen in 2 of 7 runs on 2026-11-26.
-    assert sum(1 for t in trials if t.user_attrs.get("tag") == "defaults") in (1, 2)
+    # the worker that creates the study enqueues the defaults; the others must not (they did,
+    # racing, in 2 of 7 runs before)
+    assert sum(1 for t in trials if t.user_attrs.get("tag") == "defaults") == 1
     assert all(t.state.is_finished() for t in trials)
     run_dir = tmp_path / "runs" / "shared"
     assert len(list((run_dir / "checkpoints").iterdir())) == 1

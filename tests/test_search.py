@@ -6,7 +6,7 @@ import yaml
 
 import hypertweaks.search as search_module
 from hypertweaks import load_experiment, tune
-from hypertweaks.study import trial_seconds
+from hypertweaks.study import open_study, trial_seconds
 from hypertweaks.train import Diverged
 
 
@@ -109,7 +109,26 @@ def test_smoke_run_fails_fast_before_any_trial(text_experiment, monkeypatch):
     monkeypatch.setattr("hypertweaks.tasks.text.TextClassification.forward", broken_forward)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         tune(text_experiment)
-    assert study_trials(text_experiment) == []
+    # nothing trained: only the defaults trial waits, queued for the run after the fix
+    trials = study_trials(text_experiment)
+    assert [(t.state, t.user_attrs["tag"]) for t in trials] == [
+        (optuna.trial.TrialState.WAITING, "defaults")
+    ]
+
+    monkeypatch.undo()
+    result = tune({**text_experiment, "trials": 2})
+    trials = study_trials(text_experiment)
+    assert result.trials == 2 and trials[0].user_attrs["tag"] == "defaults"
+    assert sum(t.user_attrs.get("tag") == "defaults" for t in trials) == 1
+
+
+def test_of_workers_opening_one_new_study_exactly_one_creates_it(text_experiment):
+    # The creator alone enqueues the defaults trial, so workers that start together run it once.
+    exp = load_experiment(overrides=text_experiment)
+    exp.run_dir.mkdir(parents=True)
+    opened = [open_study(exp, num_epochs=2) for _ in range(3)]
+    assert [created for _, created in opened] == [True, False, False]
+    assert len({study._study_id for study, _ in opened}) == 1
 
 
 def test_a_resumed_study_must_be_the_same_search(text_experiment):

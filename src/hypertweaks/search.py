@@ -189,17 +189,17 @@ class Search:
         start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        study = open_study(exp, max_epochs(self.space))
+        study, created = open_study(exp, max_epochs(self.space))
+        if created and exp.defaults_first:
+            # Only the worker that created the study enqueues the defaults: workers that start
+            # together would otherwise all see an empty study and each enqueue them.
+            study.enqueue_trial(fit_into(self.space, self.defaults), {"tag": "defaults"})
         same_experiment(study, exp)
         finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
         if finished:
             self.display.message(f"resuming study {exp.name!r}: {len(finished)} trials done")
         if exp.smoke:
             self.smoke()
-        if exp.defaults_first and not study.get_trials(deepcopy=False):
-            study.enqueue_trial(  # skip_if_exists: workers that start together enqueue it once
-                fit_into(self.space, self.defaults), {"tag": "defaults"}, skip_if_exists=True
-            )
         enqueue_interrupted(study)
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         self.best.remove_orphans(running)

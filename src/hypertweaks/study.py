@@ -64,7 +64,9 @@ def make_sampler(exp: Experiment) -> optuna.samplers.TPESampler:
         )
 
 
-def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
+def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
+    """The study, and whether this worker created it. Creation is atomic in the storage (the
+    study name is unique), so of several workers that start together exactly one creates it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = _connect(exp)
@@ -76,14 +78,12 @@ def open_study(exp: Experiment, num_epochs: int) -> optuna.Study:
         "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
         "none": lambda: optuna.pruners.NopPruner(),
     }
-    return optuna.create_study(
-        study_name=exp.name,
-        storage=storage,
-        load_if_exists=True,
-        direction=exp.direction,
-        sampler=sampler,
-        pruner=pruners[exp.pruner](),
-    )
+    settings = dict(storage=storage, sampler=sampler, pruner=pruners[exp.pruner]())
+    try:
+        study = optuna.create_study(study_name=exp.name, direction=exp.direction, **settings)
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=exp.name, **settings), False
 
 
 def same_experiment(study: optuna.Study, exp: Experiment) -> None:
