@@ -64,3 +64,11 @@ def test_text_default_space_freezes_at_most_half_the_layers_and_never_gradually(
     mine = default_space("text-classification", {"freeze_layers": {"low": 1, "high": "all"}})
     assert resolve_space(mine, num_layers=7)["freeze_layers"] == {"low": 1, "high": 7}
     assert resolve_space({"freeze_layers": "half"}, num_layers=6)["freeze_layers"] == 3
+
+
+def test_a_layer_word_range_that_ends_below_its_start_on_this_model_is_refused():
+    with pytest.raises(ValueError, match="low 'half' is 3 layers on this model, above high 2"):
+        resolve_space({"freeze_layers": {"low": "half", "high": 2}}, num_layers=6)
+    assert resolve_space({"freeze_layers": {"low": "half", "high": 3}}, num_layers=6)[
+        "freeze_layers"
+    ] == {"low": 3, "high": 3}

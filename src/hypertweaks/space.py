@@ -158,11 +158,13 @@ def resolve_space(
 
     spec = space["freeze_layers"]
     if isinstance(spec, dict):
-        space["freeze_layers"] = {
-            **spec,
-            "low": concrete(spec["low"]),
-            "high": concrete(spec["high"]),
-        }
+        low, high = concrete(spec["low"]), concrete(spec["high"])
+        if low > high:  # e.g. {low: half, high: 2} on a 6-layer model
+            raise ValueError(
+                f"knob 'freeze_layers': low {spec['low']!r} is {low} layers on this model, above "
+                f"high {spec['high']!r} ({high}); lower 'low' or raise 'high'"
+            )
+        space["freeze_layers"] = {**spec, "low": low, "high": high}
     elif isinstance(spec, list):
         space["freeze_layers"] = [concrete(v) for v in spec]
     else:
