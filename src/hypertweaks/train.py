@@ -69,16 +69,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW; biases and normalisation weights (the 1-d parameters) get no weight decay."""
+    """AdamW; biases and normalisation weights (the 1-d parameters) get no weight decay. The
+    fused kernel where it applies (as the HF Trainer's default): on CPU, torch's default
+    per-tensor loop made every training step about a quarter slower."""
     params = list(model.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": recipe.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=recipe.learning_rate,
+        fused=fused or None,
     )
 
 
