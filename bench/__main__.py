@@ -56,19 +56,19 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     run = sub.add_parser("run", help="run the missing (task, method, budget, seed) cells")
-    run.add_argument("--tasks", default="tweeteval-emotion,sst2", help=f"of {','.join(TASKS)}")
+    run.add_argument("--tasks", default=",".join(TASKS), help=f"of {','.join(TASKS)}")
     run.add_argument("--methods", default=ALL_METHODS)
-    run.add_argument("--budget", default="4x", help="multiples of one default run, e.g. 4x,8x")
+    run.add_argument("--budget", default="3x", help="multiples of one default run, e.g. 3x,8x")
     run.add_argument("--seeds", default="0,1,2")
     run.add_argument("--no-report", action="store_true", help="do not rewrite RESULTS.md")
-    data_options(run, "full")
+    data_options(run, "standard")
 
     quick = sub.add_parser(
         "quick",
         help="one task, 600 rows, length 48, budget 3x, 1 seed, "
         "hypertweaks/defaults/hf_search/random; then the report",
     )
-    data_options(quick, "quick")
+    data_options(quick, "standard")
 
     sub.add_parser("report", help="write bench/RESULTS.md and the anytime plots from the cells")
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--repeats", type=int, default=2)
     speed.add_argument("--epochs", type=int, default=1)
     speed.add_argument("--batch-size", type=int, help="default: the default recipe's")
-    data_options(speed, "quick")
+    data_options(speed, "standard")
 
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
