@@ -35,7 +35,7 @@ class Cut:
 
 
 PROFILES = {
-    # the committed table's cut: one default-recipe run takes 1-1.5 min on one 2-core CPU core
+    # the committed table's cut: one default-recipe run takes 1-1.5 min on one CPU core here
     "standard": Cut(600, 200, 500, 48),
     "large": Cut(1500, 300, 1000, 64),  # ~4x the compute: for a GPU or a bigger machine
     "tiny": Cut(64, 32, 64, 32),  # development and tests only: the numbers mean nothing
