@@ -249,8 +249,12 @@ class Search:
                 f"no trial of study {self.exp.name!r} completed; see the errors in "
                 f"{self.run_dir / 'results.json'}"
             )
-        saved = self.best.meta()  # the model on disk decides, should a worker have died after
-        best = study.trials[saved["trial"]] if saved else study.best_trial  # saving it
+        # The model on disk decides, should a worker have died after saving it. Its trial may
+        # still be running in another worker (models are saved before the trial reports its
+        # value), so the value comes from the checkpoint.
+        saved = self.best.meta()
+        best = study.trials[saved["trial"]] if saved else study.best_trial
+        best_value = saved["value"] if saved else best.value
         best_dir = self.run_dir / "best"
         test_metrics = None
         if self.task.splits.test is not None:
@@ -262,13 +266,13 @@ class Search:
         path = self.run_dir / "results.json"
         summary = {
             "best_trial": best.number,
-            "best_value": best.value,
+            "best_value": best_value,
             "test_metrics": test_metrics,
         }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
             best_params=best.user_attrs["recipe"],
-            best_value=best.value,
+            best_value=best_value,
             metric=self.exp.metric,
             best_model_dir=best_dir,
             test_metrics=test_metrics,
