@@ -30,8 +30,10 @@ def redact(url: str) -> str:
 
 def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
     """The study's storage. Workers that start together on a new database race to create its
-    tables; the losers retry."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    tables; the losers retry. (PostgreSQL reports the clash as an IntegrityError, or as a
+    ProgrammingError when the table's row type was created first: `type "alembic_version"
+    already exists`.)"""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
@@ -44,7 +46,7 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
                     max_retry=1
                 ),
             )
-        except (IntegrityError, OperationalError):
+        except (IntegrityError, OperationalError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
             time.sleep(0.5 + random.random())
