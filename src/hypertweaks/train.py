@@ -71,7 +71,7 @@ def resolve_device(device: str) -> torch.device:
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     """AdamW; biases and normalisation weights (the 1-d parameters) get no weight decay. The
     fused kernel where it applies (as the HF Trainer's default): on CPU, torch's default
-    per-tensor loop made MiniLM train 1.3-1.5x slower (`python -m bench speed`)."""
+    per-tensor loop made MiniLM train 1.55x slower (bench/results/speed*, `bench speed`)."""
     params = list(model.parameters())
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
