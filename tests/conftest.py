@@ -131,3 +131,13 @@ def task(text_experiment, tmp_path):
     task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
     task.prepare()
     return task
+
+
+def patch_fit(monkeypatch, replacement) -> None:
+    """Replace `train.fit` where the stages call it: the smoke run (search) and every trial
+    (trial.run_trial), so that a test can count or break the calls in order."""
+    import hypertweaks.search
+    import hypertweaks.trial
+
+    monkeypatch.setattr(hypertweaks.search, "fit", replacement)
+    monkeypatch.setattr(hypertweaks.trial, "fit", replacement)

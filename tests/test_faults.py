@@ -8,7 +8,7 @@ import optuna
 import pytest
 import torch
 import yaml
-from conftest import FAST_RECIPE
+from conftest import FAST_RECIPE, patch_fit
 from faults import Postgres, load_trials, start_worker, trial_running, wait_until
 
 import hypertweaks.search as search_module
@@ -152,7 +152,7 @@ def test_a_trial_out_of_memory_even_at_one_example_fails_alone(text_experiment, 
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "fit", oom_on_trial_1)
+    patch_fit(monkeypatch, oom_on_trial_1)
     result = tune(text_experiment)
     trials = load_trials(f"sqlite:///{text_experiment['runs_dir']}/tiny/study.db", "tiny")
     assert trials[1].state == FAIL and "OutOfMemoryError" in trials[1].user_attrs["error"]

@@ -98,7 +98,7 @@ def test_head_only_recipes_train_on_cached_features(image_experiment, tmp_path):
     exp = make_experiment({**image_experiment, "space": {"freeze_layers": "all", "epochs": 2}})
     task = ImageClassification(exp, tmp_path / "cache")
     task.prepare()
-    from hypertweaks.search import resolve_space, suggest
+    from hypertweaks.space import resolve_space, suggest
     from hypertweaks.train import fit
 
     class Fixed:  # a trial that takes every knob's first value

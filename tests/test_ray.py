@@ -157,7 +157,7 @@ def ray_trial_numbers(run_dir: Path) -> set[int]:
     """The study's trial numbers, from Ray's trial folders (their names carry the config). Not the
     folders themselves: a trial created but not started when the driver died is created again,
     under a new Ray id, when the experiment is restored, and its first folder stays empty."""
-    folders = (run_dir / "ray" / "study").glob("run_trial_*")
+    folders = (run_dir / "ray" / "study").glob("ray_trial_*")
     return {int(re.search(r"trial_number=(\d+)", p.name).group(1)) for p in folders}
 
 

@@ -177,3 +177,21 @@ def test_reading_copes_with_a_trial_killed_before_its_recipe_was_recorded():
     }
     results = {"metric": "accuracy", "direction": "maximize", "trials": [killed]}
     assert reading(results, {}) == ["1 trials failed: interrupted or killed."]
+
+
+def test_a_pruned_trial_is_scored_by_its_best_epoch_in_the_metric_direction():
+    from hypertweaks.report import _score
+
+    pruned = {"value": None, "curve": [{"loss": 0.9}, {"loss": 0.4}, {"loss": 0.6}]}
+    assert _score(pruned, "loss", "minimize") == 0.4
+    pruned = {"value": None, "curve": [{"accuracy": 0.5}, {"accuracy": 0.7}, {"accuracy": 0.6}]}
+    assert _score(pruned, "accuracy", "maximize") == 0.7
+
+
+def test_a_loss_study_reports_its_lowest_loss_as_best(text_experiment):
+    result = tune({**text_experiment, "metric": "loss", "trials": 3, "smoke": False})
+    results = json.loads(result.results_path.read_text())
+    values = {t["number"]: t["value"] for t in results["trials"] if t["value"] is not None}
+    assert results["best_trial"] == min(values, key=values.get)
+    page = render(result.results_path.parent).read_text()
+    assert f"best (trial {results['best_trial']})" in page

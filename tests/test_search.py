@@ -3,9 +3,11 @@ import json
 import optuna
 import pytest
 import yaml
+from conftest import patch_fit
 
 import hypertweaks.search as search_module
 from hypertweaks import load_experiment, tune
+from hypertweaks.embedded import EmbeddedBackend
 from hypertweaks.study import open_study, trial_seconds
 from hypertweaks.train import Diverged
 
@@ -59,10 +61,10 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(
             raise KeyboardInterrupt
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "fit", interrupt_second_call)
+    patch_fit(monkeypatch, interrupt_second_call)
     with pytest.raises(KeyboardInterrupt):
         tune({**text_experiment, "trials": 4})
-    monkeypatch.setattr(search_module, "fit", real_fit)
+    patch_fit(monkeypatch, real_fit)
 
     result = tune({**text_experiment, "trials": 4})
     trials = study_trials(text_experiment)
@@ -79,7 +81,7 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(
 
 def test_rerunning_a_finished_study_trains_nothing(text_experiment, monkeypatch):
     tune({**text_experiment, "trials": 2})
-    monkeypatch.setattr(search_module.Search, "objective", lambda *a: pytest.fail("trained"))
+    monkeypatch.setattr(EmbeddedBackend, "objective", lambda *a: pytest.fail("trained"))
     result = tune({**text_experiment, "trials": 2, "smoke": False})
     assert result.trials == 2 and result.test_metrics is not None
 
@@ -94,7 +96,7 @@ def test_a_diverging_trial_fails_alone(text_experiment, monkeypatch):
             raise Diverged("loss became nan at epoch 1, step 1")
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(search_module, "fit", diverge_on_trial_1)
+    patch_fit(monkeypatch, diverge_on_trial_1)
     result = tune(text_experiment)
     trials = study_trials(text_experiment)
     assert trials[1].state == optuna.trial.TrialState.FAIL

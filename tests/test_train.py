@@ -5,6 +5,7 @@ import torch
 from conftest import FAST_RECIPE
 
 from hypertweaks.space import Recipe
+from hypertweaks.tasks.base import TaskBase
 from hypertweaks.train import Diverged, fit, make_optimizer
 
 FAST = Recipe(**{**FAST_RECIPE.as_dict(), "epochs": 6})
@@ -57,7 +58,7 @@ def test_a_diverging_recipe_stops_at_once(task):
     model, layers = task.build(FAST)
     steps = []
 
-    class NanAfterTwoSteps:
+    class NanAfterTwoSteps(TaskBase):
         metrics = task.metrics
 
         def forward(self, model, inputs):
@@ -67,7 +68,7 @@ def test_a_diverging_recipe_stops_at_once(task):
 
     with pytest.raises(Diverged, match="loss became nan at epoch 1, step 3"):
         fit(
-            NanAfterTwoSteps(),
+            NanAfterTwoSteps(task.experiment, task.cache_dir),
             model,
             layers,
             FAST,

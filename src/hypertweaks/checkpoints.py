@@ -15,6 +15,8 @@ from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hypertweaks.objective import is_better
+
 META = "trial.json"
 
 
@@ -31,10 +33,7 @@ class BestCheckpoint:
 
     def beats_current(self, value: float) -> bool:
         current = self.meta()
-        if current is None:
-            return True
-        best = current["value"]
-        return value > best if self.direction == "maximize" else value < best
+        return is_better(value, None if current is None else current["value"], self.direction)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

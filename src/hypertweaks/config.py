@@ -9,12 +9,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hypertweaks.objective import direction_of
 from hypertweaks.recipes import task_knobs
 from hypertweaks.space import KNOBS, check_knob_spec
+from hypertweaks.strategies import PRUNERS, SAMPLERS
 
 TASKS = ("text-classification", "image-classification", "causal-lm")
 METRICS = ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall", "perplexity", "exact_match")
-LOWER_IS_BETTER = ("loss", "perplexity")
 _METRICS_BY_TASK = {
     "text-classification": ("accuracy", "macro_f1", "loss"),
     "image-classification": ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall"),
@@ -86,7 +87,8 @@ class Experiment(BaseModel):
     device: str = "auto"
     smoke: bool = True
     defaults_first: bool = True
-    pruner: Literal["hyperband", "median", "none"] = "hyperband"
+    sampler: str = Field("tpe", description="how trials are proposed: " + ", ".join(SAMPLERS))
+    pruner: str = Field("hyperband", description="how weak trials stop: " + ", ".join(PRUNERS))
     space: dict[str, Any] = Field(default_factory=dict)
     quiet: bool = False
 
@@ -94,6 +96,14 @@ class Experiment(BaseModel):
     ray_address: str | None = Field(None, description="Ray cluster address; default: local")
     cpus_per_trial: float = Field(1.0, gt=0, description="Ray backend: CPUs each trial holds")
     gpus_per_trial: float = Field(0.0, ge=0, description="Ray backend: GPUs (or a fraction)")
+
+    @field_validator("sampler", "pruner")
+    @classmethod
+    def _registered(cls, value: str, info) -> str:
+        known = SAMPLERS if info.field_name == "sampler" else PRUNERS
+        if value not in known:
+            raise ValueError(f"must be one of {', '.join(known)}. Got {value!r} instead")
+        return value
 
     @field_validator("model", mode="before")
     @classmethod
@@ -168,7 +178,7 @@ class Experiment(BaseModel):
 
     @property
     def direction(self) -> str:
-        return "minimize" if self.metric in LOWER_IS_BETTER else "maximize"
+        return direction_of(self.metric)
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_defaults=False)

@@ -9,6 +9,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from hypertweaks.objective import best_of, direction_of
+
 log = logging.getLogger("hypertweaks")
 
 SHORT = {
@@ -41,6 +43,7 @@ class LogDisplay:
 
     def __init__(self, metric: str):
         self.metric = metric
+        self.direction = direction_of(metric)
 
     def __enter__(self) -> LogDisplay:
         return self
@@ -99,7 +102,7 @@ class LiveDisplay(LogDisplay):
         table = Table(title="trials", title_justify="left", expand=False)
         for column in ("#", "state", f"val {self.metric}", "epoch", "seconds", "recipe"):
             table.add_column(column)
-        best = max((r["value"] for r in self.rows if r.get("value") is not None), default=None)
+        best = best_of((r.get("value") for r in self.rows), self.direction)
         for row in self.rows[-15:]:
             value = row.get("value")
             style = "bold green" if value is not None and value == best else None

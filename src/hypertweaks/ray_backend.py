@@ -1,12 +1,14 @@
 """The same study on a Ray cluster through Ray Tune.
 
-Ray's OptunaSearch asks the same define-by-run space as the embedded backend (the default
-recipe first), Ray's ASHA stops weak trials at epoch boundaries, and each trial runs the usual
-`fit` in a Ray worker with the resources the experiment asks for. The best model goes to
-RUN_DIR/best through the same BestCheckpoint as the embedded backend (so RUN_DIR must be on
-storage every node sees), and when Ray is done its trials are written into RUN_DIR/study.db as an
-Optuna study, so results.json, `report` and `dashboard` work unchanged. Ray retries a trial whose
-worker died; running the same command again resumes an interrupted experiment (Tuner.restore).
+Ray's OptunaSearch asks the same define-by-run space with the same sampler as the embedded
+backend (the starting recipes first); the pruner runs as its Ray counterpart
+(`strategies.ray_scheduler`: hyperband as ASHA, median as the median stopping rule), and each
+trial runs `trial.run_trial` in a Ray worker with the resources the experiment asks for. The
+best model goes to RUN_DIR/best through the same BestCheckpoint as the embedded backend (so
+RUN_DIR must be on storage every node sees), and when Ray is done its trials are written into
+RUN_DIR/study.db as an Optuna study, so results.json, `report` and `dashboard` work unchanged.
+Ray retries a trial whose worker died; running the same command again resumes an interrupted
+experiment (Tuner.restore).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -28,11 +31,12 @@ from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment
-from hypertweaks.search import Result, Search, fit_trial, write_model
 from hypertweaks.space import KNOBS, fit_into, max_epochs, suggest, tunable
-from hypertweaks.study import make_sampler, storage_url
+from hypertweaks.strategies import make_sampler, ray_scheduler, starting_recipes
+from hypertweaks.study import storage_url
 from hypertweaks.tasks import make_task
-from hypertweaks.train import evaluate, release_memory, resolve_device
+from hypertweaks.train import resolve_device
+from hypertweaks.trial import StudyContext, TrialRecord, run_trial
 
 RAY_DIR = "ray"  # Ray's experiment state, under RUN_DIR
 NUMBER = "trial_number"  # added to each trial's config: its place in the study, and its seed
@@ -63,10 +67,10 @@ def distributions(space: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_trial(
+def ray_trial(
     config: dict[str, Any], experiment: dict[str, Any], space: dict, defaults: dict
 ) -> None:
-    """One trial inside a Ray worker: the embedded backend's trial, reporting every epoch."""
+    """One trial inside a Ray worker: `trial.run_trial`, reporting every epoch."""
     from ray import tune
 
     exp = Experiment(**experiment)
@@ -83,54 +87,46 @@ def run_trial(
         torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     params = {k: v for k, v in config.items() if k != NUMBER}
     recipe = suggest(FromParams(params), space)
-    is_default = params == fit_into(space, defaults)
+    tag = "defaults" if params == fit_into(space, defaults) else ""
     number = int(config[NUMBER])
     seed = exp.seed + number
 
     task = make_task(exp, exp.run_dir / "cache")
     task.prepare()  # tokens and features come from the study's cache
-    extra = {
-        "attempt": attempt,
-        "number": number,
-        "recipe": json.dumps(recipe.as_dict()),
-        "seed": seed,
-        "started": time.time(),
-        "tag": "defaults" if is_default else "",
-    }
+    started = TrialRecord(recipe=recipe.as_dict(), seed=seed, tag=tag, attempts=attempt)
+    extra = {"number": number, "attempt": attempt, "started": time.time()}
 
     def on_epoch(report) -> bool:
         # ASHA stops a trial by ending its function at a report. The last epoch is reported
-        # with the trial's summary, once its model is saved, so that stop can lose nothing.
+        # with the trial's record, once its model is saved, so that stop can lose nothing.
         if report.epoch < recipe.epochs:
             row = report.as_dict()
-            tune.report({**row, **extra, "row": json.dumps(row), "final": False})
+            tune.report(
+                {
+                    **row,
+                    **extra,
+                    "row": json.dumps(row),
+                    "record": started.to_json(),
+                    "final": False,
+                }
+            )
         return False
 
-    model, result = fit_trial(exp, task, recipe, device, seed, on_epoch)
-    test_metrics = None
-    if is_default and task.splits.test is not None:
-        test = task.dataset(task.splits.test, False)
-        test_metrics = evaluate(task, model, test, device)
-    BestCheckpoint(exp.run_dir, exp.direction).offer(
-        number,
-        result.best_value,
-        lambda folder: write_model(exp, task, model, folder, number, recipe, result),
+    record = run_trial(
+        exp,
+        task,
+        recipe,
+        number=number,
+        seed=seed,
+        device=device,
+        best=BestCheckpoint(exp.run_dir, exp.direction),
+        tag=tag,
+        on_epoch=on_epoch,
     )
-    summary = {
-        "best_value": result.best_value,
-        "best_epoch": result.best_epoch,
-        "stopped": result.stopped,
-        "train_seconds": result.seconds,
-        "examples": result.examples,
-        "best_metrics": json.dumps(result.best_metrics),
-        "curve": json.dumps(result.curve),
-        "test_metrics": json.dumps(test_metrics),
-        "finished": time.time(),
-    }
-    last = result.curve[-1] if result.curve else {}
-    model = None
-    release_memory(device)
-    tune.report({**last, **extra, **summary, "row": json.dumps(last), "final": True})
+    record.attempts = attempt
+    last = record.curve[-1] if record.curve else {}
+    summary = {"record": record.to_json(), "row": json.dumps(last), "finished": time.time()}
+    tune.report({**last, **extra, **summary, "final": True})
 
 
 class FromParams:
@@ -176,20 +172,19 @@ def numbered_searcher(**kwargs):
     return NumberedOptunaSearch(**kwargs)
 
 
-class RaySearch(Search):
-    """The study's stages on Ray Tune; outputs identical in form to the embedded backend's."""
+class RayBackend:
+    """The study's trials on Ray Tune, written back as an Optuna study."""
 
-    def run(self) -> Result:
+    def __init__(self, ctx: StudyContext):
+        self.ctx, self.exp = ctx, ctx.exp
+
+    def optimize(self, smoke: Callable[[], None]) -> optuna.Study:
         ray = require_ray()
         from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
 
-        exp = self.exp
-        start = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.prepare()
+        ctx, exp = self.ctx, self.exp
         if exp.smoke:
-            self.smoke()
+            smoke()
         offline = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         ray.init(
             address=exp.ray_address,
@@ -198,38 +193,38 @@ class RaySearch(Search):
             log_to_driver=False,
             runtime_env={"env_vars": offline},  # workers as offline as the driver
         )
-        space, metric, mode = self.space, exp.metric, exp.direction[:3]
+        space, metric, mode = ctx.space, exp.metric, exp.direction[:3]
         trainable = tune.with_resources(
             tune.with_parameters(
-                run_trial,
+                ray_trial,
                 experiment=exp.model_dump(mode="json"),
                 space=space,
-                defaults=self.defaults,
+                defaults=ctx.defaults,
             ),
             {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial},
         )
-        ray_dir = (self.run_dir / RAY_DIR).resolve()
+        ray_dir = (ctx.run_dir / RAY_DIR).resolve()
         if tune.Tuner.can_restore(str(ray_dir / "study")):
-            self.display.message(f"resuming Ray experiment {ray_dir / 'study'}")
+            ctx.display.message(f"resuming Ray experiment {ray_dir / 'study'}")
             tuner = tune.Tuner.restore(str(ray_dir / "study"), trainable, resume_errored=True)
         else:
+            scheduler, note = ray_scheduler(exp, max_epochs(space))
+            if note:
+                ctx.display.message(note)
             searcher = numbered_searcher(
                 space=DefineByRun(space),
                 metric=metric,
                 mode=mode,
-                points_to_evaluate=[fit_into(space, self.defaults)] if exp.defaults_first else [],
+                points_to_evaluate=[
+                    fit_into(space, recipe) for _, recipe in starting_recipes(exp, ctx.defaults)
+                ],
                 sampler=make_sampler(exp),  # the embedded backend's sampler
             )
-            max_t = max_epochs(space)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=searcher,
-                    scheduler=ASHAScheduler(
-                        time_attr="epoch", max_t=max_t, grace_period=1, reduction_factor=3
-                    )
-                    if exp.pruner != "none"
-                    else None,
+                    scheduler=scheduler,
                     metric=metric,
                     mode=mode,
                     num_samples=exp.trials if exp.trials is not None else -1,
@@ -246,13 +241,7 @@ class RaySearch(Search):
             grid = tuner.fit()
         finally:
             ray.shutdown()  # disconnect; a cluster started elsewhere keeps running
-        study = self._record(grid)
-        result = self.finish(study)
-        result.seconds = time.perf_counter() - start
-        from hypertweaks.report import render
-
-        result.report_path = render(self.run_dir, exp.storage)
-        return result
+        return self._record(grid)
 
     def _record(self, grid) -> optuna.Study:
         """Ray's trials, in creation order, as an Optuna study in the experiment's storage."""
@@ -264,7 +253,7 @@ class RaySearch(Search):
             pass
         study = optuna.create_study(study_name=exp.name, storage=url, direction=exp.direction)
         study.set_user_attr("backend", "ray")
-        dists = distributions(self.space)
+        dists = distributions(self.ctx.space)
         results = sorted(grid, key=lambda r: (r.metrics or {}).get("number", len(grid)))
         for result in results:
             study.add_trial(self._frozen(result, dists))
@@ -278,43 +267,31 @@ class RaySearch(Search):
             latest = history[history["attempt"] == last.get("attempt", 1)]
             rows = [json.loads(row) for row in latest["row"]]
         intermediate = {int(r["epoch"]): float(r[exp.metric]) for r in rows if exp.metric in r}
-        attrs: dict[str, Any] = {"attempts": int(last.get("attempt", 1))}
-        if "recipe" in last:
-            attrs["recipe"] = json.loads(last["recipe"])
-            attrs["seed"] = int(last["seed"])
-            if last.get("tag"):
-                attrs["tag"] = last["tag"]
+        if "record" in last:
+            record = TrialRecord.from_attrs(json.loads(last["record"]))
+        else:  # it failed before its first report
+            record = TrialRecord(recipe={}, attempts=int(last.get("attempt", 1)))
         if last.get("final"):
-            state, value = TrialState.COMPLETE, float(last["best_value"])
-            attrs.update(
-                curve=json.loads(last["curve"]),
-                metrics=json.loads(last["best_metrics"]),
-                examples=int(last["examples"]),
-                train_seconds=float(last["train_seconds"]),
-                best_epoch=int(last["best_epoch"]),
-                stopped=last["stopped"],
-            )
-            if json.loads(last["test_metrics"]):
-                attrs["test_metrics"] = json.loads(last["test_metrics"])
+            state, value = TrialState.COMPLETE, record.value
         elif rows and result.error is None:  # ASHA stopped it after an epoch
             state, value = TrialState.PRUNED, None
-            attrs.update(
-                curve=rows,
-                stopped="pruned",
-                train_seconds=float(rows[-1]["seconds"]),
-                examples=int(rows[-1]["examples"]),
-            )
+            record.curve, record.stopped = rows, "pruned"
+            record.train_seconds = float(rows[-1]["seconds"])
+            record.examples = int(rows[-1]["examples"])
         else:
             state, value = TrialState.FAIL, None
             error = result.error or "stopped before its first epoch ended"
-            attrs["error"] = f"{type(error).__name__}: {str(error)[:500]}"
+            record.error = f"{type(error).__name__}: {str(error)[:500]}"
+        attrs = record.attrs()
+        if not record.recipe:
+            del attrs["recipe"]  # results.json falls back to the trial's params
         trial = optuna.trial.create_trial(
             state=state,
             value=value,
             params=params,
             distributions={k: dists[k] for k in params},
             intermediate_values=intermediate,
-            user_attrs=attrs,
+            user_attrs={**attrs, "attempts": record.attempts},
         )
         if "started" in last:  # when the trial ran, not when it was recorded
             trial.datetime_start = datetime.fromtimestamp(last["started"])

@@ -11,6 +11,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hypertweaks.objective import best_of, is_better
+
 KNOB_SLICES = ("learning_rate", "batch_size", "dropout", "weight_decay", "freeze_layers")
 
 
@@ -38,25 +40,22 @@ def _finished(results: dict) -> list[dict]:
     return [t for t in results["trials"] if not t.get("interrupted")]
 
 
-def _score(trial: dict) -> float | None:
+def _score(trial: dict, metric: str, direction: str) -> float | None:
     """The trial's best validation score: its result, or for a pruned trial the best it reached."""
     if trial["value"] is not None:
         return trial["value"]
-    values = [row[trial["metric"]] for row in trial["curve"]] if trial["curve"] else []
-    return max(values) if values else None
+    return best_of((row.get(metric) for row in trial["curve"] or []), direction)
 
 
 def history_plot(results: dict) -> str:
-    metric, maximize = results["metric"], results["direction"] == "maximize"
+    metric, direction = results["metric"], results["direction"]
     fig, (by_trial, by_compute) = _figure(10, 3.6, columns=2)
     trials = _finished(results)
     best, best_line, examples, compute = None, [], 0, []
     for trial in trials:
         examples += trial["examples"]
         compute.append(examples)
-        if trial["value"] is not None and (
-            best is None or (trial["value"] > best if maximize else trial["value"] < best)
-        ):
+        if trial["value"] is not None and is_better(trial["value"], best, direction):
             best = trial["value"]
         best_line.append(best)
     styles = {"complete": ("o", "tab:blue"), "pruned": ("x", "tab:orange"), "fail": ("s", "red")}
@@ -64,7 +63,8 @@ def history_plot(results: dict) -> str:
         chosen = [(i, t) for i, t in enumerate(trials) if t["state"] == state]
         if not chosen:
             continue
-        ys = [_score(t) if _score(t) is not None else math.nan for _, t in chosen]
+        scores = [_score(t, metric, direction) for _, t in chosen]
+        ys = [math.nan if s is None else s for s in scores]
         by_trial.scatter([t["number"] for _, t in chosen], ys, marker=marker, c=color, label=state)
         by_compute.scatter([compute[i] for i, _ in chosen], ys, marker=marker, c=color)
     numbers = [t["number"] for t in trials]
@@ -85,12 +85,16 @@ def importance_plot(importances: dict[str, float]) -> str:
 
 
 def slice_plots(results: dict) -> str:
-    trials = [t for t in _finished(results) if _score(t) is not None and t["recipe"]]
+    metric, direction = results["metric"], results["direction"]
+    score = {t["number"]: _score(t, metric, direction) for t in _finished(results)}
+    trials = [t for t in _finished(results) if score[t["number"]] is not None and t["recipe"]]
     fig, axes = _figure(14, 3, columns=len(KNOB_SLICES), sharey=True)
     for axis, knob in zip(axes, KNOB_SLICES, strict=True):
         shown = [t for t in trials if knob in t["recipe"]]
         colors = ["tab:orange" if t["state"] == "pruned" else "tab:blue" for t in shown]
-        axis.scatter([t["recipe"][knob] for t in shown], [_score(t) for t in shown], c=colors, s=18)
+        axis.scatter(
+            [t["recipe"][knob] for t in shown], [score[t["number"]] for t in shown], c=colors, s=18
+        )
         if knob == "learning_rate":
             axis.set_xscale("log")
         axis.set(xlabel=knob)
@@ -280,8 +284,6 @@ def render(run_dir: str | Path, storage: str | None = None) -> Path:
     if not results_path.is_file():
         raise FileNotFoundError(f"{results_path} does not exist: is {run_dir} a study folder?")
     results = json.loads(results_path.read_text())
-    for trial in results["trials"]:
-        trial["metric"] = results["metric"]
     importances = load_importances(run_dir, results, storage)
     sections = [
         f"<h1>hypertweaks study {html.escape(results['study'])}</h1>",

@@ -12,30 +12,31 @@ from optuna.trial import TrialState
 
 from hypertweaks.config import Experiment
 from hypertweaks.study import counted, redact, storage_url, trial_seconds
+from hypertweaks.trial import TrialRecord
 
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
+    record = TrialRecord.from_attrs(trial.user_attrs, trial.params)
     return {
         "number": trial.number,
         "state": trial.state.name.lower(),
-        "tag": attrs.get("tag", ""),
+        "tag": record.tag,
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
         "last_value": next(reversed(trial.intermediate_values.values()), None),
-        "recipe": attrs.get("recipe", trial.params),
-        "best_epoch": attrs.get("best_epoch"),
-        "stopped": attrs.get("stopped"),
-        "curve": attrs.get("curve", []),
+        "recipe": record.recipe,
+        "best_epoch": record.best_epoch,
+        "stopped": record.stopped,
+        "curve": record.curve,
         "seconds": trial_seconds(trial),
         "started": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "finished": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
-        "attempts": attrs.get("attempts", 1),  # >1: retried after its worker died
-        "examples": attrs.get("examples", 0),
-        "train_seconds": attrs.get("train_seconds"),
-        "seed": attrs.get("seed"),
-        "error": attrs.get("error"),
-        "test_metrics": attrs.get("test_metrics"),  # the default recipe's, for comparison
-        "interrupted": attrs.get("interrupted", False),
+        "attempts": record.attempts,
+        "examples": record.examples,
+        "train_seconds": record.train_seconds,
+        "seed": record.seed,
+        "error": record.error,
+        "test_metrics": record.test_metrics,  # the default recipe's, for comparison
+        "interrupted": record.interrupted,
     }
 
 

@@ -1,5 +1,7 @@
-"""The study: storage, sampler, pruner, the three stages (smoke, defaults, search), budget,
-resume, and the best model on disk. Knows nothing of how a model trains beyond `train.fit`."""
+"""The stage runner: prepare (every check on the user's input, before any training), the smoke
+run, the search on the experiment's backend, then the best model scored on test, results.json
+and the report. Backends (embedded.py, ray_backend.py) run the trials; this module is the only
+one that knows the stage order."""
 
 from __future__ import annotations
 
@@ -13,31 +15,23 @@ from typing import Any
 
 import optuna
 import torch
-import yaml
 from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
+from hypertweaks.embedded import EmbeddedBackend
 from hypertweaks.recipes import default_recipe, default_space, task_knobs
 from hypertweaks.report import render as render_report
-from hypertweaks.results import trial_row, write_results
-from hypertweaks.space import Recipe, fit_into, max_epochs, resolve_space, suggest
-from hypertweaks.study import (
-    counted,
-    enqueue_interrupted,
-    fail_stale_trials,
-    open_study,
-    same_experiment,
-    trial_seconds,
-)
+from hypertweaks.results import write_results
+from hypertweaks.space import Recipe, resolve_space
+from hypertweaks.study import counted
 from hypertweaks.tasks import make_task
-from hypertweaks.train import Diverged, evaluate, fit, release_memory, resolve_device
+from hypertweaks.train import evaluate, fit, release_memory, resolve_device
+from hypertweaks.trial import StudyContext, fit_trial  # noqa: F401  (fit_trial: the bench's)
 
 log = logging.getLogger("hypertweaks")
-# Failures that belong to one recipe: the trial fails alone and the study goes on.
-TRIAL_FAILURES = (Diverged, torch.OutOfMemoryError)
 
 
 @dataclass
@@ -122,125 +116,30 @@ class Search:
         release_memory(self.device)
         self.display.message(f"smoke run passed in {time.perf_counter() - start:.1f}s")
 
-    def objective(self, trial: optuna.Trial) -> float:
-        """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
-        try:
-            return self._run_trial(trial)
-        except TRIAL_FAILURES as error:
-            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-            raise
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)
-            raise
+    def context(self) -> StudyContext:
+        return StudyContext(
+            exp=self.exp,
+            task=self.task,
+            space=self.space,
+            defaults=self.defaults,
+            device=self.device,
+            display=self.display,
+            best=self.best,
+        )
 
-    def _run_trial(self, trial: optuna.Trial) -> float:
-        exp, task = self.exp, self.task
-        if self._budget_spent(trial.study, before=trial.number):
-            # Another worker took the last trial of the budget while this one was being created.
-            trial.set_user_attr("surplus", True)
-            trial.study.stop()
-            raise optuna.TrialPruned("the study's budget is spent")
-        recipe = suggest(trial, self.space)
-        seed = exp.seed + trial.number
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("recipe", recipe.as_dict())
-        self.display.trial_started(trial.number, recipe.as_dict(), trial.user_attrs.get("tag", ""))
-
-        def on_epoch(report) -> bool:
-            trial.report(report.metrics[exp.metric], report.epoch)
-            self.display.epoch(trial.number, report.as_dict())
-            # pruning after the last epoch would save nothing and throw the trial away
-            return report.epoch < recipe.epochs and trial.should_prune()
-
-        model = None
-        try:
-            model, result = fit_trial(exp, task, recipe, self.device, seed, on_epoch)
-            for key, value in (
-                ("curve", result.curve),
-                ("examples", result.examples),
-                ("train_seconds", result.seconds),
-                ("best_epoch", result.best_epoch),
-                ("stopped", result.stopped),
-                ("metrics", result.best_metrics),
-                ("micro_batch", result.micro_batch),
-            ):
-                trial.set_user_attr(key, value)
-            if result.stopped == "pruned":
-                raise optuna.TrialPruned(f"pruned at epoch {len(result.curve)}")
-            if trial.user_attrs.get("tag") == "defaults" and task.splits.test is not None:
-                # The reference the best recipe is compared with; never used to choose.
-                trial.set_user_attr("test_metrics", self._test(model))
-            self.best.offer(
-                trial.number,
-                result.best_value,
-                lambda folder: write_model(exp, task, model, folder, trial.number, recipe, result),
-            )
-            return result.best_value
-        finally:
-            model = None  # the last reference: its memory goes back before the next trial
-            release_memory(self.device)
+    def run(self) -> Result:
+        start = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.prepare()
+        study = make_backend(self.context()).optimize(self.smoke)
+        result = self.finish(study)
+        result.seconds = time.perf_counter() - start
+        result.report_path = render_report(self.run_dir, self.exp.storage)
+        return result
 
     def _test(self, model) -> dict[str, float]:
         test = self.task.dataset(self.task.splits.test, False)
         return evaluate(self.task, model.to(self.device), test, self.device)
-
-    def run(self) -> Result:
-        exp = self.exp
-        start = time.perf_counter()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.prepare()
-        study, created = open_study(exp, max_epochs(self.space))
-        if created and exp.defaults_first:
-            # Only the worker that created the study enqueues the defaults: workers that start
-            # together would otherwise all see an empty study and each enqueue them.
-            study.enqueue_trial(fit_into(self.space, self.defaults), {"tag": "defaults"})
-        same_experiment(study, exp)
-        finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
-        if finished:
-            self.display.message(f"resuming study {exp.name!r}: {len(finished)} trials done")
-        if exp.smoke:
-            self.smoke()
-        enqueue_interrupted(study)
-        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-        self.best.remove_orphans(running)
-
-        if not self._budget_spent(study):
-            time_left = None
-            if exp.timeout is not None:
-                time_left = exp.timeout - sum(map(trial_seconds, finished))
-            study.optimize(
-                self.objective,
-                timeout=time_left,
-                catch=TRIAL_FAILURES,
-                callbacks=[self._after_trial],
-                gc_after_trial=True,
-            )
-        result = self.finish(study)
-        result.seconds = time.perf_counter() - start
-        result.report_path = render_report(self.run_dir, exp.storage)
-        return result
-
-    def _budget_spent(self, study: optuna.Study, before: int | None = None) -> bool:
-        """The budget is shared by every worker of the study: trials counted, plus trials that
-        other workers are running (they will count), against trials; trial time against
-        timeout."""
-        fail_stale_trials(study)  # a dead worker's trial stops counting (and is retried)
-        trials = study.get_trials(deepcopy=False)
-        if before is not None:
-            trials = [t for t in trials if t.number < before]
-        done = [t for t in trials if counted(t)]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if self.exp.trials is not None and len(done) + len(running) >= self.exp.trials:
-            return True
-        used = sum(map(trial_seconds, done))
-        return self.exp.timeout is not None and used >= self.exp.timeout
-
-    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if not trial.user_attrs.get("surplus"):
-            self.display.trial_finished(trial_row(trial))
-        write_results(self.run_dir / "results.json", study, exp=self.exp, task=self.task)
-        if self._budget_spent(study):
-            study.stop()
 
     def finish(self, study: optuna.Study) -> Result:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -284,46 +183,13 @@ class Search:
         )
 
 
-def fit_trial(exp: Experiment, task, recipe: Recipe, device, seed: int, on_epoch):
-    """One trial's model, trained on the task's train split and scored on its validation split:
-    the same for every backend."""
-    torch.manual_seed(seed)  # the new head's initial weights belong to the trial's seed
-    model, layers = task.build(recipe)
-    result = fit(
-        task,
-        model,
-        layers,
-        recipe,
-        task.dataset(task.splits.train, True, recipe),
-        task.dataset(task.splits.validation, False, recipe),
-        metric=exp.metric,
-        direction=exp.direction,
-        patience=exp.patience,
-        device=device,
-        seed=seed,
-        on_epoch=on_epoch,
-    )
-    return model, result
+def make_backend(ctx: StudyContext):
+    """The backend the experiment names; each runs trials with `trial.run_trial`."""
+    if ctx.exp.backend == "ray":
+        from hypertweaks.ray_backend import RayBackend
 
-
-def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe, result) -> None:
-    """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
-    task.save(model, folder)
-    refit = exp.model_dump(mode="json")
-    refit.update(
-        space=recipe.as_dict(),
-        trials=1,
-        timeout=None,
-        defaults_first=False,
-        name=f"{exp.name}-refit",
-        storage=None,
-        backend="optuna",
-    )
-    header = (
-        f"# best recipe of study {exp.name!r}: trial {number}, "
-        f"val {exp.metric} {result.best_value:.4f} at epoch {result.best_epoch}\n"
-    )
-    (folder / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
+        return RayBackend(ctx)
+    return EmbeddedBackend(ctx)
 
 
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:
@@ -333,8 +199,4 @@ def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None)
     if display is None:
         display = LogDisplay(exp.metric) if exp.quiet else LiveDisplay(exp.metric)
     with display:
-        if exp.backend == "ray":
-            from hypertweaks.ray_backend import RaySearch
-
-            return RaySearch(exp, display).run()
         return Search(exp, display).run()

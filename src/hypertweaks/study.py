@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.config import ConfigError, Experiment
+from hypertweaks.strategies import make_pruner, make_sampler
 
 
 def storage_url(exp: Experiment) -> str:
@@ -53,34 +54,13 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def make_sampler(exp: Experiment) -> optuna.samplers.TPESampler:
-    """TPE, multivariate, with a constant liar for trials running in parallel (many workers, or
-    Ray's concurrent trials); random for the first quarter of the budget (2 to 10 trials)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(
-            seed=exp.seed,
-            n_startup_trials=max(2, min(10, (exp.trials or 20) // 4)),
-            multivariate=True,
-            constant_liar=True,
-        )
-
-
 def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
     """The study, and whether this worker created it. Creation is atomic in the storage (the
     study name is unique), so of several workers that start together exactly one creates it."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = _connect(exp)
-    sampler = make_sampler(exp)
-    pruners = {
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=num_epochs
-        ),
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }
-    settings = dict(storage=storage, sampler=sampler, pruner=pruners[exp.pruner]())
+    settings = dict(storage=storage, sampler=make_sampler(exp), pruner=make_pruner(exp, num_epochs))
     try:
         study = optuna.create_study(study_name=exp.name, direction=exp.direction, **settings)
         return study, True

@@ -1,9 +1,8 @@
 """Fine-tune one recipe: AdamW, warmup + decay, epochs, evaluation, early stopping, best weights.
 
 Knows nothing of the search: after every epoch it calls `on_epoch(report)`, which may ask it to
-stop (a pruned trial) by returning True. The task supplies `forward(model, inputs) -> logits`
-and `metrics(logits, labels) -> dict`; a task whose loss is not cross-entropy over one label per
-example (language modelling) also supplies `loss_sum`, `count_targets` and `evaluate`.
+stop (a pruned trial) by returning True. The task (tasks.base.TaskBase) supplies the loss
+(`loss_sum`, `count_targets`) and the metrics (`evaluate`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hypertweaks.models import LayerStack, freeze_norm_statistics
+from hypertweaks.objective import is_better
 from hypertweaks.space import Recipe
 
 SCHEDULER_NAMES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
@@ -104,26 +104,28 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(
+def predict_logits(
     task, model: nn.Module, data: Dataset, device: torch.device | str, batch_size: int = 64
-) -> dict[str, float]:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A classification task's logits (float32, on the CPU) and labels over a dataset."""
     device = torch.device(device)
     model.eval()
-    if hasattr(task, "evaluate"):
-        return task.evaluate(model, data, device, batch_size)
     logits, labels = [], []
     for inputs, target in DataLoader(data, batch_size=batch_size, collate_fn=data.collate):
         with autocast(device):
-            logits.append(task.forward(model, {k: v.to(device) for k, v in inputs.items()}).float())
+            out = task.forward(model, {k: v.to(device) for k, v in inputs.items()})
+        logits.append(out.float().cpu())
         labels.append(target)
-    return task.metrics(torch.cat(logits), torch.cat(labels))
+    return torch.cat(logits), torch.cat(labels)
 
 
-def _loss_sum(task, model, inputs, labels) -> torch.Tensor:
-    if hasattr(task, "loss_sum"):
-        return task.loss_sum(model, inputs, labels)
-    logits = task.forward(model, inputs)
-    return nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+def evaluate(
+    task, model: nn.Module, data: Dataset, device: torch.device | str, batch_size: int = 64
+) -> dict[str, float]:
+    """The task's metrics of the model over a dataset (tasks.base.TaskBase.evaluate)."""
+    model.eval()
+    with torch.no_grad():
+        return task.evaluate(model, data, torch.device(device), batch_size)
 
 
 def _accumulate_gradients(task, model, optimizer, inputs, labels, micro: int) -> float:
@@ -131,11 +133,11 @@ def _accumulate_gradients(task, model, optimizer, inputs, labels, micro: int) ->
     language model), computed `micro` examples at a time."""
     optimizer.zero_grad(set_to_none=True)
     total, size = 0.0, len(labels)
-    targets = task.count_targets(labels) if hasattr(task, "count_targets") else size
+    targets = task.count_targets(labels)
     for start in range(0, size, micro):
         part = slice(start, start + micro)
         with autocast(labels.device):
-            loss_sum = _loss_sum(task, model, {k: v[part] for k, v in inputs.items()}, labels[part])
+            loss_sum = task.loss_sum(model, {k: v[part] for k, v in inputs.items()}, labels[part])
         loss = loss_sum.float() / max(targets, 1)
         if not torch.isfinite(loss):
             return loss.item()
@@ -150,12 +152,6 @@ def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def _is_better(value: float, best: float | None, direction: str) -> bool:
-    if best is None:
-        return True
-    return value < best if direction == "minimize" else value > best
 
 
 def fit(
@@ -247,7 +243,7 @@ def fit(
         value = metrics[metric]
         if not math.isfinite(value):
             raise Diverged(f"validation {metric} became {value} at epoch {epoch + 1}")
-        if _is_better(value, best_value, direction):
+        if is_better(value, best_value, direction):
             best_value, bad_epochs = value, 0
             result.best_epoch, result.best_metrics = epoch + 1, metrics
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

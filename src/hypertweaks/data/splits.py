@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +19,25 @@ from hypertweaks.data.tables import DataError
 class Split:
     inputs: list[Any]  # texts, or image paths
     labels: np.ndarray  # class ids, int64
+    name: str = ""  # train, validation or test
+    rows: tuple[int, ...] | None = None  # a subset: its rows of the named split; None: all
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def subset(self, indices: Sequence[int]) -> Split:
-        return Split([self.inputs[i] for i in indices], self.labels[np.asarray(indices, dtype=int)])
+        """These rows (positions in this split), still keyed by the rows of the full split."""
+        indices = [int(i) for i in indices]
+        rows = tuple(indices if self.rows is None else (self.rows[i] for i in indices))
+        picked = self.labels[np.asarray(indices, dtype=int)]
+        return Split([self.inputs[i] for i in indices], picked, self.name, rows)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Names what this split holds, for caches: the same key, the same examples."""
+        if self.rows is None:
+            return (self.name, "all")
+        return (self.name, hashlib.sha256(np.asarray(self.rows, dtype=np.int64)).hexdigest()[:16])
 
 
 @dataclass
@@ -123,7 +137,7 @@ def load_splits(
         )
     index = {value: i for i, value in enumerate(classes)}
     encoded = {
-        role: Split(frame[input_column].tolist(), _encode(frame[label_column], index, role))
+        role: Split(frame[input_column].tolist(), _encode(frame[label_column], index, role), role)
         for role, frame in frames.items()
     }
     if "validation" not in encoded:

@@ -1,17 +1,23 @@
-"""What every task kind offers the trainer and the search (text, image, ...)."""
+"""What every task kind offers the trainer and the search (text, image, causal LM), and the
+behaviour they share: datasets cached by what they hold (split name and rows), and
+classification's loss and evaluation, which a task with another loss overrides."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from hypertweaks.config import Experiment
 from hypertweaks.data import Split, Splits
 from hypertweaks.models import LayerStack
 from hypertweaks.space import Recipe
+
+T = TypeVar("T")
 
 
 class IndexedExamples(Dataset):
@@ -27,34 +33,74 @@ class IndexedExamples(Dataset):
         return index
 
 
-class Task(Protocol):
-    """Classification tasks train with cross-entropy over `forward`'s logits. A task with another
-    loss (causal-lm: over target tokens) also defines `loss_sum(model, inputs, labels)`,
-    `count_targets(labels)` and `evaluate(model, data, device, batch_size)`; `train` uses them
-    when present."""
+class TaskBase:
+    """The contract. A subclass sets `splits`, `num_layers` and `pretrained_dropout` in
+    `prepare`, and implements `build`, `dataset`, `forward`, `metrics`, `save` and `load`.
+    Classification trains with cross-entropy over `forward`'s logits; a task with another loss
+    (causal-lm: over target tokens) overrides `loss_sum`, `count_targets` and `evaluate`."""
 
     splits: Splits
     num_layers: int  # how many blocks freeze_layers can freeze
     pretrained_dropout: float
 
+    def __init__(self, experiment: Experiment, cache_dir: Path):
+        self.experiment = experiment
+        self.cache_dir = cache_dir
+        self._cache: dict[tuple[str, tuple[str, str]], Any] = {}
+
+    def cached(self, kind: str, split: Split, make: Callable[[], T]) -> T:
+        """`make()` once per kind of data and split contents (its name and rows): a subset of a
+        split is cached apart from the split itself, and never mistaken for another subset."""
+        key = (kind, split.key)
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    # -- what each task implements ------------------------------------------------------
     def prepare(self) -> None:
         """Load, check and encode the data, and check the model, before any training."""
+        raise NotImplementedError
 
     def build(self, recipe: Recipe) -> tuple[nn.Module, LayerStack]:
         """A fresh pretrained model for this recipe (dropout set), and its layers for freezing."""
+        raise NotImplementedError
 
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
         """Examples of one split; `train` turns on augmentation where the task has it; the recipe
         may change what is fed (e.g. cached features when the backbone is frozen). The dataset's
         `collate(examples) -> (model inputs, labels)` makes its batches."""
+        raise NotImplementedError
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Model inputs -> logits."""
+        raise NotImplementedError
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """Validation / test metrics from logits."""
+        raise NotImplementedError
 
     def save(self, model: nn.Module, directory: Path) -> None:
         """Write the model so that `load` (or the model's own library) reads it back."""
+        raise NotImplementedError
 
-    def load(self, directory: Path) -> nn.Module: ...
+    def load(self, directory: Path) -> nn.Module:
+        raise NotImplementedError
+
+    # -- classification's defaults ------------------------------------------------------
+    def loss_sum(self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor):
+        """The summed training loss of a batch (divided by `count_targets` over the batch)."""
+        logits = self.forward(model, inputs)
+        return nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+
+    def count_targets(self, labels: torch.Tensor) -> int:
+        return len(labels)
+
+    def evaluate(
+        self, model: nn.Module, data: Dataset, device: torch.device, batch_size: int = 64
+    ) -> dict[str, float]:
+        from hypertweaks.train import predict_logits
+
+        return self.metrics(*predict_logits(self, model, data, device, batch_size))
+
+
+Task = TaskBase  # the name the rest of the package uses for "a task"

@@ -35,7 +35,7 @@ from hypertweaks.models import (
     with_dropout,
 )
 from hypertweaks.space import Recipe
-from hypertweaks.tasks.base import IndexedExamples
+from hypertweaks.tasks.base import IndexedExamples, TaskBase
 from hypertweaks.train import autocast
 
 IGNORE = -100  # label of a token that is not learned (prompt, padding)
@@ -158,15 +158,13 @@ def _blocks_name(model: nn.Module) -> str:
     return next(name for name, module in model.named_modules() if module is blocks).split(".")[-1]
 
 
-class CausalLM:
+class CausalLM(TaskBase):
     """The causal-lm task: what the trainer and the search need (see tasks/base.Task), plus
     `loss_sum`, `count_targets` and `evaluate` for a loss over target tokens."""
 
     def __init__(self, experiment: Experiment, cache_dir: Path):
-        self.experiment = experiment
-        self.cache_dir = cache_dir
+        super().__init__(experiment, cache_dir)
         self.model_source = experiment.model
-        self._datasets: dict[int, TokenExamples] = {}
 
     # -- data -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -288,13 +286,14 @@ class CausalLM:
         classes = sorted(set(texts)) if self.short_targets else [""]
         index = {c: i for i, c in enumerate(classes)}
 
-        def split(rows) -> Split:
+        def split(role: str) -> Split:
+            rows = encoded[role]
             inputs = [(ids, targets) for ids, targets, _ in rows]
             labels = [index[label] if self.short_targets else 0 for _, _, label in rows]
-            return Split(inputs, np.array(labels, dtype=np.int64))
+            return Split(inputs, np.array(labels, dtype=np.int64), role)
 
-        train = split(encoded["train"])
-        validation = split(encoded["validation"]) if "validation" in encoded else None
+        train = split("train")
+        validation = split("validation") if "validation" in encoded else None
         if validation is None:
             exp = self.experiment
             counts = np.bincount(train.labels)
@@ -305,7 +304,7 @@ class CausalLM:
                 f"validation: {len(held)} examples ({exp.validation_fraction:.0%}) held out of "
                 f"train, seed {exp.seed}"
             )
-        test = split(encoded["test"]) if "test" in encoded else None
+        test = split("test") if "test" in encoded else None
         return Splits(classes, train, validation, test, notes)
 
     def _cache_folder(self) -> Path | None:
@@ -358,12 +357,11 @@ class CausalLM:
         return model, stack
 
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> TokenExamples:
-        if id(split) not in self._datasets:
+        def examples() -> TokenExamples:
             ids, targets = zip(*split.inputs, strict=True) if len(split) else ((), ())
-            self._datasets[id(split)] = TokenExamples(
-                list(ids), list(targets), self.tokenizer.pad_token_id
-            )
-        return self._datasets[id(split)]
+            return TokenExamples(list(ids), list(targets), self.tokenizer.pad_token_id)
+
+        return self.cached("tokens", split, examples)
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**inputs).logits

@@ -21,11 +21,10 @@ from hypertweaks.backbones import (
     normalisation,
     pretrained_dropout,
 )
-from hypertweaks.config import Experiment
 from hypertweaks.data import Split, load_splits
 from hypertweaks.data.images import load_images_cached, read_images_source
 from hypertweaks.space import Recipe
-from hypertweaks.tasks.base import IndexedExamples
+from hypertweaks.tasks.base import IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
 
 DEFECT_NAMES = (
@@ -90,13 +89,7 @@ class Features(IndexedExamples):
         return {"features": self.features[index]}, self.labels[index]
 
 
-class ImageClassification:
-    def __init__(self, experiment: Experiment, cache_dir: Path):
-        self.experiment = experiment
-        self.cache_dir = cache_dir
-        self._pixels: dict[int, torch.Tensor] = {}
-        self._features: dict[int, torch.Tensor] = {}
-
+class ImageClassification(TaskBase):
     def prepare(self) -> None:
         exp = self.experiment
         tables = {}
@@ -134,12 +127,11 @@ class ImageClassification:
         return self._load(recipe.dropout)
 
     def _images(self, split: Split) -> torch.Tensor:
-        key = id(split)
-        if key not in self._pixels:
-            self._pixels[key] = load_images_cached(
-                split.inputs, self.experiment.image_size, self.cache_dir
-            )
-        return self._pixels[key]
+        return self.cached(
+            "pixels",
+            split,
+            lambda: load_images_cached(split.inputs, self.experiment.image_size, self.cache_dir),
+        )
 
     def trains_head_only(self, recipe: Recipe) -> bool:
         return recipe.freeze_layers >= self.num_layers and not is_hf_model(self.experiment.model)
@@ -150,13 +142,13 @@ class ImageClassification:
             return Features(self._backbone_features(split), labels)
         return Images(self._images(split), labels, self.mean, self.std, augment=train)
 
-    @torch.no_grad()
     def _backbone_features(self, split: Split) -> torch.Tensor:
         """Pooled features of the frozen pretrained backbone: computed once per study and image
         size (never paying twice for the same forward passes), on disk and in memory."""
-        key = id(split)
-        if key in self._features:
-            return self._features[key]
+        return self.cached("features", split, lambda: self._compute_features(split))
+
+    @torch.no_grad()
+    def _compute_features(self, split: Split) -> torch.Tensor:
         exp = self.experiment
         digest = hashlib.sha256(json.dumps([exp.model, str(exp.weights), exp.image_size]).encode())
         digest.update("\0".join(split.inputs).encode())
@@ -185,7 +177,6 @@ class ImageClassification:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             torch.save(features, path.with_suffix(".tmp"))
             path.with_suffix(".tmp").replace(path)
-        self._features[key] = features
         return features
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

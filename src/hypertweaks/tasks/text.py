@@ -21,7 +21,7 @@ from hypertweaks.models import (
     looks_like_path,
 )
 from hypertweaks.space import Recipe
-from hypertweaks.tasks.base import IndexedExamples
+from hypertweaks.tasks.base import IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
 
 
@@ -60,12 +60,10 @@ class EncodedTexts(IndexedExamples):
         return {"input_ids": ids, "attention_mask": mask.long()}, self.labels[index]
 
 
-class TextClassification:
+class TextClassification(TaskBase):
     def __init__(self, experiment: Experiment, cache_dir: Path):
-        self.experiment = experiment
-        self.cache_dir = cache_dir
+        super().__init__(experiment, cache_dir)
         self.model_source = experiment.model
-        self._encoded: dict[int, EncodedTexts] = {}
 
     def prepare(self) -> None:
         exp = self.experiment
@@ -123,10 +121,7 @@ class TextClassification:
         return model, layer_stack(model)
 
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> EncodedTexts:
-        key = id(split)
-        if key not in self._encoded:
-            self._encoded[key] = self._encode(split)
-        return self._encoded[key]
+        return self.cached("tokens", split, lambda: self._encode(split))
 
     def _encode(self, split: Split) -> EncodedTexts:
         """Tokenize once per study: the cache is keyed by tokenizer, max length and the texts."""

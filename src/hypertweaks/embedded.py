@@ -1,0 +1,127 @@
+"""The embedded backend: Optuna's optimize loop in this process, on the study's storage (SQLite,
+or PostgreSQL shared by many workers). The budget is shared by every worker of the study."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from hypertweaks.results import trial_row, write_results
+from hypertweaks.space import fit_into, max_epochs, suggest
+from hypertweaks.strategies import starting_recipes
+from hypertweaks.study import (
+    counted,
+    enqueue_interrupted,
+    fail_stale_trials,
+    open_study,
+    same_experiment,
+    trial_seconds,
+)
+from hypertweaks.trial import TRIAL_FAILURES, StudyContext, run_trial
+
+
+class EmbeddedBackend:
+    def __init__(self, ctx: StudyContext):
+        self.ctx = ctx
+        self.exp = ctx.exp
+
+    def optimize(self, smoke: Callable[[], None]) -> optuna.Study:
+        ctx, exp = self.ctx, self.exp
+        study, created = open_study(exp, max_epochs(ctx.space))
+        if created:
+            # Only the worker that created the study enqueues the starting recipes: workers that
+            # start together would otherwise all see an empty study and each enqueue them.
+            for tag, recipe in starting_recipes(exp, ctx.defaults):
+                study.enqueue_trial(fit_into(ctx.space, recipe), {"tag": tag})
+        same_experiment(study, exp)
+        finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+        if finished:
+            ctx.display.message(f"resuming study {exp.name!r}: {len(finished)} trials done")
+        if exp.smoke:
+            smoke()
+        enqueue_interrupted(study)
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        ctx.best.remove_orphans(running)
+        if not self._budget_spent(study):
+            time_left = None
+            if exp.timeout is not None:
+                time_left = exp.timeout - sum(map(trial_seconds, finished))
+            study.optimize(
+                self.objective,
+                timeout=time_left,
+                catch=TRIAL_FAILURES,
+                callbacks=[self._after_trial],
+                gc_after_trial=True,
+            )
+        return study
+
+    def objective(self, trial: optuna.Trial) -> float:
+        """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
+        try:
+            return self._run_trial(trial)
+        except TRIAL_FAILURES as error:
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+
+    def _run_trial(self, trial: optuna.Trial) -> float:
+        ctx, exp = self.ctx, self.exp
+        if self._budget_spent(trial.study, before=trial.number):
+            # Another worker took the last trial of the budget while this one was being created.
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise optuna.TrialPruned("the study's budget is spent")
+        recipe = suggest(trial, ctx.space)
+        seed = exp.seed + trial.number
+        tag = trial.user_attrs.get("tag", "")
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("recipe", recipe.as_dict())
+        ctx.display.trial_started(trial.number, recipe.as_dict(), tag)
+
+        def on_epoch(report) -> bool:
+            trial.report(report.metrics[exp.metric], report.epoch)
+            ctx.display.epoch(trial.number, report.as_dict())
+            # pruning after the last epoch would save nothing and throw the trial away
+            return report.epoch < recipe.epochs and trial.should_prune()
+
+        record = run_trial(
+            exp,
+            ctx.task,
+            recipe,
+            number=trial.number,
+            seed=seed,
+            device=ctx.device,
+            best=ctx.best,
+            tag=tag,
+            on_epoch=on_epoch,
+        )
+        for key, value in record.attrs().items():
+            trial.set_user_attr(key, value)
+        if record.stopped == "pruned":
+            raise optuna.TrialPruned(f"pruned at epoch {len(record.curve)}")
+        return record.value
+
+    def _budget_spent(self, study: optuna.Study, before: int | None = None) -> bool:
+        """Trials counted, plus trials that other workers are running (they will count),
+        against trials; trial time against timeout."""
+        fail_stale_trials(study)  # a dead worker's trial stops counting (and is retried)
+        trials = study.get_trials(deepcopy=False)
+        if before is not None:
+            trials = [t for t in trials if t.number < before]
+        done = [t for t in trials if counted(t)]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if self.exp.trials is not None and len(done) + len(running) >= self.exp.trials:
+            return True
+        used = sum(map(trial_seconds, done))
+        return self.exp.timeout is not None and used >= self.exp.timeout
+
+    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if not trial.user_attrs.get("surplus"):
+            self.ctx.display.trial_finished(trial_row(trial))
+        write_results(self.ctx.run_dir / "results.json", study, exp=self.exp, task=self.ctx.task)
+        if self._budget_spent(study):
+            study.stop()

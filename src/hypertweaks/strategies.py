@@ -1,0 +1,111 @@
+"""Search strategies, in one place: how a study starts (the recipes run first), the sampler that
+proposes the rest, and the pruner (the fidelity schedule that stops weak trials early). The
+experiment's allowed values (`sampler`, `pruner`, `start`) are this module's registry keys, and
+the Ray backend maps each to its Ray counterpart here or refuses it by name.
+
+A new strategy is one entry in SAMPLERS, PRUNERS or STARTS (and its Ray mapping or refusal)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+if TYPE_CHECKING:
+    from hypertweaks.config import Experiment
+
+
+def startup_trials(exp: Experiment) -> int:
+    """Random trials before TPE models the results: a quarter of the budget, 2 to 10."""
+    return max(2, min(10, (exp.trials or 20) // 4))
+
+
+def _tpe(exp: Experiment) -> optuna.samplers.BaseSampler:
+    """TPE, multivariate, with a constant liar for trials running in parallel (many workers, or
+    Ray's concurrent trials)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=exp.seed,
+            n_startup_trials=startup_trials(exp),
+            multivariate=True,
+            constant_liar=True,
+        )
+
+
+def _random(exp: Experiment) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=exp.seed)
+
+
+@dataclass(frozen=True)
+class Pruner:
+    optuna: Callable[[Experiment, int], optuna.pruners.BasePruner]  # (exp, max epochs)
+    ray: Callable[[int], Any] | None  # max epochs -> a Ray Tune scheduler; None: no scheduler
+    ray_note: str = ""  # said to the user when the Ray counterpart differs
+
+
+def _asha(max_epochs: int):
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=1, reduction_factor=3)
+
+
+def _median_stopping(max_epochs: int):
+    from ray.tune.schedulers import MedianStoppingRule
+
+    return MedianStoppingRule(time_attr="epoch", grace_period=1, min_samples_required=3)
+
+
+SAMPLERS: dict[str, Callable[[Experiment], optuna.samplers.BaseSampler]] = {
+    "tpe": _tpe,
+    "random": _random,
+}
+
+PRUNERS: dict[str, Pruner] = {
+    "hyperband": Pruner(
+        lambda exp, epochs: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
+        _asha,
+        "pruner 'hyperband' runs on Ray as ASHA (asynchronous successive halving, Ray's "
+        "Hyperband variant): rungs at 1, 3, 9... epochs",
+    ),
+    "median": Pruner(
+        lambda exp, epochs: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
+        _median_stopping,
+        "pruner 'median' runs on Ray as its MedianStoppingRule",
+    ),
+    "none": Pruner(lambda exp, epochs: optuna.pruners.NopPruner(), None),
+}
+
+
+def _defaults_first(defaults: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [("defaults", defaults)]
+
+
+# How a study starts: (tag, recipe) pairs run before the sampler proposes anything.
+STARTS: dict[str, Callable[[dict[str, Any]], list[tuple[str, dict[str, Any]]]]] = {
+    "defaults": _defaults_first,
+    "none": lambda defaults: [],
+}
+
+
+def make_sampler(exp: Experiment) -> optuna.samplers.BaseSampler:
+    return SAMPLERS[exp.sampler](exp)
+
+
+def make_pruner(exp: Experiment, max_epochs: int) -> optuna.pruners.BasePruner:
+    return PRUNERS[exp.pruner].optuna(exp, max_epochs)
+
+
+def starting_recipes(exp: Experiment, defaults: dict[str, Any]) -> list[tuple[str, dict]]:
+    return STARTS["defaults" if exp.defaults_first else "none"](defaults)
+
+
+def ray_scheduler(exp: Experiment, max_epochs: int) -> tuple[Any, str]:
+    """Ray's counterpart of the experiment's pruner, and what to tell the user about it."""
+    pruner = PRUNERS[exp.pruner]
+    if pruner.ray is None:
+        return None, pruner.ray_note
+    return pruner.ray(max_epochs), pruner.ray_note

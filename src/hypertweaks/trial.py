@@ -1,0 +1,164 @@
+"""One trial, the same for every backend: train a recipe, keep its model if it is the best on
+disk, and return a typed record of what happened. Backends (embedded Optuna, Ray) call
+`run_trial` and store the record; results, report and display read it back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from hypertweaks.checkpoints import BestCheckpoint
+from hypertweaks.config import Experiment
+from hypertweaks.space import Recipe
+from hypertweaks.train import Diverged, EpochReport, evaluate, fit, release_memory
+
+# Failures that belong to one recipe: the trial fails alone and the study goes on.
+TRIAL_FAILURES = (Diverged, torch.OutOfMemoryError)
+
+
+@dataclass
+class TrialRecord:
+    """What a trial did, as stored with it (Optuna user attributes)."""
+
+    recipe: dict[str, Any]
+    seed: int | None = None
+    tag: str = ""  # "defaults", or the name of the strategy's starting recipe
+    value: float | None = None  # best validation value over its epochs
+    curve: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    examples: int = 0
+    train_seconds: float | None = None
+    best_epoch: int | None = None
+    stopped: str | None = None  # completed | early_stopped | pruned | max_steps
+    metrics: dict[str, float] | None = None  # validation metrics at the best epoch
+    micro_batch: int | None = None
+    test_metrics: dict[str, float] | None = None  # the defaults trial's, for comparison only
+    error: str | None = None
+    attempts: int = 1  # >1: retried after its worker died
+    interrupted: bool = False
+
+    def attrs(self) -> dict[str, Any]:
+        """The fields worth storing (defaults left out, JSON-safe)."""
+        defaults = TrialRecord(recipe={})
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name == "recipe" or getattr(self, f.name) != getattr(defaults, f.name)
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any], params: dict[str, Any] | None = None) -> TrialRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in attrs.items() if k in known}
+        values.setdefault("recipe", dict(params or {}))
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@dataclass
+class StudyContext:
+    """What a backend needs from the prepared study: set up once by the stage runner."""
+
+    exp: Experiment
+    task: Any
+    space: dict[str, Any]  # the knobs, resolved for this model
+    defaults: dict[str, Any]  # the task's recommended recipe
+    device: torch.device
+    display: Any  # hypertweaks.display.LogDisplay
+    best: BestCheckpoint
+
+    @property
+    def run_dir(self) -> Path:
+        return self.exp.run_dir
+
+
+def fit_trial(exp: Experiment, task, recipe: Recipe, device, seed: int, on_epoch=None):
+    """One trial's model, trained on the task's train split and scored on its validation split:
+    the same for every backend."""
+    torch.manual_seed(seed)  # the new head's initial weights belong to the trial's seed
+    model, layers = task.build(recipe)
+    result = fit(
+        task,
+        model,
+        layers,
+        recipe,
+        task.dataset(task.splits.train, True, recipe),
+        task.dataset(task.splits.validation, False, recipe),
+        metric=exp.metric,
+        direction=exp.direction,
+        patience=exp.patience,
+        device=device,
+        seed=seed,
+        on_epoch=on_epoch,
+    )
+    return model, result
+
+
+def run_trial(
+    exp: Experiment,
+    task,
+    recipe: Recipe,
+    *,
+    number: int,
+    seed: int,
+    device: torch.device,
+    best: BestCheckpoint,
+    tag: str = "",
+    on_epoch: Callable[[EpochReport], bool] | None = None,
+) -> TrialRecord:
+    """Train the recipe; unless it was pruned, offer its model as the study's best (and score
+    the defaults trial on test, the reference the best recipe is compared with; never used to
+    choose). Frees the model's memory before returning. Raises TRIAL_FAILURES."""
+    record = TrialRecord(recipe=recipe.as_dict(), seed=seed, tag=tag)
+    model = None
+    try:
+        model, result = fit_trial(exp, task, recipe, device, seed, on_epoch)
+        record.value = result.best_value
+        record.curve, record.examples = result.curve, result.examples
+        record.train_seconds, record.best_epoch = result.seconds, result.best_epoch
+        record.stopped, record.metrics = result.stopped, result.best_metrics
+        record.micro_batch = result.micro_batch
+        if result.stopped == "pruned":
+            return record
+        if tag == "defaults" and task.splits.test is not None:
+            test = task.dataset(task.splits.test, False)
+            record.test_metrics = evaluate(task, model.to(device), test, device)
+        best.offer(
+            number,
+            result.best_value,
+            lambda folder: write_model(exp, task, model, folder, number, recipe, result, seed),
+        )
+        return record
+    finally:
+        model = None  # the last reference: its memory goes back before the next trial
+        release_memory(device)
+
+
+def write_model(
+    exp: Experiment, task, model, folder: Path, number: int, recipe, result, seed: int
+) -> None:
+    """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
+    task.save(model, folder)
+    refit = exp.model_dump(mode="json")
+    refit.update(
+        space=recipe.as_dict(),
+        trials=1,
+        timeout=None,
+        defaults_first=False,
+        name=f"{exp.name}-refit",
+        storage=None,
+        backend="optuna",
+        seed=seed,  # the trial's own seed: a one-trial study's only trial has number 0
+    )
+    header = (
+        f"# best recipe of study {exp.name!r}: trial {number}, "
+        f"val {exp.metric} {result.best_value:.4f} at epoch {result.best_epoch}\n"
+    )
+    (folder / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))

@@ -1,0 +1,91 @@
+"""The package's shape: no import cycles, backends independent of the stage runner, and the
+strategy registry as the one source of the experiment's allowed values."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from hypertweaks.config import ConfigError, make_experiment
+from hypertweaks.strategies import PRUNERS, SAMPLERS
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hypertweaks"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Every module's imports of other hypertweaks modules, lazy (in-function) ones included;
+    imports only for type checkers are left out."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skipped = {
+            id(child)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for child in ast.walk(node)
+        }
+        found = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        # a package's __init__ is imported with any of its modules: not an edge of its own
+        graph[name] = {t for t in found if not name.startswith(t + ".")}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt) :] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    assert find_cycle(imports()) is None, " -> ".join(find_cycle(imports()))
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_backends_run_trials_through_trial_and_never_import_the_stage_runner():
+    graph = imports()
+    for backend in ("hypertweaks.embedded", "hypertweaks.ray_backend"):
+        assert "hypertweaks.search" not in graph[backend]
+        assert "hypertweaks.trial" in graph[backend]
+
+
+@pytest.mark.parametrize("field, registry", [("sampler", SAMPLERS), ("pruner", PRUNERS)])
+def test_allowed_strategy_values_come_from_the_registry(field, registry, text_experiment):
+    for name in registry:
+        assert getattr(make_experiment({**text_experiment, field: name}), field) == name
+    with pytest.raises(ConfigError, match=f"{field}: must be one of {', '.join(registry)}"):
+        make_experiment({**text_experiment, field: "simulated-annealing"})

