@@ -1,4 +1,4 @@
-"""python -m bench {run,quick,report,speed}: see bench/README.md."""
+"""python -m bench {run,quick,report,speed,meta}: see bench/README.md."""
 
 from __future__ import annotations
 
@@ -79,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--batch-size", type=int, help="default: the default recipe's")
     data_options(speed, "standard")
 
+    from bench.meta import cli as meta_cli
+
+    meta_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "meta":
+        return meta_cli.run(args)
     if getattr(args, "threads", None):
         from bench.methods import pin_threads
 

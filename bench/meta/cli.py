@@ -1,0 +1,80 @@
+"""python -m bench meta {collect,simulate,headroom,check}: bench/README.md, "The meta-dataset"."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+META_TASKS = (
+    "ag-news,banking77,mpqa,snips,sst2,sst5,trec6,tweeteval-emoji,tweeteval-emotion,"
+    "tweeteval-hate,tweeteval-irony,tweeteval-offensive,tweeteval-sentiment"
+)
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def add_parser(sub) -> None:
+    meta = sub.add_parser("meta", help="the meta-dataset: collect runs, replay strategies")
+    msub = meta.add_subparsers(dest="meta_command", required=True)
+    collect = msub.add_parser("collect", help="run the design's missing cells (resumable)")
+    collect.add_argument("--tasks", default=META_TASKS)
+    collect.add_argument("--recipes", type=int, default=16, help="the design's first N recipes")
+    collect.add_argument("--seeds", default="0,1")
+    collect.add_argument("--profile", default="standard")
+    collect.add_argument("--data-root", type=Path, help="folders of train/test CSVs")
+    collect.add_argument("--device", default="auto")
+    collect.add_argument("--threads", type=int, default=1)
+    simulate = msub.add_parser("simulate", help="replay strategies over the recorded cells")
+    simulate.add_argument("strategies", help="comma-separated; 'all' for every registered one")
+    simulate.add_argument("--budget", default="1x,2x,3x,5x")
+    simulate.add_argument("--repeats", type=int, default=20, help="replays per task and budget")
+    simulate.add_argument("--profile", default="standard")
+    msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md").add_argument(
+        "--profile", default="standard"
+    )
+    check = msub.add_parser("check", help="simulated against the real bench cells at a budget")
+    check.add_argument("--budget", default="3x")
+    check.add_argument("--profile", default="standard")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from bench.tasks import PROFILES
+
+    cut = PROFILES[args.profile]
+    if args.meta_command == "collect":
+        from bench.meta.collect import collect
+
+        torch.set_num_threads(args.threads)
+        ran = collect(
+            _csv(args.tasks),
+            cut,
+            args.recipes,
+            [int(s) for s in _csv(args.seeds)],
+            device=args.device,
+            data_root=args.data_root,
+        )
+        print(f"[meta] {ran} cells run")
+        return 0
+    from bench.meta import simulate
+
+    table = simulate.load_table(cut)
+    if args.meta_command == "headroom":
+        print(simulate.write_headroom(table, cut))
+        return 0
+    if args.meta_command == "check":
+        from bench import RESULTS_DIR
+
+        text = simulate.against_real(
+            table, RESULTS_DIR / "cells" / cut.key, float(args.budget.rstrip("x"))
+        )
+        (simulate.META_DIR / cut.key / "SIM_VS_REAL.md").write_text(text)
+        print(text)
+        return 0
+    names = list(simulate.STRATEGIES) if args.strategies == "all" else _csv(args.strategies)
+    budgets = [float(b.rstrip("x")) for b in _csv(args.budget)]
+    print(simulate.compare(table, names, budgets, repeats=args.repeats))
+    return 0

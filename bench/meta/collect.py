@@ -1,0 +1,201 @@
+"""Run the design's cells: one (task, recipe, seed) per cell, resumable, in an order where every
+prefix is a balanced design (every task has recipe i at every seed before any task gets recipe
+i + 1).
+
+A cell trains the recipe to its last epoch (no early stopping: the simulator applies patience
+itself by cutting the recorded curve) and records after every epoch the validation and test
+accuracy, macro-F1 and loss, the class probabilities of both splits (float16), the epoch's wall
+time (training and the trainer's own validation pass, not the extra recording passes) and the
+examples trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.meta import META_DIR
+from bench.meta.design import design
+from bench.tasks import Cut, load_task, make_cut
+
+DIVERGED = "diverged"
+
+
+def cell_stem(task: str, index: int, seed: int) -> str:
+    return f"{task}__r{index:03d}__s{seed}"
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "gpu": gpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
+
+
+def task_record(task: str, text, cut: Cut) -> dict[str, Any]:
+    """Meta-features a strategy may use, and the labels the probabilities are scored against."""
+    splits = text.splits
+    counts = np.bincount(np.asarray(splits.train.labels), minlength=len(splits.classes))
+    share = counts / counts.sum()
+    train = text.dataset(splits.train, False)
+    entropy = float(-(share[share > 0] * np.log(share[share > 0])).sum())
+    return {
+        "task": task,
+        "cut": cut.key,
+        "classes": [str(c) for c in splits.classes],
+        "meta_features": {
+            "train_rows": len(splits.train),
+            "validation_rows": len(splits.validation),
+            "test_rows": len(splits.test),
+            "classes": len(splits.classes),
+            "rows_per_class": len(splits.train) / len(splits.classes),
+            "class_balance": entropy / np.log(len(splits.classes)),  # 1 = balanced
+            "smallest_class_share": float(share.min()),
+            "mean_tokens": float(train.lengths.float().mean()),
+            "truncated_share": float((train.lengths >= cut.max_length).float().mean()),
+            "mean_chars": float(np.mean([len(t) for t in splits.train.inputs])),
+        },
+        "validation_labels": [int(x) for x in splits.validation.labels],
+        "test_labels": [int(x) for x in splits.test.labels],
+    }
+
+
+def run_cell(text, recipe_dict: dict[str, Any], seed: int, device: torch.device) -> dict:
+    """Train one recipe to its last epoch, recording every epoch on validation and test."""
+    from hypertweaks.space import Recipe
+    from hypertweaks.train import Diverged, fit, predict_logits, release_memory
+
+    recipe = Recipe(**recipe_dict)
+    splits = text.splits
+    val, test = text.dataset(splits.validation, False), text.dataset(splits.test, False)
+    torch.manual_seed(seed)
+    model, layers = text.build(recipe)
+    epochs: list[dict[str, Any]] = []
+    probs: dict[str, list[np.ndarray]] = {"validation": [], "test": []}
+    recording = 0.0  # seconds spent in the extra recording passes, not part of the recipe's cost
+
+    def on_epoch(report) -> bool:
+        nonlocal recording
+        start = time.perf_counter()
+        row = {
+            "epoch": report.epoch,
+            "train_loss": report.train_loss,
+            "seconds": report.seconds - recording,  # cumulative: training + trainer's validation
+            "examples": report.examples,
+        }
+        for name, data in (("validation", val), ("test", test)):
+            logits, labels = predict_logits(text, model, data, device)
+            metrics = text.metrics(logits, labels)
+            row[name] = {k: metrics[k] for k in ("accuracy", "macro_f1", "loss")}
+            probs[name].append(torch.softmax(logits, dim=1).numpy().astype(np.float16))
+        epochs.append(row)
+        recording += time.perf_counter() - start
+        return False
+
+    status = "completed"
+    try:
+        fit(
+            text,
+            model,
+            layers,
+            recipe,
+            text.dataset(splits.train, True, recipe),
+            val,
+            patience=recipe.epochs + 1,  # full curves: the simulator applies early stopping
+            device=device,
+            seed=seed,
+            on_epoch=on_epoch,
+        )
+    except Diverged as error:
+        status = f"{DIVERGED}: {error}"
+    finally:
+        model = None  # noqa: F841  (the last reference: memory back before the next cell)
+        release_memory(device)
+    return {"status": status, "epochs": epochs, "probs": probs}
+
+
+def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
+    """The metrics as JSON, the probabilities as compressed float16 arrays; the JSON is written
+    last, so a cell is present only when both are."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.stack(v) for k, v in probs.items() if v}
+    tmp = folder / f"{stem}.tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(folder / f"{stem}.npz")
+    tmp = folder / f"{stem}.json.tmp"
+    tmp.write_text(json.dumps(record, separators=(",", ":")))
+    tmp.replace(folder / f"{stem}.json")
+
+
+def collect(
+    tasks: list[str],
+    cut: Cut,
+    recipes: int,
+    seeds: list[int],
+    device: str = "auto",
+    data_root: Path | None = None,
+    out: Path = META_DIR,
+) -> int:
+    """Run the missing cells, prefix-balanced; returns how many ran."""
+    from hypertweaks.train import resolve_device
+
+    dev = resolve_device(device)
+    folder = out / cut.key
+    plan = design(recipes)
+    texts: dict[str, Any] = {}
+    ran = 0
+    for index, entry in enumerate(plan):
+        for seed in seeds:
+            for task in tasks:
+                stem = cell_stem(task, index, seed)
+                if (folder / "cells" / f"{stem}.json").exists():
+                    continue
+                if task not in texts:
+                    kwargs = {} if data_root is None else {"data_root": data_root}
+                    make_cut(task, cut, **kwargs)
+                    texts[task] = load_task(task, cut, device)
+                    info = folder / "tasks" / f"{task}.json"
+                    if not info.exists():
+                        info.parent.mkdir(parents=True, exist_ok=True)
+                        info.write_text(json.dumps(task_record(task, texts[task], cut)))
+                text = texts[task]
+                recipe = dict(entry["recipe"])
+                start = time.perf_counter()
+                result = run_cell(text, recipe, seed, dev)
+                record = {
+                    "task": task,
+                    "recipe_index": index,
+                    "recipe_name": entry["name"],
+                    "recipe": recipe,
+                    "seed": seed,
+                    "cut": cut.key,
+                    "status": result["status"],
+                    "epochs": result["epochs"],
+                    "wall_seconds": time.perf_counter() - start,
+                    "machine": machine(),
+                    "pid": os.getpid(),
+                }
+                write_cell(folder / "cells", stem, record, result["probs"])
+                last = (
+                    result["epochs"][-1]["test"]["accuracy"] if result["epochs"] else float("nan")
+                )
+                print(
+                    f"[meta] {stem} {entry['name']} {result['status']} "
+                    f"test {last:.3f} {record['wall_seconds']:.0f}s",
+                    flush=True,
+                )
+                ran += 1
+    return ran

@@ -1,0 +1,501 @@
+"""Replay search strategies over the meta-dataset (bench/results/meta/<cut>/): in seconds, at any
+budget, on every task, leave-one-task-out.
+
+A trial returns its recorded curve. Its cost is modelled compute, in units of the reference
+recipe's (design recipe 0) on the same task: training examples, weighted by how much of the
+network the backward pass goes through (freezing f of L layers costs (1 + 2 (L - f) / L) / 3 of
+a full step: the forward pass always runs). Wall time under a shared, loaded machine is too noisy
+to replay; the recorded seconds stay in the cells. A trial stops early as the real one would
+(patience on validation accuracy), a pruned or screened trial costs only the epochs it ran, and
+continuing a trial reads the rest of the same curve. The strategy chooses on validation; its
+choice is scored on test, at the chosen trial's best validation epoch, or, for an ensemble, from
+the stored probabilities. Which recorded seed a trial gets is drawn per replay, as a real trial's
+seed would be.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.meta import META_DIR
+
+NUM_LAYERS = 6  # MiniLM-L6
+PATIENCE = 2  # hypertweaks' default, and what bench peers train with
+MIN_RECIPES_TO_SEARCH = 8  # below this, searches are not compared with real ones
+
+
+@dataclass
+class Run:
+    """One recorded cell: a recipe trained on a task with one seed, every epoch."""
+
+    task: str
+    recipe_index: int
+    seed: int
+    recipe: dict[str, Any]
+    val_acc: np.ndarray
+    val_loss: np.ndarray
+    test_acc: np.ndarray
+    test_f1: np.ndarray
+    examples: np.ndarray  # cumulative, per epoch
+    seconds: np.ndarray  # cumulative wall time, per epoch
+    diverged: bool
+    probs_path: Path
+
+    @property
+    def epochs(self) -> int:
+        return len(self.val_acc)
+
+    def probs(self, split: str) -> np.ndarray:
+        """(epochs, rows, classes) float16."""
+        with np.load(self.probs_path) as data:
+            return data[split]
+
+    def cost(self, epochs: int) -> float:
+        """Modelled compute of the first `epochs` epochs, in full-network examples."""
+        if epochs <= 0:
+            return 0.0
+        trained = (NUM_LAYERS - min(self.recipe["freeze_layers"], NUM_LAYERS)) / NUM_LAYERS
+        return float(self.examples[epochs - 1]) * (1 + 2 * trained) / 3
+
+
+@dataclass
+class Table:
+    cut: str
+    tasks: dict[str, dict[str, Any]]  # task -> meta-features and labels
+    runs: dict[tuple[str, int, int], Run]
+    recipes: list[int]  # the balanced prefix: recipes recorded on every task at every seed
+    seeds: list[int]
+    reference_cost: dict[str, float] = field(default_factory=dict)  # task -> mean over seeds
+
+    def run(self, task: str, recipe: int, seed: int) -> Run:
+        return self.runs[(task, recipe, seed)]
+
+
+def load_table(cut, folder: Path | None = None) -> Table:
+    root = (folder or META_DIR) / (cut if isinstance(cut, str) else cut.key)
+    tasks = {p.stem: json.loads(p.read_text()) for p in sorted((root / "tasks").glob("*.json"))}
+    runs = {}
+    for path in sorted((root / "cells").glob("*.json")):
+        cell = json.loads(path.read_text())
+        epochs = cell["epochs"]
+        if not epochs:
+            continue
+
+        def column(split: str, metric: str) -> np.ndarray:
+            return np.array([e[split][metric] for e in epochs], dtype=float)  # noqa: B023
+
+        runs[(cell["task"], cell["recipe_index"], cell["seed"])] = Run(
+            task=cell["task"],
+            recipe_index=cell["recipe_index"],
+            seed=cell["seed"],
+            recipe=cell["recipe"],
+            val_acc=column("validation", "accuracy"),
+            val_loss=column("validation", "loss"),
+            test_acc=column("test", "accuracy"),
+            test_f1=column("test", "macro_f1"),
+            examples=np.array([e["examples"] for e in epochs], dtype=float),
+            seconds=np.array([e["seconds"] for e in epochs], dtype=float),
+            diverged=cell["status"] != "completed",
+            probs_path=path.with_suffix(".npz"),
+        )
+    # the seeds every recorded reference run has, the tasks that have them, and the longest
+    # prefix of the design recorded on all of those (a balanced design)
+    seeds = [s for s in sorted({k[2] for k in runs}) if all((t, 0, s) in runs for t in tasks)]
+    seeds = seeds or sorted({k[2] for k in runs})[:1]
+    tasks = {t: info for t, info in tasks.items() if all((t, 0, s) in runs for s in seeds)}
+    recipes: list[int] = []
+    for index in range(max((k[1] for k in runs), default=-1) + 1):
+        if tasks and all((t, index, s) in runs for t in tasks for s in seeds):
+            recipes.append(index)
+        else:
+            break
+    table = Table(root.name, tasks, runs, recipes, seeds)
+    for task in tasks:
+        reference = [table.run(task, 0, s) for s in seeds]
+        table.reference_cost[task] = float(np.mean([r.cost(r.epochs) for r in reference]))
+    return table
+
+
+# ---------------------------------------------------------------- replay
+
+
+@dataclass
+class Trial:
+    run: Run
+    epochs: int  # epochs run so far
+    planned: int  # the recipe's epochs (early stopping may end it sooner)
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch of the best validation accuracy so far (the first of ties)."""
+        return int(np.argmax(self.run.val_acc[: self.epochs])) + 1
+
+    @property
+    def value(self) -> float:
+        return float(self.run.val_acc[self.best_epoch - 1])
+
+    @property
+    def value_loss(self) -> float:
+        return float(self.run.val_loss[: self.epochs].min())
+
+
+class Replay:
+    """One task, one replay seed, one budget: the strategy's view of the table."""
+
+    def __init__(self, table: Table, task: str, budget: float, rng: np.random.Generator):
+        self.table, self.task, self.rng = table, task, rng
+        self.budget = budget * table.reference_cost[task]  # in modelled examples
+        self.spent = 0.0
+        self.trials: list[Trial] = []
+        self.seeds: dict[int, int] = {}  # recipe -> the recorded seed its trials replay
+
+    @property
+    def left(self) -> float:
+        return self.budget - self.spent
+
+    def can_start(self) -> bool:
+        """As the real budget: no trial starts once it is spent; the running one finishes."""
+        return self.spent < self.budget - 1e-9
+
+    def _run(self, recipe: int) -> Run:
+        if recipe not in self.seeds:
+            self.seeds[recipe] = int(self.rng.choice(self.table.seeds))
+        return self.table.run(self.task, recipe, self.seeds[recipe])
+
+    def start(self, recipe: int, epochs: int | None = None, patience: int = PATIENCE) -> Trial:
+        """Run a recipe for `epochs` (default: all of its own schedule), stopping early after
+        `patience` epochs without improvement, as the real trial would."""
+        run = self._run(recipe)
+        trial = Trial(run, 0, run.epochs)
+        self.trials.append(trial)
+        self.advance(trial, epochs or run.epochs, patience)
+        return trial
+
+    def advance(self, trial: Trial, to_epoch: int, patience: int = PATIENCE) -> None:
+        """Continue a trial from where it stopped (the rest of the same curve)."""
+        run, before = trial.run, trial.epochs
+        to_epoch = min(to_epoch, run.epochs)
+        epoch = before
+        while epoch < to_epoch:
+            epoch += 1
+            best = int(np.argmax(run.val_acc[:epoch])) + 1
+            if epoch - best >= patience and epoch < run.epochs:
+                break
+        trial.epochs = epoch
+        self.spent += run.cost(epoch) - run.cost(before)
+
+    def score(self, trial: Trial) -> float:
+        """Test accuracy of a trial's model at its best validation epoch."""
+        return float(trial.run.test_acc[trial.best_epoch - 1])
+
+    def ensemble_score(self, trials: list[Trial]) -> float:
+        """Test accuracy of the average of the trials' test probabilities (best epochs)."""
+        probs = sum(t.run.probs("test")[t.best_epoch - 1].astype(np.float32) for t in trials)
+        labels = np.array(self.table.tasks[self.task]["test_labels"])
+        return float((probs.argmax(axis=1) == labels).mean())
+
+
+@dataclass
+class Context:
+    """What a strategy may know: the task being replayed (its meta-features, never its results)
+    and, for learning, the table without this task (leave-one-task-out)."""
+
+    replay: Replay
+    recipes: list[int]  # the design recipes a strategy may run
+    others: list[str]  # the other tasks: the only ones a strategy may learn from
+    table: Table
+
+
+Strategy = Callable[[Context], float]  # returns the test score of its final choice
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def strategy(name: str):
+    def register(fn: Strategy) -> Strategy:
+        STRATEGIES[name] = fn
+        return fn
+
+    return register
+
+
+def _best(trials: list[Trial]) -> Trial:
+    complete = [t for t in trials if not t.run.diverged]
+    return max(complete or trials, key=lambda t: t.value)
+
+
+def _sobol(ctx: Context) -> list[int]:
+    return [r for r in ctx.recipes if r > 0] or ctx.recipes
+
+
+@strategy("reference")
+def reference(ctx: Context) -> float:
+    """The fixed reference recipe, once."""
+    return ctx.replay.score(ctx.replay.start(0))
+
+
+@strategy("random")
+def random_search(ctx: Context) -> float:
+    """Design recipes in random order while the budget lasts; the best by validation."""
+    r = ctx.replay
+    for recipe in r.rng.permutation(_sobol(ctx)):
+        if not r.can_start():
+            break
+        r.start(int(recipe))
+    return r.score(_best(r.trials))
+
+
+@strategy("onepoch_topk")
+def onepoch_topk(ctx: Context) -> float:
+    """One epoch of random recipes for half the budget, then the best K (1 below 4x, else 2)
+    trained again from the start (the bench peer: Egele et al. 2023)."""
+    r = ctx.replay
+    k = 1 if r.budget < 4 * ctx.table.reference_cost[r.task] else 2
+    for recipe in r.rng.permutation(_sobol(ctx)):
+        if r.spent >= r.budget / 2:
+            break
+        r.start(int(recipe), epochs=1)
+    scouts = sorted(r.trials, key=lambda t: -t.value)[:k]
+    finals = []
+    for scout in scouts:
+        if not r.can_start():
+            break
+        finals.append(r.start(scout.run.recipe_index))
+    return r.score(_best(finals or r.trials))
+
+
+@strategy("defaults_then_random")
+def defaults_then_random(ctx: Context) -> float:
+    """hypertweaks today, approximately: the reference recipe first, then random."""
+    r = ctx.replay
+    r.start(0)
+    for recipe in r.rng.permutation(_sobol(ctx)):
+        if not r.can_start():
+            break
+        r.start(int(recipe))
+    return r.score(_best(r.trials))
+
+
+def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:
+    """(tasks, recipes) test accuracy at the best validation epoch, mean over seeds, scaled per
+    task to [0, 1] between its worst and best recipe."""
+    scores = np.zeros((len(tasks), len(recipes)))
+    for i, task in enumerate(tasks):
+        for j, recipe in enumerate(recipes):
+            runs = [table.run(task, recipe, s) for s in table.seeds]
+            scores[i, j] = np.mean([run.test_acc[int(np.argmax(run.val_acc))] for run in runs])
+        low, high = scores[i].min(), scores[i].max()
+        scores[i] = (scores[i] - low) / (high - low) if high > low else 1.0
+    return scores
+
+
+def greedy_portfolio(table: Table, tasks: list[str], recipes: list[int], size: int) -> list[int]:
+    """Recipes chosen one at a time to raise the mean over tasks of the best member's
+    (normalised) score most (Pfisterer et al.; Auto-sklearn 2.0)."""
+    scores = _normalised_scores(table, tasks, recipes)
+    chosen: list[int] = []
+    best = np.zeros(len(tasks))
+    for _ in range(min(size, len(recipes))):
+        gains = [np.maximum(best, scores[:, j]).mean() if recipes[j] not in chosen else -1
+                 for j in range(len(recipes))]  # fmt: skip
+        j = int(np.argmax(gains))
+        chosen.append(recipes[j])
+        best = np.maximum(best, scores[:, j])
+    return chosen
+
+
+@strategy("portfolio")
+def portfolio(ctx: Context) -> float:
+    """A greedy portfolio learned on the other tasks, run in order while the budget lasts."""
+    r = ctx.replay
+    for recipe in greedy_portfolio(ctx.table, ctx.others, ctx.recipes, len(ctx.recipes)):
+        if not r.can_start():
+            break
+        r.start(recipe)
+    return r.score(_best(r.trials))
+
+
+@strategy("portfolio_ensemble3")
+def portfolio_ensemble(ctx: Context) -> float:
+    """As portfolio, then the average of the top 3 trials' probabilities (an ensemble: three
+    models to serve, not a headline method)."""
+    r = ctx.replay
+    for recipe in greedy_portfolio(ctx.table, ctx.others, ctx.recipes, len(ctx.recipes)):
+        if not r.can_start():
+            break
+        r.start(recipe)
+    top = sorted((t for t in r.trials if not t.run.diverged), key=lambda t: -t.value)[:3]
+    return r.ensemble_score(top or r.trials[:1])
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def replay(
+    table: Table, name: str, budget: float, repeats: int, base_seed: int = 0
+) -> dict[str, list[float]]:
+    """Test accuracy per task, one value per replay."""
+    out: dict[str, list[float]] = {}
+    for task in table.tasks:
+        others = [t for t in table.tasks if t != task]
+        scores = []
+        for rep in range(repeats):
+            rng = np.random.default_rng([base_seed, rep, abs(hash(task)) % 2**31])
+            ctx = Context(Replay(table, task, budget, rng), table.recipes, others, table)
+            scores.append(STRATEGIES[name](ctx))
+        out[task] = scores
+    return out
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, rng_seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over tasks and its bootstrap 95% interval (tasks resampled)."""
+    diff = np.asarray(a) - np.asarray(b)
+    rng = np.random.default_rng(rng_seed)
+    means = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(2000)]
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def compare(table: Table, names: list[str], budgets: list[float], repeats: int = 20) -> str:
+    """Mean test accuracy per strategy and budget over the table's tasks (leave-one-task-out
+    for the learned ones), with each strategy's paired difference to 'reference'."""
+    tasks = list(table.tasks)
+    if len(tasks) < 2 or not table.recipes:
+        return (
+            f"cut {table.cut}: {len(tasks)} tasks with every seed's reference run, "
+            f"{len(table.recipes)} recipes on all of them: too few to replay a strategy "
+            "leave-one-task-out; collect more (python -m bench meta collect)"
+        )
+    lines = [
+        f"cut {table.cut}: {len(tasks)} tasks, {len(table.recipes)} recipes (balanced prefix), "
+        f"seeds {table.seeds}, {repeats} replays per task",
+        "",
+        "| strategy | " + " | ".join(f"{b:g}x" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    means: dict[tuple[str, float], np.ndarray] = {}
+    for name in dict.fromkeys(["reference", *names]):
+        for budget in budgets:
+            per_task = replay(table, name, budget, repeats)
+            means[(name, budget)] = np.array([np.mean(per_task[t]) for t in tasks])
+    for name in dict.fromkeys(["reference", *names]):
+        cells = []
+        for budget in budgets:
+            value = means[(name, budget)].mean() * 100
+            if name == "reference":
+                cells.append(f"{value:.1f}")
+                continue
+            d, low, high = paired_interval(means[(name, budget)], means[("reference", budget)])
+            cells.append(f"{value:.1f} ({d * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}])")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("In brackets: the paired difference to the reference recipe over tasks, in "
+                 "points, with its bootstrap 95% interval.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _chosen_test(run: Run) -> float:
+    """Test accuracy at the run's best validation epoch."""
+    return float(run.test_acc[int(np.argmax(run.val_acc))])
+
+
+def headroom(table: Table, budgets=(1.0, 3.0), repeats: int = 20) -> list[dict[str, Any]]:
+    """Per task: how much any search can gain over the whole recorded design."""
+    rows = []
+    for task in table.tasks:
+        runs = [table.run(task, r, s) for r in table.recipes for s in table.seeds]
+        by_recipe = {
+            r: np.mean([_chosen_test(table.run(task, r, s)) for s in table.seeds])
+            for r in table.recipes
+        }
+        by_val = max(runs, key=lambda run: run.val_acc.max())
+        top3 = sorted(runs, key=lambda run: -run.val_acc.max())[:3]
+        probs = sum(run.probs("test")[int(np.argmax(run.val_acc))].astype(np.float32)
+                    for run in top3)  # fmt: skip
+        labels = np.array(table.tasks[task]["test_labels"])
+        row = {
+            "task": task,
+            "classes": table.tasks[task]["meta_features"]["classes"],
+            "oracle": max(by_recipe.values()),
+            "best_by_validation": float(by_val.test_acc[int(np.argmax(by_val.val_acc))]),
+            "reference": by_recipe[0],
+            "top3_ensemble": float((probs.argmax(axis=1) == labels).mean()),
+        }
+        for budget in budgets:
+            for name in ("random", "onepoch_topk"):
+                single = Table(table.cut, {task: table.tasks[task]}, table.runs, table.recipes,
+                               table.seeds, table.reference_cost)  # fmt: skip
+                row[f"{name}@{budget:g}x"] = float(
+                    np.mean(replay(single, name, budget, repeats)[task])
+                )
+        rows.append(row)
+    return rows
+
+
+def write_headroom(table: Table, cut) -> str:
+    rows = headroom(table)
+    if not rows:
+        return "no complete tasks in the table yet"
+    columns = [c for c in rows[0] if c not in ("task", "classes")]
+    lines = [
+        f"# Headroom on the meta-dataset ({table.cut})",
+        "",
+        f"{len(rows)} tasks, {len(table.recipes)} recipes recorded on every task at seeds "
+        f"{table.seeds}; test accuracy %. oracle: the best recipe by test (mean over seeds); "
+        "best_by_validation: the run with the best validation accuracy over the whole design; "
+        "random / onepoch_topk: simulated at the budget (mean of 20 replays); top3_ensemble: "
+        "the average probabilities of the three best runs by validation.",
+        "",
+        "| task | classes | " + " | ".join(columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        lines.append(f"| {row['task']} | {row['classes']} | "
+                     + " | ".join(f"{row[c] * 100:.1f}" for c in columns) + " |")  # fmt: skip
+    mean = {c: np.mean([row[c] for row in rows]) * 100 for c in columns}
+    lines.append("| mean | | " + " | ".join(f"{mean[c]:.1f}" for c in columns) + " |")
+    text = "\n".join(lines) + "\n"
+    out = META_DIR / table.cut / "HEADROOM.md"
+    out.write_text(text)
+    return text
+
+
+def against_real(table: Table, cells: Path, budget: float = 3.0, repeats: int = 20) -> str:
+    """Simulated against real bench cells (bench/results/cells/<cut>/) for the methods both
+    have, on the tasks both have: per task, the real mean and sd over seeds beside the
+    simulated mean and sd over replays."""
+    pairs = {"reference": "defaults", "random": "random", "onepoch_topk": "onepoch_topk"}
+    if len(table.recipes) < MIN_RECIPES_TO_SEARCH:  # a search over a handful replays nothing real
+        pairs = {"reference": "defaults"}
+    lines = [
+        f"# Simulated against real runs at {budget:g}x ({table.cut})",
+        "",
+        "Test accuracy %, mean ± sd: real over the committed bench seeds, simulated over "
+        f"{repeats} replays. Agreement means |difference| within the larger sd.",
+        "",
+        "| task | strategy | real | simulated | difference | within spread |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in table.tasks:
+        for sim_name, method in pairs.items():
+            suffix = "" if method == "defaults" else f"__{budget:g}x"
+            real = []
+            for path in sorted(cells.glob(f"{task}__{method}{suffix}__s*.json")):
+                real.append(json.loads(path.read_text())["result"]["test_metrics"]["accuracy"])
+            if not real:
+                continue
+            single = Table(table.cut, {task: table.tasks[task]}, table.runs, table.recipes,
+                           table.seeds, table.reference_cost)  # fmt: skip
+            sim = replay(single, sim_name, budget, repeats)[task]
+            diff = np.mean(sim) - np.mean(real)
+            spread = max(np.std(real), np.std(sim))
+            lines.append(
+                f"| {task} | {sim_name} | {np.mean(real) * 100:.1f} ± {np.std(real) * 100:.1f} "
+                f"(n={len(real)}) | {np.mean(sim) * 100:.1f} ± {np.std(sim) * 100:.1f} | "
+                f"{diff * 100:+.1f} | {'yes' if abs(diff) <= spread else 'no'} |"
+            )
+    return "\n".join(lines) + "\n"
