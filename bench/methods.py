@@ -5,18 +5,19 @@
     test_metrics   the chosen model on the held-out test split (accuracy, macro_f1, loss)
     examples       training examples processed, the whole search
     seconds        wall time of the whole method (setup included)
-    search_seconds the budget used, counted as the budget is (the trials' wall time, summed)
+    search_seconds the budget used, counted as the budget is (wall time since the first trial)
     curve          [(cumulative training examples, best selectable validation score so far)]
-    trials         per trial: state, value, examples, seconds (wall), train_seconds (the fit)
+    trials         per trial: state, value, examples, at (its start on the clock), seconds
+                   (wall), train_seconds (the fit)
 
 The plain-Optuna methods train with hypertweaks' own trial (`hypertweaks.search.fit_trial`) on
 hypertweaks' data and model loading, over hypertweaks' knobs, and keep their best model as
 hypertweaks does, so only the search strategy differs from hypertweaks.
 
-One clock for all (`Clock`), the one hypertweaks.tune's timeout runs on: the budget is the wall
-time of the trials, summed (a trial builds the model, trains, validates each epoch and keeps the
-model if it is the best so far); no trial starts once the budget is spent, the one running
-finishes.
+One clock for all (`Clock`), the one hypertweaks.tune's timeout runs on (Optuna's timeout): the
+wall time from the start of the method's first trial, so whatever a method does between its
+trials counts too, and its setup before them does not; no trial starts once the budget is
+spent, the one running finishes.
 """
 
 from __future__ import annotations
@@ -130,15 +131,41 @@ def pin_threads(threads: int) -> None:
 
 
 class Clock:
-    """The budget, counted alike for every method and as hypertweaks.tune counts its timeout:
-    the wall time of the trials, summed. Setup before the first trial is not counted; no trial
-    starts once the sum reaches the budget; the trial running then finishes."""
+    """The budget, counted alike for every method and as hypertweaks.tune counts its timeout
+    (a fresh study: Optuna's timeout, from the start of the search): the wall time since the
+    method's first trial started. Setup before it is not counted; no trial starts once the
+    budget is spent; the trial running then finishes."""
 
     def __init__(self, budget_seconds: float | None):
-        self.budget, self.used = budget_seconds, 0.0
+        self.budget = budget_seconds
+        self.started: float | None = None
+        self.ended: float | None = None
 
-    def add(self, seconds: float) -> None:
-        self.used += seconds
+    def start(self) -> float:
+        """Called as each trial starts (the first one starts the clock); returns the trial's
+        start on it, in seconds."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        return self.used
+
+    def start_trial(self, study: optuna.Study) -> float:
+        """start() for a trial of an Optuna study the bench does not loop over itself: once the
+        budget is spent the study stops and this trial ends before any work (Optuna records it
+        as pruned; the cell has no row for it)."""
+        if self.spent:
+            study.stop()
+            raise optuna.TrialPruned("the budget is spent")
+        return self.start()
+
+    def stop(self) -> None:
+        """The search is over: the clock reads what it used."""
+        self.ended = time.perf_counter()
+
+    @property
+    def used(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.perf_counter()) - self.started
 
     @property
     def spent(self) -> bool:
@@ -272,9 +299,10 @@ def defaults(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any
 
 
 def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
-    """hypertweaks.tune with its defaults; its timeout is the budget (it counts trial time as
-    `Clock` does)."""
+    """hypertweaks.tune with its defaults; its timeout is the budget (a fresh study counts it as
+    `Clock` does, from the start of its search: data checks and smoke run come before)."""
     import json
+    from datetime import datetime
 
     import hypertweaks
     from hypertweaks.display import LogDisplay
@@ -300,12 +328,21 @@ def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
     result = hypertweaks.tune(config, display=LogDisplay(METRIC))
     seconds = time.perf_counter() - start
     data = json.loads(Path(result.results_path).read_text())
+
+    def when(stamp: str | None) -> float | None:
+        return datetime.fromisoformat(stamp).timestamp() if stamp else None
+
+    starts = [when(r.get("started")) for r in data["trials"] if r.get("started")]
+    ends = [when(r.get("finished")) for r in data["trials"] if r.get("finished")]
+    first = min(starts, default=None)
     trials = []
     for row in data["trials"]:
         curve = row.get("curve") or []
+        started = when(row.get("started"))
         trials.append(
             {
                 "number": row["number"],
+                "at": None if started is None else started - first,
                 "state": row["state"],
                 "tag": row.get("tag", ""),
                 "value": row.get("value"),
@@ -317,14 +354,13 @@ def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
                 "error": row.get("error"),
             }
         )
-    used = data.get("budget", {})
     return {
         "chosen_recipe": result.best_params,
         "val_score": result.best_value,
         "test_metrics": {k: result.test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
         "examples": sum(t["examples"] for t in trials),
         "seconds": seconds,
-        "search_seconds": used.get("used_seconds"),
+        "search_seconds": max(ends) - first if ends else None,
         "curve": anytime_curve(trials),
         "trials": trials,
         "study_dir": str(Path(result.results_path).parent),
@@ -350,9 +386,9 @@ def _optuna_search(
     clock, best, trials = Clock(budget_seconds), Best(ctx, method), []
 
     def objective(trial: optuna.Trial) -> float:
-        trial_start = time.perf_counter()
+        at, trial_start = clock.start_trial(trial.study), time.perf_counter()
         recipe = suggest(trial, ctx.space)
-        row = {"number": trial.number, "state": "fail", "value": None, "examples": 0}
+        row = {"number": trial.number, "at": at, "state": "fail", "value": None, "examples": 0}
         row.update(seconds=0.0, train_seconds=None, epochs=0, recipe=recipe.as_dict())
         trials.append(row)
 
@@ -378,12 +414,12 @@ def _optuna_search(
             model = None
             _release(ctx)
             row["seconds"] = time.perf_counter() - trial_start
-            clock.add(row["seconds"])
             _log(ctx, method, f"trial {trial.number} {row['state']} {row['value']}")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     study.optimize(objective, catch=(Diverged,), callbacks=[clock.stop_when_spent])
+    clock.stop()
     return {
         "chosen_recipe": best.recipe,
         "val_score": best.value,
@@ -451,7 +487,7 @@ def onepoch_topk(ctx: Context, budget_seconds: float, k: int | None = None) -> d
     unit = ctx.unit_seconds or budget_seconds / 4
     k = k or (1 if budget_seconds < 4 * unit - 1e-6 else 2)
     start = time.perf_counter()
-    clock, scouting = Clock(budget_seconds), Clock(budget_seconds - k * unit)
+    clock, scouting = Clock(budget_seconds), budget_seconds - k * unit
     sampler = optuna.samplers.RandomSampler(seed=ctx.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=sampler)
@@ -459,8 +495,9 @@ def onepoch_topk(ctx: Context, budget_seconds: float, k: int | None = None) -> d
 
     def run(number: int, recipe, phase: int) -> dict[str, Any]:
         """One trial: a scout (one epoch) or a full run; on the clock either way."""
-        t0 = time.perf_counter()
-        row = {"number": number, "phase": phase, "state": "fail", "value": None, "examples": 0}
+        t0, at = time.perf_counter(), clock.start()
+        row = {"number": number, "at": at, "phase": phase, "state": "fail", "value": None}
+        row["examples"] = 0
         row.update(recipe=recipe.as_dict(), train_seconds=None, epochs=0)
         model = None
         try:
@@ -479,12 +516,10 @@ def onepoch_topk(ctx: Context, budget_seconds: float, k: int | None = None) -> d
             model = None
             _release(ctx)
             row["seconds"] = time.perf_counter() - t0
-            clock.add(row["seconds"])
-            scouting.add(row["seconds"])
             trials.append(row)
         return row
 
-    while not scouting.spent or not scouts:
+    while clock.used < scouting or not scouts:
         trial = study.ask()
         row = run(trial.number, suggest(trial, ctx.space), phase=1)
         if row["state"] == "fail":
@@ -502,6 +537,7 @@ def onepoch_topk(ctx: Context, budget_seconds: float, k: int | None = None) -> d
             break
         row = run(number, Recipe(**recipe), phase=2)
         _log(ctx, "onepoch_topk", f"full run of {number}: {row['value']}")
+    clock.stop()
     return {
         "chosen_recipe": best.recipe,
         "val_score": best.value,
@@ -625,6 +661,7 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
                     "params": dict(trial.params) if trial is not None else {},
                     "examples_start": train.reads,
                     "t_init": init_times[-1] if init_times else time.perf_counter(),
+                    "at": at_init[-1] if at_init else clock.start(),
                     "t_begin": time.perf_counter(),
                     "evals": [],
                 }
@@ -647,7 +684,6 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
                 if row["value"] is not None:
                     best.offer(row["number"], row["value"], model, row["params"])
             row["seconds"] = time.perf_counter() - row.pop("t_init")
-            clock.add(row["seconds"])
             if clock.spent and trainer._trial is not None:
                 trainer._trial.study.stop()  # no trial starts once the budget is spent
             print(
@@ -657,10 +693,13 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
             )
 
     init_times: list[float] = []
+    at_init: list[float] = []  # the trial's start on the clock
     base_init = hf_model_init(ctx)
 
     def model_init(trial=None):
         init_times.append(time.perf_counter())
+        if trial is not None:  # the Trainer's own call, before the search, is no trial
+            at_init.append(clock.start_trial(trial.study))
         return base_init(trial)
 
     with tempfile.TemporaryDirectory(prefix="hf-search-", dir=_tmp_root()) as out:
@@ -682,6 +721,7 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
             compute_objective=lambda metrics: metrics[f"eval_{METRIC}"],
             sampler=optuna.samplers.TPESampler(seed=ctx.seed),  # seeded; otherwise the default
         )
+        clock.stop()
     for row in trials:
         row.pop("evals", None)
     return {

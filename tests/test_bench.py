@@ -220,7 +220,7 @@ def test_tpe_startup_scales_with_the_budget(multiple, startup):
 def test_every_method_runs_for_real_within_its_budget(tmp_path, monkeypatch, tiny_bert):
     # Every method trains for real, on a folder that is not one of the built-in tasks (no
     # validation.csv: carved from train), with a model path (the tiny random BERT); no trial
-    # starts once the budget is spent, counted one way for all: trial wall time, summed.
+    # starts once the budget is spent, counted one way for all: wall time since the first trial.
     from conftest import make_texts
 
     from bench.__main__ import main
@@ -259,8 +259,10 @@ def test_every_method_runs_for_real_within_its_budget(tmp_path, monkeypatch, tin
         if method == "defaults":
             continue
         assert cell["budget_seconds"] == pytest.approx(2 * unit)
-        seconds = [t["seconds"] for t in result["trials"]]
-        assert sum(seconds[:-1]) < cell["budget_seconds"] <= sum(seconds), method
+        budget = cell["budget_seconds"]
+        assert all(0 <= t["at"] < budget for t in result["trials"]), method
+        if method in ("random", "tpe_median", "hf_search"):  # stopped by the budget alone
+            assert result["search_seconds"] >= budget, method
     assert cells["tpe_median"]["result"]["n_startup_trials"] == 2
     phases = [t["phase"] for t in cells["onepoch_topk"]["result"]["trials"]]
     assert phases[-1] == 2 and phases.count(2) == 1  # K = 1 below 4x
