@@ -451,10 +451,9 @@ def startup_trials(budget_multiple: float) -> int:
     for studies of a hundred trials: within a few units' budget TPE never left its startup
     and chose exactly what `random` chose (all 12 task/seed pairs at 3x). One trial of the
     space costs about one reference run (0.6-0.8 of one, median and mean, in the committed 3x
-    cells), so
-    the budget in units is the expected trial count; half of it is spent exploring at random,
-    half guided; 2 at least (TPE splits the trials into good and bad ones), Optuna's 10 at
-    most (long studies get its defaults)."""
+    cells), so the budget in units is the expected trial count; half of it is spent exploring
+    at random, half guided; 2 at least (TPE splits the trials into good and bad ones), Optuna's
+    10 at most (long studies get its defaults)."""
     return max(2, min(10, int(budget_multiple) // 2))
 
 
