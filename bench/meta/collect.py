@@ -23,7 +23,7 @@ import torch
 
 from bench.meta import META_DIR
 from bench.meta.design import design
-from bench.tasks import Cut, load_task, make_cut
+from bench.tasks import Cut, load_task
 
 DIVERGED = "diverged"
 
@@ -164,9 +164,7 @@ def collect(
                 if (folder / "cells" / f"{stem}.json").exists():
                     continue
                 if task not in texts:
-                    kwargs = {} if data_root is None else {"data_root": data_root}
-                    make_cut(task, cut, **kwargs)
-                    texts[task] = load_task(task, cut, device)
+                    texts[task], _ = load_task(task, cut, device, data_root)
                     info = folder / "tasks" / f"{task}.json"
                     if not info.exists():
                         info.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from hypertweaks.space import Recipe, resolve_space
 from hypertweaks.study import counted
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, fit, release_memory, resolve_device
-from hypertweaks.trial import StudyContext, fit_trial  # noqa: F401  (fit_trial: the bench's)
+from hypertweaks.trial import StudyContext
 
 log = logging.getLogger("hypertweaks")
 
