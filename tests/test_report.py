@@ -195,3 +195,13 @@ def test_a_loss_study_reports_its_lowest_loss_as_best(text_experiment):
     assert results["best_trial"] == min(values, key=values.get)
     page = render(result.results_path.parent).read_text()
     assert f"best (trial {results['best_trial']})" in page
+
+
+def test_results_name_the_trials_within_validation_noise_of_the_best(study):
+    result, results = study
+    noise = results["within_noise"]
+    assert results["best_trial"] in noise["trials"] and noise["validation_examples"] == 30
+    assert result.within_noise == noise
+    page = render(result.results_path.parent).read_text()
+    if len(noise["trials"]) > 1:
+        assert "within validation noise of the best" in page

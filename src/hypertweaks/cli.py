@@ -15,6 +15,7 @@ from hypertweaks.config import ConfigError, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
 from hypertweaks.models import ModelError
+from hypertweaks.noise import describe
 from hypertweaks.report import render
 from hypertweaks.search import Result, tune
 
@@ -124,6 +125,8 @@ def print_result(result: Result, console: Console) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.default_test_metrics.items())
         console.print(f"test, default recipe: {shown}")
     console.print(f"{result.trials} trials in {result.seconds:.0f}s")
+    if note := describe(result.within_noise):
+        console.print(f"note: {note}")
     console.print(
         f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})"
     )

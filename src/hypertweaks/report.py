@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hypertweaks.noise import describe
 from hypertweaks.objective import best_of, is_better
 
 KNOB_SLICES = ("learning_rate", "batch_size", "dropout", "weight_decay", "freeze_layers")
@@ -152,6 +153,8 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
         )
     elif best and default:
         lines.append("No searched recipe beat the default recipe on validation.")
+    if line := describe(results.get("within_noise")):
+        lines.append(line[0].upper() + line[1:] + ".")
     if pruned:
         epochs_run = sum(len(t["curve"]) for t in pruned)
         epochs_planned = sum(t["recipe"]["epochs"] for t in pruned)

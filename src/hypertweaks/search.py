@@ -22,9 +22,10 @@ from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.embedded import EmbeddedBackend
+from hypertweaks.noise import within_noise
 from hypertweaks.recipes import default_recipe, default_space, task_knobs
 from hypertweaks.report import render as render_report
-from hypertweaks.results import write_results
+from hypertweaks.results import trial_row, write_results
 from hypertweaks.space import Recipe, resolve_space
 from hypertweaks.study import counted
 from hypertweaks.tasks import make_task
@@ -48,6 +49,7 @@ class Result:
     results_path: Path | None = None
     notes: list[str] = field(default_factory=list)
     report_path: Path | None = None
+    within_noise: dict[str, Any] | None = None  # trials validation cannot tell from the best
 
 
 class Search:
@@ -163,10 +165,17 @@ class Search:
             release_memory(self.device)
         defaults = next((t for t in complete if t.user_attrs.get("tag") == "defaults"), None)
         path = self.run_dir / "results.json"
+        noise = within_noise(
+            [trial_row(t) for t in complete],
+            self.exp.metric,
+            self.exp.direction,
+            len(self.task.splits.validation),
+        )
         summary = {
             "best_trial": best.number,
             "best_value": best_value,
             "test_metrics": test_metrics,
+            "within_noise": noise,  # the trials validation cannot tell apart from the best
         }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
@@ -180,6 +189,7 @@ class Search:
             trials=sum(1 for t in study.get_trials(deepcopy=False) if counted(t)),
             results_path=path,
             notes=self.task.splits.notes,
+            within_noise=noise,
         )
 
 

@@ -1,0 +1,57 @@
+"""How far apart validation scores must be to mean something. A 200-example validation set
+measures accuracy to about +-3 points (one standard error near 0.8): picking the best of a few
+recipes within that band picks noise, and the user should be told so."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hypertweaks.objective import best_of
+
+# Metrics that are a share of validation examples: their standard error is binomial.
+PROPORTIONS = ("accuracy", "exact_match")
+Z95 = 1.96
+
+
+def standard_error(metric: str, value: float, examples: int) -> float | None:
+    """The binomial standard error of a proportion metric on `examples` examples; None for
+    metrics that are not a share of examples (loss, macro-F1, ROC AUC...)."""
+    if metric not in PROPORTIONS or examples <= 0 or not 0.0 <= value <= 1.0:
+        return None
+    return math.sqrt(value * (1.0 - value) / examples)
+
+
+def within_noise(
+    rows: list[dict[str, Any]], metric: str, direction: str, examples: int
+) -> dict[str, Any] | None:
+    """The completed trials whose validation value is within the best one's 95% band (1.96
+    standard errors): among those, validation cannot tell which recipe is better."""
+    values = {r["number"]: r["value"] for r in rows if r.get("value") is not None}
+    best = best_of(values.values(), direction)
+    if best is None:
+        return None
+    error = standard_error(metric, best, examples)
+    if error is None:
+        return None
+    band = Z95 * error
+    tied = sorted(n for n, v in values.items() if abs(v - best) <= band)
+    return {
+        "metric": metric,
+        "validation_examples": examples,
+        "standard_error": round(error, 4),
+        "band": round(band, 4),
+        "trials": tied,
+    }
+
+
+def describe(noise: dict[str, Any] | None) -> str | None:
+    """One sentence for the user, or None when the best trial stands alone."""
+    if not noise or len(noise["trials"]) < 2:
+        return None
+    return (
+        f"{len(noise['trials'])} trials (#{', #'.join(map(str, noise['trials']))}) are within "
+        f"validation noise of the best: {noise['metric']} on {noise['validation_examples']} "
+        f"validation examples is measured to +-{noise['band']:.3f} (95%), so the choice among "
+        "them is not reliable; more validation data would separate them"
+    )
