@@ -1,0 +1,477 @@
+"""Use a tuned model: `load(DIR)` reads runs/NAME/best (or any folder a study wrote) back into a
+predictor with scikit-learn's `predict` / `predict_proba` (texts, image paths), or `generate`
+(causal LMs, the adapter on its base model). Loading goes through each task's own loader."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from hypertweaks.data import DataError
+from hypertweaks.models import ModelError, quiet_transformers
+from hypertweaks.train import autocast, resolve_device
+
+Progress = Callable[[int], None]  # called with how many more examples are done
+
+
+def model_dir(path: str | Path) -> Path:
+    """A study folder (runs/NAME) -> its best/ model; a model folder as it is; else an error."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(
+            f"model {str(path)!r} does not exist; give a study folder (runs/NAME) or a model "
+            "folder a study wrote (runs/NAME/best)"
+        )
+    if (path / "best").is_dir():
+        path = path / "best"
+    if not ((path / "labels.json").is_file() or (path / "hypertweaks.json").is_file()):
+        hint = (
+            "it is a study folder whose best model was never written (no trial finished)"
+            if (path / "results.json").is_file() or (path / "study.db").is_file()
+            else "it has no labels.json (classifiers) nor hypertweaks.json (causal LMs)"
+        )
+        raise ModelError(
+            f"{str(path)!r} is not a hypertweaks model: {hint}; give a study folder "
+            "(runs/NAME) after `hypertweaks tune`, or its best/ folder"
+        )
+    return path
+
+
+def _recipe(directory: Path) -> dict[str, Any]:
+    """best.yaml: the experiment the model was tuned in (columns, max length, task)."""
+    path = directory / "best.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def task_of(directory: Path) -> str:
+    recipe = _recipe(directory)
+    if "task" in recipe:
+        return recipe["task"]
+    if (directory / "hypertweaks.json").is_file():
+        return "causal-lm"
+    labels = json.loads((directory / "labels.json").read_text())
+    return "image-classification" if "image_size" in labels else "text-classification"
+
+
+def load(path: str | Path, device: str = "auto") -> Classifier | Generator:
+    """The tuned model in `path` (runs/NAME or runs/NAME/best), ready to predict."""
+    directory = model_dir(path)
+    task = task_of(directory)
+    quiet_transformers()
+    if task == "text-classification":
+        return TextClassifier(directory, device)
+    if task == "image-classification":
+        return ImageClassifier(directory, device)
+    return Generator(directory, device)
+
+
+def _as_list(inputs: str | Path | Sequence[Any]) -> list[Any]:
+    return [inputs] if isinstance(inputs, str | Path) else list(inputs)
+
+
+class Classifier:
+    """What text and image classifiers share: classes, probabilities, a threshold for two."""
+
+    task: str
+    batch_size = 64
+
+    def __init__(self, directory: Path, device: str):
+        self.directory = directory
+        self.recipe = _recipe(directory)
+        self.device = resolve_device(device)
+        self.labels_meta = json.loads((directory / "labels.json").read_text())
+        self.classes_: list[Any] = list(self.labels_meta["classes"])
+        from hypertweaks.tasks.image import positive_class
+
+        self.positive = self.labels_meta.get("positive_class", positive_class(self.classes_))
+        self.notes: list[str] = []  # what the last call did to its inputs (truncated, skipped)
+
+    def predict_proba(self, inputs: Any, batch_size: int | None = None, progress=None):
+        raise NotImplementedError
+
+    def predict(
+        self, inputs: Any, threshold: float | None = None, batch_size: int | None = None
+    ) -> list[Any]:
+        """The predicted class of each input (its original value); with two classes,
+        `threshold` on the positive class's probability replaces the argmax."""
+        return self.labels_of(self.predict_proba(inputs, batch_size), threshold)
+
+    def labels_of(self, proba: np.ndarray, threshold: float | None = None) -> list[Any]:
+        if threshold is None:
+            chosen = proba.argmax(axis=1)
+        else:
+            if len(self.classes_) != 2:
+                raise DataError(
+                    f"a threshold needs a model with two classes; this one has "
+                    f"{len(self.classes_)}: leave the threshold out"
+                )
+            other = 1 - self.positive
+            chosen = np.where(proba[:, self.positive] >= threshold, self.positive, other)
+        return [self.classes_[i] for i in chosen]
+
+    def _run(self, model: torch.nn.Module, batches, progress: Progress | None) -> np.ndarray:
+        """Softmax probabilities of (model inputs, size) batches, float32 on the CPU."""
+        chunks = []
+        with torch.inference_mode(), autocast(self.device):
+            for inputs, size in batches:
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                logits = self._forward(model, inputs)
+                chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
+                if progress is not None:
+                    progress(size)
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes_)))
+
+    def _forward(self, model, inputs):
+        return model(**inputs).logits
+
+
+class TextClassifier(Classifier):
+    """A tuned text classifier; texts longer than the length it was tuned on are truncated."""
+
+    task = "text-classification"
+
+    def __init__(self, directory: Path, device: str = "auto"):
+        super().__init__(directory, device)
+        from transformers import AutoTokenizer
+
+        from hypertweaks.tasks.text import load_saved
+
+        self.model = load_saved(directory).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.max_length = int(self.recipe.get("max_length") or 128)
+        self.text_column = self.recipe.get("text_column", "text")
+        self.label_column = self.recipe.get("label_column", "label")
+
+    def predict_proba(
+        self,
+        inputs: str | Sequence[str],
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """[n, classes] probabilities. Texts are tokenized at once and run shortest first, so a
+        batch pads only to its own longest text."""
+        texts = [str(t) for t in _as_list(inputs)]
+        self.notes = []
+        ids = self._tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        size, pad = batch_size or self.batch_size, self.tokenizer.pad_token_id
+
+        def batches():
+            for start in range(0, len(order), size):
+                rows = [ids[i] for i in order[start : start + size]]
+                width = max(len(r) for r in rows)
+                batch = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, row in enumerate(rows):
+                    batch[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+                yield {"input_ids": batch, "attention_mask": mask}, len(rows)
+
+        proba = self._run(self.model, batches(), progress)
+        out = np.empty_like(proba)
+        out[order] = proba
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids, cut at max_length; how many were cut goes to `notes`."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, return_overflowing_tokens=True
+        )
+        mapping = encoded.get("overflow_to_sample_mapping")
+        if mapping is None:  # slow tokenizers: no overflow mapping, count by length
+            full = self.tokenizer(texts)["input_ids"]
+            cut = sum(len(row) > self.max_length for row in full)
+            ids = [row[: self.max_length] for row in encoded["input_ids"]]
+        else:
+            first: dict[int, int] = {}
+            for row, sample in enumerate(mapping):  # a cut text overflows into more rows
+                first.setdefault(int(sample), row)
+            ids = [encoded["input_ids"][first[i]] for i in range(len(texts))]
+            cut = len({int(s) for s, n in Counter(mapping).items() if n > 1})
+        if cut:
+            self.notes.append(
+                f"{cut} of {len(texts)} texts were longer than {self.max_length} tokens (the "
+                "length the model was tuned on) and were truncated"
+            )
+        return ids
+
+
+class ImageClassifier(Classifier):
+    """A tuned image classifier (defect detector): images are resized and normalised as in
+    training; an unreadable image is an error, or with `skip_bad` a row of NaN."""
+
+    task = "image-classification"
+    batch_size = 32
+
+    def __init__(self, directory: Path, device: str = "auto"):
+        super().__init__(directory, device)
+        from hypertweaks.tasks.image import load_saved
+
+        meta = self.labels_meta
+        self.image_size = int(meta.get("image_size") or self.recipe.get("image_size", 224))
+        self.mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+        self.hf = (directory / "config.json").is_file()
+        self.model = load_saved(directory, meta["model"], len(self.classes_))
+        self.model = self.model.to(self.device).eval()
+        self.image_column = self.recipe.get("image_column", "image")
+        self.label_column = self.recipe.get("label_column", "label")
+        self.skipped: list[str] = []
+
+    def _forward(self, model, inputs):
+        if self.hf:
+            return model(pixel_values=inputs["pixel_values"]).logits
+        return model(inputs["pixel_values"])
+
+    def check(self, paths: Sequence[str], skip_bad: bool = False) -> list[str]:
+        """Open every image's header before any compute; the unreadable ones are an error, or
+        with `skip_bad` returned (and left out of the predictions)."""
+        from PIL import Image, UnidentifiedImageError
+
+        bad = []
+        for path in paths:
+            try:
+                with Image.open(path):
+                    pass
+            except UnidentifiedImageError:
+                bad.append((path, "not an image file"))
+            except (OSError, ValueError) as error:
+                bad.append((path, getattr(error, "strerror", None) or str(error)))
+        if bad and not skip_bad:
+            shown = "; ".join(f"{p!r} ({why})" for p, why in bad[:3])
+            raise DataError(
+                f"cannot read {len(bad)} of {len(paths)} images: {shown}; fix or remove them, "
+                "or pass --skip-bad (skip_bad=True) to skip and count them"
+            )
+        return [path for path, _ in bad]
+
+    def predict_proba(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+        skip_bad: bool = False,
+    ) -> np.ndarray:
+        """[n, classes] probabilities; a skipped image's row is NaN (see `skipped`)."""
+        from hypertweaks.data.images import decode_image
+
+        paths = [str(p) for p in _as_list(inputs)]
+        self.notes, skipped = [], set(self.check(paths, skip_bad))
+        size = batch_size or self.batch_size
+        kept = [i for i, p in enumerate(paths) if p not in skipped]
+
+        def batches():
+            for start in range(0, len(kept), size):
+                images = []
+                for i in kept[start : start + size]:
+                    try:
+                        image, _ = decode_image(paths[i], self.image_size)
+                    except DataError:
+                        if not skip_bad:
+                            raise
+                        skipped.add(paths[i])
+                        continue
+                    images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
+                if images:
+                    pixels = torch.stack(images).float().div_(255)
+                    yield {"pixel_values": (pixels - self.mean) / self.std}, len(images)
+
+        proba = self._run(self.model, batches(), progress)
+        out = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
+        out[[i for i in kept if paths[i] not in skipped]] = proba
+        self.skipped = [p for p in paths if p in skipped]
+        if self.skipped:
+            self.notes.append(
+                f"skipped {len(self.skipped)} of {len(paths)} unreadable images, e.g. "
+                f"{self.skipped[0]!r}"
+            )
+        return out
+
+
+class Generator:
+    """A tuned causal LM: the LoRA adapter on its base model (or the full fine-tuned model)."""
+
+    task = "causal-lm"
+    batch_size = 8
+
+    def __init__(self, directory: Path, device: str = "auto"):
+        from hypertweaks.tasks.causal_lm import load_finetuned, load_tokenizer
+
+        self.directory = directory
+        self.device = resolve_device(device)
+        self.model = load_finetuned(directory).to(self.device).eval()
+        self.tokenizer = load_tokenizer(str(directory))
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
+        self.notes: list[str] = []
+
+    def encode(self, prompt: str | list[dict[str, str]] | dict[str, Any]) -> list[int]:
+        """Token ids as training saw them: a prompt with the tokenizer's special tokens, a chat
+        rendered with its template and the assistant's turn opened. A conversation that ends
+        with an assistant turn is answered from the turns before it."""
+        if isinstance(prompt, dict):
+            prompt = prompt.get("messages", prompt.get("prompt", prompt.get("text")))
+        if isinstance(prompt, str):
+            return self.tokenizer(prompt)["input_ids"]
+        messages = list(prompt)
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()
+        if not self.tokenizer.chat_template:
+            raise DataError(
+                "the prompts are chat messages but the model's tokenizer has no chat template; "
+                'give {"prompt": ...} lines instead'
+            )
+        text = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: str | Sequence[Any],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int = 0,
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+    ) -> list[str]:
+        """One completion per prompt (a string, a list of chat messages, or a JSONL row):
+        greedy unless `temperature` > 0, then sampled (`top_p`, `top_k`, `seed`)."""
+        prompts = _as_list(prompts)
+        ids = [self.encode(p) for p in prompts]
+        self.notes = []
+        room = self.context - max_new_tokens if self.context else None
+        if room is not None and room < 1:
+            raise DataError(
+                f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the model's "
+                f"context of {self.context} tokens; ask for fewer new tokens"
+            )
+        cut = sum(room is not None and len(row) > room for row in ids)
+        if cut:
+            ids = [row[-room:] for row in ids]  # keep the end: where the answer starts
+            self.notes.append(
+                f"{cut} of {len(ids)} prompts were longer than {room} tokens (the context "
+                f"less max_new_tokens) and lost their beginning"
+            )
+        sample = temperature > 0
+        options: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens}
+        if sample:
+            torch.manual_seed(seed)
+            options.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        else:
+            options.update(temperature=None, top_p=None, top_k=None)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        size, pad = batch_size or self.batch_size, self.tokenizer.pad_token_id
+        out: list[str] = [""] * len(ids)
+        for start in range(0, len(order), size):
+            rows = [ids[i] for i in order[start : start + size]]
+            width = max(len(r) for r in rows)
+            batch = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, row in enumerate(rows):  # left padding: every row ends where generation starts
+                batch[r, width - len(row) :], mask[r, width - len(row) :] = torch.tensor(row), 1
+            with autocast(self.device):
+                generated = self.model.generate(
+                    input_ids=batch.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    pad_token_id=pad,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    **options,
+                )
+            texts = self.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            for i, text in zip(order[start : start + size], texts, strict=True):
+                out[i] = text.strip()
+            if progress is not None:
+                progress(len(rows))
+        return out
+
+
+def predict_file(
+    predictor: Classifier | Generator,
+    source: str | Path,
+    output: str | Path | None = None,
+    column: str | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    skip_bad: bool = False,
+    generation: dict[str, Any] | None = None,
+    progress: Callable[[int], Progress] | None = None,
+) -> tuple[Path, pd.DataFrame]:
+    """Predict every row of a file (texts: a table or a text file; images: a folder or a table
+    of paths; causal LMs: JSONL prompts) and write the rows with the predictions to `output`
+    (default INPUT.predictions.EXT beside the input), atomically. Everything is checked before
+    any compute. `progress(total)` returns a callback that is told how many more are done."""
+    from hypertweaks.data.inputs import (
+        check_output,
+        default_output,
+        image_table,
+        read_prompts,
+        read_texts,
+        write_atomically,
+    )
+
+    if isinstance(predictor, Generator):
+        target = check_output(output or default_output(source, ".jsonl"))
+        rows = read_prompts(source)
+        answers = predictor.generate(
+            rows, batch_size=batch_size, progress=_start(progress, len(rows)), **(generation or {})
+        )
+        table = pd.DataFrame(rows).assign(generated=answers)
+        return write_atomically(table, target), table
+    target = check_output(output or default_output(source))
+    if threshold is not None and len(predictor.classes_) != 2:
+        predictor.labels_of(np.zeros((0, 2)), threshold)  # raises the error
+    if threshold is not None and not 0 <= threshold <= 1:
+        raise DataError(f"threshold must be in [0, 1]. Got {threshold} instead")
+    if isinstance(predictor, ImageClassifier):
+        column = column or predictor.image_column
+        folder = Path(source).is_dir()
+        table = image_table(source, "path" if folder else column)
+        inputs = table["path" if folder else column].tolist()
+        proba = predictor.predict_proba(
+            inputs, batch_size, _start(progress, len(inputs)), skip_bad=skip_bad
+        )
+    else:
+        table, inputs = read_texts(source, column or predictor.text_column)
+        proba = predictor.predict_proba(inputs, batch_size, _start(progress, len(inputs)))
+    kept = ~np.isnan(proba).any(axis=1)
+    table, proba = table.loc[kept].reset_index(drop=True), proba[kept]
+    table = pd.concat([table, _prediction_columns(predictor, proba, top_k, threshold)], axis=1)
+    return write_atomically(table, target), table
+
+
+def _start(progress, total: int) -> Progress | None:
+    return progress(total) if progress is not None else None
+
+
+def _prediction_columns(
+    predictor: Classifier, proba: np.ndarray, top_k: int | None, threshold: float | None
+) -> pd.DataFrame:
+    """predicted_label, then prob_CLASS for every class, or label_i / prob_i for the top k."""
+    columns: dict[str, Any] = {"predicted_label": predictor.labels_of(proba, threshold)}
+    classes = predictor.classes_
+    if top_k is None or top_k >= len(classes):
+        for i, name in enumerate(classes):
+            columns[f"prob_{name}"] = proba[:, i]
+    else:
+        best = np.argsort(-proba, axis=1)[:, :top_k]
+        for rank in range(top_k):
+            columns[f"label_{rank + 1}"] = [classes[i] for i in best[:, rank]]
+            columns[f"prob_{rank + 1}"] = np.take_along_axis(proba, best[:, rank : rank + 1], 1)[
+                :, 0
+            ]
+    return pd.DataFrame(columns)
