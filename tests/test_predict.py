@@ -224,7 +224,11 @@ def test_images_predict_a_folder_recursively_with_a_threshold(image_run, tmp_pat
     ]
     assert (got["predicted_label"] == "defect").all()  # threshold 0 flags every scan
     model = hypertweaks.load(image_run)
-    assert model.predict(got["path"].tolist(), threshold=1.01) == ["ok"] * 8
+    paths = got["path"].tolist()
+    defect = model.predict_proba(paths)[:, model.classes_.index("defect")]
+    cut = float(np.median(defect))
+    expected = ["defect" if p >= cut else "ok" for p in defect]
+    assert model.predict(paths, threshold=cut) == expected
 
 
 def test_images_evaluate_finds_the_threshold_for_a_target_recall(image_run, capsys):
@@ -246,6 +250,7 @@ def test_threshold_for_a_recall_is_the_most_precise_one():
 
 
 def test_unreadable_images_are_named_or_skipped_and_counted(image_run, tmp_path, capsys):
+    # named before the model loads; --skip-bad leaves them out of the output and counts them
     import shutil
 
     scans = tmp_path / "scans"
@@ -304,6 +309,17 @@ def test_evaluate_a_causal_lm_by_exact_match(lm_run, tmp_path, capsys):
 # -- bad input: a clear error (what, where, what to do), exit code 2, no traceback ------------
 
 
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Bad input is refused before any compute: not even the model's weights are loaded."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr("hypertweaks.predict.load", refuse)
+    monkeypatch.setattr("hypertweaks.evaluate.load", refuse)
+
+
 def bad(args, capsys, *expected) -> None:
     code, out = cli(args, capsys)
     assert code == 2 and "error:" in out and "Traceback" not in out, out
@@ -311,11 +327,11 @@ def bad(args, capsys, *expected) -> None:
         assert part in out, out
 
 
-def test_a_missing_input_is_refused(text_run, tmp_path, capsys):
+def test_a_missing_input_is_refused(text_run, tmp_path, capsys, no_loading):
     bad(["predict", text_run, tmp_path / "nope.csv"], capsys, "nope.csv' does not exist")
 
 
-def test_an_unreadable_input_is_refused(text_run, tmp_path, capsys):
+def test_an_unreadable_input_is_refused(text_run, tmp_path, capsys, no_loading):
     path = tmp_path / "garbled.parquet"
     path.write_bytes(b"\x00garbage")
     bad(["predict", text_run, path], capsys, "garbled.parquet' cannot be read")
@@ -329,7 +345,7 @@ def test_a_missing_text_column_is_refused(text_run, tmp_path, capsys):
     assert cli(["predict", text_run, path, "--text-column", "review"], capsys)[0] == 0
 
 
-def test_a_missing_image_column_is_refused(image_run, tmp_path, capsys):
+def test_a_missing_image_column_is_refused(image_run, tmp_path, capsys, no_loading):
     path = tmp_path / "scans.csv"
     pd.DataFrame({"file": ["a.png"]}).to_csv(path, index=False)
     bad(["predict", image_run, path], capsys, "no column 'image'", "--image-column", "file")
@@ -344,7 +360,7 @@ def test_a_folder_that_is_not_a_model_is_refused(tmp_path, capsys):
         hypertweaks.load(tmp_path)
 
 
-def test_unknown_labels_are_named_with_counts(text_run, tmp_path, capsys):
+def test_unknown_labels_are_named_with_counts(text_run, tmp_path, capsys, no_loading):
     path = tmp_path / "labeled.csv"
     table = make_texts(2, seed=6)
     table.loc[:2, "label"] = "fear"
@@ -358,29 +374,29 @@ def test_unknown_labels_are_named_with_counts(text_run, tmp_path, capsys):
     )
 
 
-def test_a_missing_label_column_is_refused(text_run, tmp_path, capsys):
+def test_a_missing_label_column_is_refused(text_run, tmp_path, capsys, no_loading):
     path = tmp_path / "unlabeled.csv"
     pd.DataFrame({"text": ["happy"]}).to_csv(path, index=False)
     bad(["evaluate", text_run, path], capsys, "no label column 'label'", "--label-column")
 
 
-def test_bad_options_are_refused_before_any_compute(text_run, tmp_path, capsys, monkeypatch):
+def test_bad_options_are_refused_before_any_compute(text_run, tmp_path, capsys, no_loading):
     path = tmp_path / "new.csv"
     make_texts(1).to_csv(path, index=False)
-    monkeypatch.setattr(
-        "hypertweaks.predict.TextClassifier.predict_proba", lambda *a, **k: 1 / 0
-    )  # any compute would fail loudly
-    bad(["predict", text_run, path, "--threshold", "0.5"], capsys, "two classes")
+    bad(
+        ["predict", text_run, path, "--threshold", "0.5"], capsys, "two classes", "anger, calm, joy"
+    )
     bad(["predict", text_run, path, "--output", tmp_path / "out.xlsx"], capsys, "unknown file type")
+    bad(["predict", text_run, path, "--top-k", "0"], capsys, "top k must be at least 1")
     bad(["evaluate", text_run, path, "--target-recall", "2"], capsys, "target recall must be")
 
 
-def test_bad_prompt_lines_are_named(lm_run, tmp_path, capsys):
+def test_bad_prompt_lines_are_named(lm_run, tmp_path, capsys, no_loading):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "happy"}\n{"question": "x"}\n')
     bad(["predict", lm_run, path], capsys, "prompts.jsonl:2: no 'prompt', 'text' or 'messages'")
-    with pytest.raises(DataError, match="no reference answer"):
-        evaluate(hypertweaks.load(lm_run), write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}]))
+    with pytest.raises(DataError, match="example 1 has no reference answer"):
+        evaluate(lm_run, write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}]))
 
 
 # -- the command line itself -----------------------------------------------------------------

@@ -181,30 +181,31 @@ def progress_bar(console: Console, quiet: bool):
 
 
 def run_predict(args: argparse.Namespace, console: Console) -> int:
-    from hypertweaks.predict import load, predict_file
+    from hypertweaks.predict import describe, predict_file
 
     start, bars = progress_bar(console, args.quiet)
+    generation = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k_tokens,
+        "seed": args.seed,
+    }
     try:
-        predictor = load(args.model, device=args.device)
-        column = args.image_column if predictor.task == "image-classification" else args.text_column
-        generation = {
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "top_p": args.top_p,
-            "top_k": args.top_k_tokens,
-            "seed": args.seed,
-        }
-        output, table = predict_file(
-            predictor,
+        info = describe(args.model)
+        images = info.task == "image-classification"
+        output, table, predictor = predict_file(
+            info,
             args.input,
             args.output,
-            column=column,
+            column=args.image_column if images else args.text_column,
             top_k=args.top_k,
             threshold=args.threshold,
             batch_size=args.batch_size,
             skip_bad=args.skip_bad,
             generation=generation,
             progress=start,
+            device=args.device,
         )
     except (ConfigError, DataError, ModelError) as error:
         console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
@@ -226,22 +227,22 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
 
 def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     from hypertweaks.evaluate import default_report_path, evaluate, report_tables, write_report
-    from hypertweaks.predict import load, model_dir
+    from hypertweaks.predict import describe
 
     start, bars = progress_bar(console, args.quiet)
     try:
-        predictor = load(args.model, device=args.device)
-        column = args.image_column if predictor.task == "image-classification" else args.text_column
-        output = args.output or default_report_path(model_dir(args.model), args.labeled)
+        info = describe(args.model)
+        images = info.task == "image-classification"
         report = evaluate(
-            predictor,
+            info,
             args.labeled,
             args.target_recall,
-            column=column,
+            column=args.image_column if images else args.text_column,
             label_column=args.label_column,
             batch_size=args.batch_size,
             skip_bad=args.skip_bad,
             progress=start,
+            device=args.device,
         )
     except (ConfigError, DataError, ModelError) as error:
         console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
@@ -258,6 +259,7 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    output = args.output or default_report_path(info.directory, args.labeled)
     json_path, html_path = write_report(report, output)
     console.print(f"written: {json_path} and {html_path}", highlight=False)
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,17 @@ import numpy as np
 import torch
 
 from hypertweaks.data import DataError
-from hypertweaks.data.inputs import read_prompts, read_texts
-from hypertweaks.predict import Classifier, Generator, ImageClassifier, Progress
+from hypertweaks.data.inputs import image_table, read_prompts, read_texts
+from hypertweaks.predict import (
+    Classifier,
+    Generator,
+    ImageClassifier,
+    ModelInfo,
+    Progress,
+    describe,
+    load,
+    unreadable_images,
+)
 from hypertweaks.tasks.metrics import classification_metrics
 
 GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # thresholds shown: 0.05 ... 0.95
@@ -46,33 +56,35 @@ def encode_labels(values: list[Any], classes: list[Any], where: str) -> np.ndarr
 
 
 def labeled_inputs(
-    predictor: Classifier, path: str | Path, column: str | None, label_column: str | None
+    info: ModelInfo,
+    path: str | Path,
+    column: str | None = None,
+    label_column: str | None = None,
+    skip_bad: bool = False,
 ) -> tuple[list[str], np.ndarray]:
-    """Inputs and class ids of a labelled file (images: also a folder of class sub-folders)."""
-    label_column = label_column or predictor.label_column
+    """Inputs and class ids of a labelled file (images: also a folder of class sub-folders),
+    checked against the model's classes before any weights are loaded."""
+    label_column = label_column or info.column("label_column")
     where = f"evaluation data {str(path)!r}"
-    if isinstance(predictor, ImageClassifier):
+    if info.task == "image-classification":
         from hypertweaks.data.images import read_image_folder
 
-        column = column or predictor.image_column
         if Path(path).is_dir():
             table = read_image_folder(Path(path), "evaluation")
-            return table["image"].tolist(), encode_labels(
-                table["label"].tolist(), predictor.classes_, where
-            )
-        from hypertweaks.data.inputs import image_table
-
-        table = image_table(path, column, "evaluation")
+            column, label_column = "image", "label"
+        else:
+            column = column or info.column("image_column")
+            table = image_table(path, column, "evaluation")
         inputs = table[column].tolist()
+        unreadable_images(inputs, skip_bad)
     else:
-        column = column or predictor.text_column
-        table, inputs = read_texts(path, column, "evaluation")
+        table, inputs = read_texts(path, column or info.column("text_column"), "evaluation")
     if label_column not in table.columns:
         raise DataError(
             f"{path}: no label column {label_column!r} (set by --label-column); the columns "
             f"are: {', '.join(map(str, table.columns))}"
         )
-    return inputs, encode_labels(table[label_column].tolist(), predictor.classes_, where)
+    return inputs, encode_labels(table[label_column].tolist(), info.classes, where)
 
 
 def thresholds(truth: np.ndarray, scores: np.ndarray, target_recall: float | None) -> dict:
@@ -101,26 +113,33 @@ def thresholds(truth: np.ndarray, scores: np.ndarray, target_recall: float | Non
 
 
 def evaluate(
-    predictor: Classifier | Generator,
+    model: Classifier | Generator | str | Path,
     path: str | Path,
     target_recall: float | None = None,
     column: str | None = None,
     label_column: str | None = None,
     batch_size: int | None = None,
     skip_bad: bool = False,
-    progress: Progress | None = None,
+    progress: Callable[[int], Progress | None] | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """The evaluation of `predictor` on the labelled file `path`, as a JSON-ready dict."""
+    """The evaluation of `model` (a predictor, or a model folder loaded once the labelled file
+    `path` has been checked) as a JSON-ready dict."""
     if target_recall is not None and not 0 < target_recall <= 1:
-        raise DataError(f"target recall must be in (0, 1]. Got {target_recall} instead")
-    if isinstance(predictor, Generator):
-        return _evaluate_generator(predictor, path, batch_size, progress)
-    inputs, truth = labeled_inputs(predictor, path, column, label_column)
+        raise DataError(f"the target recall must be in (0, 1]. Got {target_recall} instead")
+    loaded = isinstance(model, Classifier | Generator)
+    info = model.info if loaded else describe(model)
+    if info.task == "causal-lm":
+        rows, references = _references(path)
+        predictor = model if loaded else load(info, device)
+        return _evaluate_generator(predictor, path, rows, references, batch_size, progress)
+    inputs, truth = labeled_inputs(info, path, column, label_column, skip_bad)
+    predictor = model if loaded else load(info, device)
     options = {"skip_bad": skip_bad} if isinstance(predictor, ImageClassifier) else {}
-    proba = predictor.predict_proba(inputs, batch_size, progress, **options)
+    advance = progress(len(inputs)) if progress is not None else None
+    proba = predictor.predict_proba(inputs, batch_size, advance, **options)
     kept = ~np.isnan(proba).any(axis=1)
-    proba, truth = proba[kept], truth[kept]
-    return classification_report(predictor, proba, truth, str(path), target_recall)
+    return classification_report(predictor, proba[kept], truth[kept], str(path), target_recall)
 
 
 def classification_report(
@@ -170,12 +189,8 @@ def classification_report(
     return report
 
 
-def _evaluate_generator(
-    predictor: Generator, path: str | Path, batch_size: int | None, progress: Progress | None
-) -> dict[str, Any]:
-    """Greedy completions against the reference answers: the share reproduced exactly."""
-    rows = read_prompts(path, "evaluation")
-    references = []
+def _references(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    rows, references = read_prompts(path, "evaluation"), []
     for number, row in enumerate(rows, start=1):
         if "messages" in row and row["messages"][-1]["role"] == "assistant":
             references.append(row["messages"][-1]["content"])
@@ -186,11 +201,24 @@ def _evaluate_generator(
                 f"evaluation data {str(path)!r}: example {number} has no reference answer; give "
                 "prompt/completion lines or conversations that end with the assistant's answer"
             )
-    longest = max(
-        len(predictor.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references
-    )
+    return rows, references
+
+
+def _evaluate_generator(
+    predictor: Generator,
+    path: str | Path,
+    rows: list[dict[str, Any]],
+    references: list[str],
+    batch_size: int | None,
+    progress,
+) -> dict[str, Any]:
+    """Greedy completions against the reference answers: the share reproduced exactly."""
+    tokens = predictor.tokenizer(references, add_special_tokens=False)["input_ids"]
     answers = predictor.generate(
-        rows, batch_size=batch_size, progress=progress, max_new_tokens=longest + 2
+        rows,
+        batch_size=batch_size,
+        progress=progress(len(rows)) if progress is not None else None,
+        max_new_tokens=max(len(t) for t in tokens) + 2,  # the answer and its end of turn
     )
     exact = [a.strip() == r.strip() for a, r in zip(answers, references, strict=True)]
     return {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,32 +46,69 @@ def model_dir(path: str | Path) -> Path:
     return path
 
 
-def _recipe(directory: Path) -> dict[str, Any]:
-    """best.yaml: the experiment the model was tuned in (columns, max length, task)."""
-    path = directory / "best.yaml"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+@dataclass
+class ModelInfo:
+    """What a saved model's small files say (best.yaml, labels.json), read without its weights:
+    enough to check the inputs before loading anything."""
+
+    directory: Path
+    task: str
+    recipe: dict[str, Any]  # best.yaml: the experiment it was tuned in
+    labels: dict[str, Any]  # labels.json; {} for causal LMs
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.labels.get("classes", []))
+
+    @property
+    def positive(self) -> int:
+        """With two classes, the one whose recall matters (the defect), as training chose it."""
+        from hypertweaks.tasks.image import positive_class
+
+        return int(self.labels.get("positive_class", positive_class(self.classes)))
+
+    def column(self, option: str) -> str:
+        """text_column, image_column or label_column as the model was tuned with."""
+        defaults = {"text_column": "text", "image_column": "image", "label_column": "label"}
+        return str(self.recipe.get(option) or defaults[option])
 
 
-def task_of(directory: Path) -> str:
-    recipe = _recipe(directory)
-    if "task" in recipe:
-        return recipe["task"]
-    if (directory / "hypertweaks.json").is_file():
-        return "causal-lm"
-    labels = json.loads((directory / "labels.json").read_text())
-    return "image-classification" if "image_size" in labels else "text-classification"
-
-
-def load(path: str | Path, device: str = "auto") -> Classifier | Generator:
-    """The tuned model in `path` (runs/NAME or runs/NAME/best), ready to predict."""
+def describe(path: str | Path | ModelInfo) -> ModelInfo:
+    if isinstance(path, ModelInfo):
+        return path
     directory = model_dir(path)
-    task = task_of(directory)
+    best = directory / "best.yaml"
+    recipe = (yaml.safe_load(best.read_text()) or {}) if best.is_file() else {}
+    labels_file = directory / "labels.json"
+    labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
+    task = recipe.get("task") or (
+        "causal-lm"
+        if (directory / "hypertweaks.json").is_file()
+        else "image-classification"
+        if "image_size" in labels
+        else "text-classification"
+    )
+    return ModelInfo(directory, task, recipe, labels)
+
+
+def load(path: str | Path | ModelInfo, device: str = "auto") -> Classifier | Generator:
+    """The tuned model in `path` (runs/NAME or runs/NAME/best), ready to predict."""
+    info = describe(path)
     quiet_transformers()
-    if task == "text-classification":
-        return TextClassifier(directory, device)
-    if task == "image-classification":
-        return ImageClassifier(directory, device)
-    return Generator(directory, device)
+    kind = {"text-classification": TextClassifier, "image-classification": ImageClassifier}
+    return kind.get(info.task, Generator)(info, device)
+
+
+def check_threshold(threshold: float | None, classes: list[Any]) -> None:
+    if threshold is None:
+        return
+    if len(classes) != 2:
+        raise DataError(
+            f"a threshold needs a model with two classes; this one has {len(classes)} "
+            f"({', '.join(map(str, classes))}): leave the threshold out"
+        )
+    if not 0 <= threshold <= 1:
+        raise DataError(f"the threshold must be in [0, 1]. Got {threshold} instead")
 
 
 def _as_list(inputs: str | Path | Sequence[Any]) -> list[Any]:
@@ -83,15 +121,11 @@ class Classifier:
     task: str
     batch_size = 64
 
-    def __init__(self, directory: Path, device: str):
-        self.directory = directory
-        self.recipe = _recipe(directory)
+    def __init__(self, info: ModelInfo, device: str = "auto"):
+        self.info, self.directory, self.recipe = info, info.directory, info.recipe
         self.device = resolve_device(device)
-        self.labels_meta = json.loads((directory / "labels.json").read_text())
-        self.classes_: list[Any] = list(self.labels_meta["classes"])
-        from hypertweaks.tasks.image import positive_class
-
-        self.positive = self.labels_meta.get("positive_class", positive_class(self.classes_))
+        self.classes_: list[Any] = info.classes
+        self.positive = info.positive
         self.notes: list[str] = []  # what the last call did to its inputs (truncated, skipped)
 
     def predict_proba(self, inputs: Any, batch_size: int | None = None, progress=None):
@@ -105,14 +139,10 @@ class Classifier:
         return self.labels_of(self.predict_proba(inputs, batch_size), threshold)
 
     def labels_of(self, proba: np.ndarray, threshold: float | None = None) -> list[Any]:
+        check_threshold(threshold, self.classes_)
         if threshold is None:
             chosen = proba.argmax(axis=1)
         else:
-            if len(self.classes_) != 2:
-                raise DataError(
-                    f"a threshold needs a model with two classes; this one has "
-                    f"{len(self.classes_)}: leave the threshold out"
-                )
             other = 1 - self.positive
             chosen = np.where(proba[:, self.positive] >= threshold, self.positive, other)
         return [self.classes_[i] for i in chosen]
@@ -138,19 +168,18 @@ class TextClassifier(Classifier):
 
     task = "text-classification"
 
-    def __init__(self, directory: Path, device: str = "auto"):
-        super().__init__(directory, device)
+    def __init__(self, info: ModelInfo, device: str = "auto"):
+        super().__init__(info, device)
         from transformers import AutoTokenizer
 
         from hypertweaks.tasks.text import load_saved
 
+        directory = info.directory
         self.model = load_saved(directory).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.max_length = int(self.recipe.get("max_length") or 128)
-        self.text_column = self.recipe.get("text_column", "text")
-        self.label_column = self.recipe.get("label_column", "label")
 
     def predict_proba(
         self,
@@ -207,6 +236,29 @@ class TextClassifier(Classifier):
         return ids
 
 
+def unreadable_images(paths: Sequence[str], skip_bad: bool = False) -> list[str]:
+    """Open every image's header (cheap) before any compute: the unreadable ones are an error
+    naming them, or with `skip_bad` returned, to be left out and counted."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except UnidentifiedImageError:
+            bad.append((path, "not an image file"))
+        except (OSError, ValueError) as error:
+            bad.append((path, getattr(error, "strerror", None) or str(error)))
+    if bad and not skip_bad:
+        shown = "; ".join(f"{p!r} ({why})" for p, why in bad[:3])
+        raise DataError(
+            f"cannot read {len(bad)} of {len(paths)} images: {shown}; fix or remove them, or "
+            "pass --skip-bad (skip_bad=True) to skip and count them"
+        )
+    return [path for path, _ in bad]
+
+
 class ImageClassifier(Classifier):
     """A tuned image classifier (defect detector): images are resized and normalised as in
     training; an unreadable image is an error, or with `skip_bad` a row of NaN."""
@@ -214,47 +266,23 @@ class ImageClassifier(Classifier):
     task = "image-classification"
     batch_size = 32
 
-    def __init__(self, directory: Path, device: str = "auto"):
-        super().__init__(directory, device)
+    def __init__(self, info: ModelInfo, device: str = "auto"):
+        super().__init__(info, device)
         from hypertweaks.tasks.image import load_saved
 
-        meta = self.labels_meta
+        meta, directory = info.labels, info.directory
         self.image_size = int(meta.get("image_size") or self.recipe.get("image_size", 224))
         self.mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
         self.std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
         self.hf = (directory / "config.json").is_file()
         self.model = load_saved(directory, meta["model"], len(self.classes_))
         self.model = self.model.to(self.device).eval()
-        self.image_column = self.recipe.get("image_column", "image")
-        self.label_column = self.recipe.get("label_column", "label")
         self.skipped: list[str] = []
 
     def _forward(self, model, inputs):
         if self.hf:
             return model(pixel_values=inputs["pixel_values"]).logits
         return model(inputs["pixel_values"])
-
-    def check(self, paths: Sequence[str], skip_bad: bool = False) -> list[str]:
-        """Open every image's header before any compute; the unreadable ones are an error, or
-        with `skip_bad` returned (and left out of the predictions)."""
-        from PIL import Image, UnidentifiedImageError
-
-        bad = []
-        for path in paths:
-            try:
-                with Image.open(path):
-                    pass
-            except UnidentifiedImageError:
-                bad.append((path, "not an image file"))
-            except (OSError, ValueError) as error:
-                bad.append((path, getattr(error, "strerror", None) or str(error)))
-        if bad and not skip_bad:
-            shown = "; ".join(f"{p!r} ({why})" for p, why in bad[:3])
-            raise DataError(
-                f"cannot read {len(bad)} of {len(paths)} images: {shown}; fix or remove them, "
-                "or pass --skip-bad (skip_bad=True) to skip and count them"
-            )
-        return [path for path, _ in bad]
 
     def predict_proba(
         self,
@@ -267,7 +295,7 @@ class ImageClassifier(Classifier):
         from hypertweaks.data.images import decode_image
 
         paths = [str(p) for p in _as_list(inputs)]
-        self.notes, skipped = [], set(self.check(paths, skip_bad))
+        self.notes, skipped = [], set(unreadable_images(paths, skip_bad))
         size = batch_size or self.batch_size
         kept = [i for i, p in enumerate(paths) if p not in skipped]
 
@@ -305,9 +333,10 @@ class Generator:
     task = "causal-lm"
     batch_size = 8
 
-    def __init__(self, directory: Path, device: str = "auto"):
+    def __init__(self, info: ModelInfo, device: str = "auto"):
         from hypertweaks.tasks.causal_lm import load_finetuned, load_tokenizer
 
+        self.info, directory = info, info.directory
         self.directory = directory
         self.device = resolve_device(device)
         self.model = load_finetuned(directory).to(self.device).eval()
@@ -400,7 +429,7 @@ class Generator:
 
 
 def predict_file(
-    predictor: Classifier | Generator,
+    model: Classifier | Generator | str | Path,
     source: str | Path,
     output: str | Path | None = None,
     column: str | None = None,
@@ -409,12 +438,14 @@ def predict_file(
     batch_size: int | None = None,
     skip_bad: bool = False,
     generation: dict[str, Any] | None = None,
-    progress: Callable[[int], Progress] | None = None,
-) -> tuple[Path, pd.DataFrame]:
+    progress: Callable[[int], Progress | None] | None = None,
+    device: str = "auto",
+) -> tuple[Path, pd.DataFrame, Classifier | Generator]:
     """Predict every row of a file (texts: a table or a text file; images: a folder or a table
     of paths; causal LMs: JSONL prompts) and write the rows with the predictions to `output`
-    (default INPUT.predictions.EXT beside the input), atomically. Everything is checked before
-    any compute. `progress(total)` returns a callback that is told how many more are done."""
+    (default INPUT.predictions.EXT beside the input), atomically. `model` is a loaded predictor
+    or a model folder; a folder's weights are loaded only once the inputs and options have been
+    checked. `progress(total)` may return a callback told how many more examples are done."""
     from hypertweaks.data.inputs import (
         check_output,
         default_output,
@@ -424,34 +455,40 @@ def predict_file(
         write_atomically,
     )
 
-    if isinstance(predictor, Generator):
+    info = model.info if isinstance(model, Classifier | Generator) else describe(model)
+    if info.task == "causal-lm":
         target = check_output(output or default_output(source, ".jsonl"))
         rows = read_prompts(source)
+        predictor = _loaded(model, info, device)
         answers = predictor.generate(
             rows, batch_size=batch_size, progress=_start(progress, len(rows)), **(generation or {})
         )
         table = pd.DataFrame(rows).assign(generated=answers)
-        return write_atomically(table, target), table
+        return write_atomically(table, target), table, predictor
     target = check_output(output or default_output(source))
-    if threshold is not None and len(predictor.classes_) != 2:
-        predictor.labels_of(np.zeros((0, 2)), threshold)  # raises the error
-    if threshold is not None and not 0 <= threshold <= 1:
-        raise DataError(f"threshold must be in [0, 1]. Got {threshold} instead")
-    if isinstance(predictor, ImageClassifier):
-        column = column or predictor.image_column
+    check_threshold(threshold, info.classes)
+    if top_k is not None and top_k < 1:
+        raise DataError(f"top k must be at least 1. Got {top_k} instead")
+    if info.task == "image-classification":
         folder = Path(source).is_dir()
-        table = image_table(source, "path" if folder else column)
-        inputs = table["path" if folder else column].tolist()
-        proba = predictor.predict_proba(
-            inputs, batch_size, _start(progress, len(inputs)), skip_bad=skip_bad
-        )
+        column = "path" if folder else column or info.column("image_column")
+        table = image_table(source, column)
+        inputs = table[column].tolist()
+        unreadable_images(inputs, skip_bad)
+        options = {"skip_bad": skip_bad}
     else:
-        table, inputs = read_texts(source, column or predictor.text_column)
-        proba = predictor.predict_proba(inputs, batch_size, _start(progress, len(inputs)))
+        table, inputs = read_texts(source, column or info.column("text_column"))
+        options = {}
+    predictor = _loaded(model, info, device)
+    proba = predictor.predict_proba(inputs, batch_size, _start(progress, len(inputs)), **options)
     kept = ~np.isnan(proba).any(axis=1)
     table, proba = table.loc[kept].reset_index(drop=True), proba[kept]
     table = pd.concat([table, _prediction_columns(predictor, proba, top_k, threshold)], axis=1)
-    return write_atomically(table, target), table
+    return write_atomically(table, target), table, predictor
+
+
+def _loaded(model, info: ModelInfo, device: str):
+    return model if isinstance(model, Classifier | Generator) else load(info, device)
 
 
 def _start(progress, total: int) -> Progress | None:
