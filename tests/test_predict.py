@@ -416,3 +416,49 @@ def test_help_describes_the_tool_and_version_answers():
     assert run("--version") == (0, f"hypertweaks {hypertweaks.__version__}\n")
     code, out = run("predict", "--help")
     assert code == 0 and "--threshold" in out and "--max-new-tokens" in out
+
+
+# -- the README's snippets: best/ loads with plain transformers / timm / peft ----------------
+
+
+def readme_snippet(first_line: str, replacements: dict[str, str]) -> dict:
+    """Run the README's python block that starts with `first_line`, paths replaced."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (code,) = [b for b in blocks if b.startswith(first_line)]
+    for old, new in replacements.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_readme_loads_a_text_classifier_with_transformers(text_run):
+    done = readme_snippet("# text classifier", {"runs/feedback/best": str(text_run / "best")})
+    scores = done["scores"][0]
+    model = hypertweaks.load(text_run)
+    proba = model.predict_proba(["the delivery was late again"])[0]
+    by_label = {row["label"]: row["score"] for row in scores}
+    assert np.allclose([by_label[c] for c in model.classes_], proba, atol=1e-5)
+
+
+def test_readme_loads_an_image_classifier_with_timm(image_run):
+    scan = sorted((image_run.parent.parent / "scans" / "defect").iterdir())[0]
+    done = readme_snippet(
+        "# image classifier",
+        {"runs/tiles/best": str(image_run / "best"), "scan_001.png": str(scan)},
+    )
+    expected = hypertweaks.load(image_run).predict_proba([scan])
+    assert np.allclose(done["proba"].numpy(), expected, atol=1e-5)
+
+
+def test_readme_loads_a_lora_adapter_with_peft(lm_run):
+    done = readme_snippet(
+        "# causal LM",
+        {"runs/support-bot/best": str(lm_run / "best"), "max_new_tokens=64": "max_new_tokens=4"},
+    )
+    chat = [{"role": "user", "content": "Where is my order?"}]
+    assert done["answer"].strip() == hypertweaks.load(lm_run).generate([chat], max_new_tokens=4)[0]
