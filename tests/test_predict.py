@@ -389,6 +389,9 @@ def test_bad_options_are_refused_before_any_compute(text_run, tmp_path, capsys, 
     bad(["predict", text_run, path, "--output", tmp_path / "out.xlsx"], capsys, "unknown file type")
     bad(["predict", text_run, path, "--top-k", "0"], capsys, "top k must be at least 1")
     bad(["evaluate", text_run, path, "--target-recall", "2"], capsys, "target recall must be")
+    bad(["predict", text_run, path, "--device", "gpu"], capsys, "device must be auto, cpu")
+    if not torch.cuda.is_available():
+        bad(["predict", text_run, path, "--device", "cuda"], capsys, "no such CUDA GPU here")
 
 
 def test_bad_prompt_lines_are_named(lm_run, tmp_path, capsys, no_loading):

@@ -115,10 +115,18 @@ def add_use_commands(commands) -> None:
         "with a tuned causal LM. The rows are written with the predicted label and each class's "
         "probability (or the answer) to --output, by default INPUT.predictions.EXT beside it.",
     )
-    predict_cmd.add_argument("model", help="the study folder (runs/NAME) or its best/ folder")
-    predict_cmd.add_argument("input", help="the texts, images or prompts to predict")
-    predict_cmd.add_argument("--output", help="CSV, TSV, JSONL or Parquet file to write")
-    predict_cmd.add_argument("--top-k", type=int, help="keep the k likeliest classes only")
+    predict_cmd.add_argument(
+        "model", metavar="RUN_OR_MODEL_DIR", help="the study folder (runs/NAME) or its best/"
+    )
+    predict_cmd.add_argument(
+        "input", metavar="INPUT", help="the texts, images or prompts to predict"
+    )
+    predict_cmd.add_argument(
+        "--output", metavar="FILE", help="CSV, TSV, JSONL or Parquet file to write"
+    )
+    predict_cmd.add_argument(
+        "--top-k", type=int, metavar="K", help="write the K likeliest classes only"
+    )
     predict_cmd.add_argument(
         "--threshold",
         type=float,
@@ -139,9 +147,13 @@ def add_use_commands(commands) -> None:
         "recall at each threshold. Written as JSON and an HTML page (default: "
         "RUN_DIR/evaluation-FILE.json and .html) and shown as tables.",
     )
-    evaluate_cmd.add_argument("model", help="the study folder (runs/NAME) or its best/ folder")
     evaluate_cmd.add_argument(
-        "labeled", help="labelled texts or image paths (a table), or an image folder by class"
+        "model", metavar="RUN_OR_MODEL_DIR", help="the study folder (runs/NAME) or its best/"
+    )
+    evaluate_cmd.add_argument(
+        "labeled",
+        metavar="LABELED_FILE",
+        help="labelled texts or image paths (a table), or an image folder by class",
     )
     evaluate_cmd.add_argument(
         "--target-recall",
@@ -150,7 +162,9 @@ def add_use_commands(commands) -> None:
         "reaches this, e.g. 0.95",
     )
     evaluate_cmd.add_argument("--label-column", help="default: the one the model was tuned on")
-    evaluate_cmd.add_argument("--output", help="the JSON file to write (HTML beside it)")
+    evaluate_cmd.add_argument(
+        "--output", metavar="FILE", help="the JSON file to write (HTML beside it)"
+    )
     for cmd in (predict_cmd, evaluate_cmd):
         cmd.add_argument("--text-column", help="default: the one the model was tuned on")
         cmd.add_argument("--image-column", help="default: the one the model was tuned on")

@@ -23,6 +23,7 @@ from hypertweaks.predict import (
     ModelInfo,
     Progress,
     describe,
+    device_of,
     load,
     unreadable_images,
 )
@@ -129,6 +130,7 @@ def evaluate(
         raise DataError(f"the target recall must be in (0, 1]. Got {target_recall} instead")
     loaded = isinstance(model, Classifier | Generator)
     info = model.info if loaded else describe(model)
+    device_of(device)
     if info.task == "causal-lm":
         rows, references = _references(path)
         predictor = model if loaded else load(info, device)

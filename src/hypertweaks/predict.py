@@ -5,6 +5,7 @@ predictor with scikit-learn's `predict` / `predict_proba` (texts, image paths), 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -99,6 +100,20 @@ def load(path: str | Path | ModelInfo, device: str = "auto") -> Classifier | Gen
     return kind.get(info.task, Generator)(info, device)
 
 
+def device_of(device: str) -> torch.device:
+    """auto, cpu, cuda, cuda:N or mps, checked against what this machine has."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ModelError(f"device must be auto, cpu, cuda, cuda:N or mps. Got {device!r} instead")
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ModelError(
+                f"device {device!r}: no such CUDA GPU here ({torch.cuda.device_count()} visible); "
+                "use --device cpu, or auto to take a GPU when there is one"
+            )
+    return resolve_device(device)
+
+
 def check_threshold(threshold: float | None, classes: list[Any]) -> None:
     if threshold is None:
         return
@@ -123,7 +138,7 @@ class Classifier:
 
     def __init__(self, info: ModelInfo, device: str = "auto"):
         self.info, self.directory, self.recipe = info, info.directory, info.recipe
-        self.device = resolve_device(device)
+        self.device = device_of(device)
         self.classes_: list[Any] = info.classes
         self.positive = info.positive
         self.notes: list[str] = []  # what the last call did to its inputs (truncated, skipped)
@@ -338,7 +353,7 @@ class Generator:
 
         self.info, directory = info, info.directory
         self.directory = directory
-        self.device = resolve_device(device)
+        self.device = device_of(device)
         self.model = load_finetuned(directory).to(self.device).eval()
         self.tokenizer = load_tokenizer(str(directory))
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
@@ -456,6 +471,7 @@ def predict_file(
     )
 
     info = model.info if isinstance(model, Classifier | Generator) else describe(model)
+    device_of(device)
     if info.task == "causal-lm":
         target = check_output(output or default_output(source, ".jsonl"))
         rows = read_prompts(source)
