@@ -239,6 +239,7 @@ def test_images_evaluate_finds_the_threshold_for_a_target_recall(image_run, caps
     th = report["thresholds"]
     assert th["positive_class"] == "defect" and len(th["rows"]) == 19
     assert th["chosen"]["recall"] >= 0.75 and "roc_auc" in report["metrics"]
+    assert "<svg" in (image_run / "evaluation-scans.html").read_text()  # the threshold plot
 
 
 def test_threshold_for_a_recall_is_the_most_precise_one():
@@ -369,7 +370,7 @@ def test_unknown_labels_are_named_with_counts(text_run, tmp_path, capsys, no_loa
     bad(
         ["evaluate", text_run, path],
         capsys,
-        "labels the model does not know: 'fear' (3 rows), 'surprise' (1 rows)",
+        "labels the model does not know: 'fear' (3 rows), 'surprise' (1 row)",
         "'anger', 'calm', 'joy'",
     )
 

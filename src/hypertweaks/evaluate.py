@@ -47,7 +47,9 @@ def encode_labels(values: list[Any], classes: list[Any], where: str) -> np.ndarr
     index = {_key(c): i for i, c in enumerate(classes)}
     unknown = Counter(_key(v) for v in values if _key(v) not in index)
     if unknown:
-        shown = ", ".join(f"{label!r} ({n} rows)" for label, n in unknown.most_common())
+        shown = ", ".join(
+            f"{label!r} ({n} row{'s' if n > 1 else ''})" for label, n in unknown.most_common()
+        )
         raise DataError(
             f"{where} has labels the model does not know: {shown}; the model knows "
             f"{', '.join(repr(c) for c in classes)}. Remove those rows, or evaluate a model "
@@ -265,7 +267,7 @@ def report_tables(report: dict[str, Any]) -> list[tuple[str, tuple[str, ...], li
         confusion = report["confusion"]
         tables.append(
             (
-                "confusion matrix (rows: true class, columns: predicted)",
+                "confusion matrix (row: true class, column: predicted)",
                 ("", *map(str, confusion["classes"])),
                 [
                     (str(c), *map(str, row))
@@ -311,7 +313,24 @@ def evaluation_html(report: dict[str, Any]) -> str:
         parts.append(f"<ul>{notes}</ul>")
     for title, header, rows in report_tables(report):
         parts += [f"<h3>{html.escape(title)}</h3>", _table(rows, header)]
+        if title.startswith("thresholds"):
+            parts.append(threshold_plot(report["thresholds"]))
     return "".join(parts)
+
+
+def threshold_plot(th: dict[str, Any]) -> str:
+    """Precision, recall and the share flagged against the threshold; the chosen one marked."""
+    from hypertweaks.report import _figure, _svg
+
+    fig, axis = _figure(6.4, 3.2)
+    cuts = [row["threshold"] for row in th["rows"]]
+    for key in ("precision", "recall", "flagged"):
+        axis.plot(cuts, [row[key] for row in th["rows"]], "o-", ms=3, label=key)
+    if "chosen" in th:
+        axis.axvline(th["chosen"]["threshold"], c="black", ls=":", label="target recall")
+    axis.set(xlabel=f"threshold on P({th['positive_class']})", ylim=(0, 1.02))
+    axis.legend(fontsize=8)
+    return _svg(fig)
 
 
 def write_report(report: dict[str, Any], json_path: str | Path) -> tuple[Path, Path]:
