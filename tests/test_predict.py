@@ -4,8 +4,6 @@ on tiny models tuned for a few steps, and every bad input refused before any com
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -406,12 +404,11 @@ def test_bad_prompt_lines_are_named(lm_run, tmp_path, capsys, no_loading):
 # -- the command line itself -----------------------------------------------------------------
 
 
-def test_help_describes_the_tool_and_version_answers():
+def test_help_describes_the_tool_and_version_answers(capsys):
     def run(*args):
-        done = subprocess.run(
-            [sys.executable, "-m", "hypertweaks.cli", *args], capture_output=True, text=True
-        )
-        return done.returncode, done.stdout
+        with pytest.raises(SystemExit) as done:
+            main(list(args))
+        return done.value.code, capsys.readouterr().out
 
     code, out = run("--help")
     assert code == 0 and "thin layer" not in out
