@@ -16,14 +16,15 @@ import torch
 
 from hypertweaks.data import DataError
 from hypertweaks.data.inputs import image_table, read_prompts, read_texts
+from hypertweaks.generate import Generator
 from hypertweaks.predict import (
     Classifier,
-    Generator,
     ImageClassifier,
     ModelInfo,
     Progress,
     describe,
     device_of,
+    is_loaded,
     load,
     unreadable_images,
 )
@@ -130,7 +131,7 @@ def evaluate(
     `path` has been checked) as a JSON-ready dict."""
     if target_recall is not None and not 0 < target_recall <= 1:
         raise DataError(f"the target recall must be in (0, 1]. Got {target_recall} instead")
-    loaded = isinstance(model, Classifier | Generator)
+    loaded = is_loaded(model)
     info = model.info if loaded else describe(model)
     device_of(device)
     if info.task == "causal-lm":
