@@ -386,7 +386,8 @@ def test_bad_options_are_refused_before_any_compute(text_run, tmp_path, capsys, 
         ["predict", text_run, path, "--threshold", "0.5"], capsys, "two classes", "anger, calm, joy"
     )
     bad(["predict", text_run, path, "--output", tmp_path / "out.xlsx"], capsys, "unknown file type")
-    bad(["predict", text_run, path, "--top-k", "0"], capsys, "top k must be at least 1")
+    bad(["predict", text_run, path, "--top-k", "0"], capsys, "--top-k must be at least 1. Got 0")
+    bad(["evaluate", text_run, path, "--batch-size", "0"], capsys, "--batch-size must be at least")
     bad(["evaluate", text_run, path, "--target-recall", "2"], capsys, "target recall must be")
     bad(["predict", text_run, path, "--device", "gpu"], capsys, "device must be auto, cpu")
     if not torch.cuda.is_available():
@@ -397,6 +398,8 @@ def test_bad_prompt_lines_are_named(lm_run, tmp_path, capsys, no_loading):
     path = tmp_path / "prompts.jsonl"
     path.write_text('{"prompt": "happy"}\n{"question": "x"}\n')
     bad(["predict", lm_run, path], capsys, "prompts.jsonl:2: no 'prompt', 'text' or 'messages'")
+    bad(["predict", lm_run, path, "--top-p", "0"], capsys, "--top-p must be in (0, 1]. Got 0.0")
+    bad(["predict", lm_run, path, "--max-new-tokens", "0"], capsys, "--max-new-tokens must be")
     with pytest.raises(DataError, match="example 1 has no reference answer"):
         evaluate(lm_run, write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}]))
 

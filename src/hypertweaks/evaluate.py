@@ -22,6 +22,7 @@ from hypertweaks.predict import (
     ImageClassifier,
     ModelInfo,
     Progress,
+    check_options,
     describe,
     device_of,
     is_loaded,
@@ -134,6 +135,7 @@ def evaluate(
     loaded = is_loaded(model)
     info = model.info if loaded else describe(model)
     device_of(device)
+    check_options(batch_size)
     if info.task == "causal-lm":
         rows, references = _references(path)
         predictor = model if loaded else load(info, device)

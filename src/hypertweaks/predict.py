@@ -139,6 +139,27 @@ def check_threshold(threshold: float | None, classes: list[Any]) -> None:
         raise DataError(f"the threshold must be in [0, 1]. Got {threshold} instead")
 
 
+def check_options(
+    batch_size: int | None = None, top_k: int | None = None, generation: dict | None = None
+) -> None:
+    """Numbers the user gives, checked before anything loads; messages name the option."""
+    rules = {
+        "batch_size": (batch_size, lambda v: v >= 1, "at least 1"),
+        "top_k": (top_k, lambda v: v >= 1, "at least 1"),
+    }
+    generation = generation or {}
+    rules |= {
+        "max_new_tokens": (generation.get("max_new_tokens"), lambda v: v >= 1, "at least 1"),
+        "temperature": (generation.get("temperature"), lambda v: v >= 0, "0 (greedy) or more"),
+        "top_p": (generation.get("top_p"), lambda v: 0 < v <= 1, "in (0, 1]"),
+        "top_k_tokens": (generation.get("top_k"), lambda v: v >= 0, "0 (all) or more"),
+    }
+    for name, (value, valid, wanted) in rules.items():
+        if value is not None and not valid(value):
+            flag = "--" + name.replace("_", "-")
+            raise DataError(f"{flag} must be {wanted}. Got {value} instead")
+
+
 def as_list(inputs: str | Path | Sequence[Any]) -> list[Any]:
     return [inputs] if isinstance(inputs, str | Path) else list(inputs)
 
@@ -384,6 +405,7 @@ def predict_file(
 
     info = model.info if is_loaded(model) else describe(model)
     device_of(device)
+    check_options(batch_size, top_k, generation if info.task == "causal-lm" else None)
     if info.task == "causal-lm":
         target = check_output(output or default_output(source, ".jsonl"))
         rows = read_prompts(source)
@@ -395,8 +417,6 @@ def predict_file(
         return write_atomically(table, target), table, predictor
     target = check_output(output or default_output(source))
     check_threshold(threshold, info.classes)
-    if top_k is not None and top_k < 1:
-        raise DataError(f"top k must be at least 1. Got {top_k} instead")
     if info.task == "image-classification":
         folder = Path(source).is_dir()
         column = "path" if folder else column or info.column("image_column")
