@@ -297,12 +297,15 @@ def test_predict_answers_jsonl_prompts_and_chats(lm_run, tmp_path, capsys):
     assert cli(["predict", lm_run, chat, "--max-new-tokens", "2"], capsys)[0] == 0
 
 
-def test_evaluate_a_causal_lm_by_exact_match(lm_run, tmp_path, capsys):
-    path = write_jsonl(tmp_path / "val.jsonl", make_pairs(1, seed=4))
-    code, out = cli(["evaluate", lm_run, path], capsys)
+def test_evaluate_a_causal_lm_scores_what_the_study_scored(lm_run, capsys):
+    # the study's validation file gives the study's own best validation loss
+    code, out = cli(["evaluate", lm_run, lm_run.parent.parent / "val.jsonl"], capsys)
     assert code == 0, out
     report = json.loads((lm_run / "evaluation-val.json").read_text())
-    assert report["examples"] == 3 and 0 <= report["metrics"]["exact_match"] <= 1
+    results = json.loads((lm_run / "results.json").read_text())
+    best = next(t for t in results["trials"] if t["number"] == results["best_trial"])
+    assert report["examples"] == 6 and report["metrics"]["loss"] == pytest.approx(best["value"])
+    assert {"perplexity", "exact_match"} <= set(report["metrics"]) and "misses" in report
 
 
 # -- bad input: a clear error (what, where, what to do), exit code 2, no traceback ------------
@@ -400,7 +403,7 @@ def test_bad_prompt_lines_are_named(lm_run, tmp_path, capsys, no_loading):
     bad(["predict", lm_run, path], capsys, "prompts.jsonl:2: no 'prompt', 'text' or 'messages'")
     bad(["predict", lm_run, path, "--top-p", "0"], capsys, "--top-p must be in (0, 1]. Got 0.0")
     bad(["predict", lm_run, path, "--max-new-tokens", "0"], capsys, "--max-new-tokens must be")
-    with pytest.raises(DataError, match="example 1 has no reference answer"):
+    with pytest.raises(DataError, match="p.jsonl:1: 'completion' is missing"):
         evaluate(lm_run, write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}]))
 
 

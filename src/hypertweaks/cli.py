@@ -144,7 +144,8 @@ def add_use_commands(commands) -> None:
         help="score a tuned model on labelled data: metrics, confusion, thresholds",
         description="Score the tuned model on LABELED_FILE: the task's metrics, each class's "
         "precision and recall, the confusion matrix, and for two classes the precision and "
-        "recall at each threshold. Written as JSON and an HTML page (default: "
+        "recall at each threshold (causal LMs: loss, perplexity and, for short answers, exact "
+        "match). Written as JSON and an HTML page (default: "
         "RUN_DIR/evaluation-FILE.json and .html) and shown as tables.",
     )
     evaluate_cmd.add_argument(

@@ -29,6 +29,7 @@ from hypertweaks.predict import (
     load,
     unreadable_images,
 )
+from hypertweaks.tasks.causal_lm import SHORT_TARGET
 from hypertweaks.tasks.metrics import classification_metrics
 
 GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # thresholds shown: 0.05 ... 0.95
@@ -137,9 +138,9 @@ def evaluate(
     device_of(device)
     check_options(batch_size)
     if info.task == "causal-lm":
-        rows, references = _references(path)
+        task = _lm_task(info, path)  # the study's own reader checks every line first
         predictor = model if loaded else load(info, device)
-        return _evaluate_generator(predictor, path, rows, references, batch_size, progress)
+        return _evaluate_generator(predictor, task, path, batch_size, progress)
     inputs, truth = labeled_inputs(info, path, column, label_column, skip_bad)
     predictor = model if loaded else load(info, device)
     options = {"skip_bad": skip_bad} if isinstance(predictor, ImageClassifier) else {}
@@ -196,51 +197,58 @@ def classification_report(
     return report
 
 
-def _references(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
-    rows, references = read_prompts(path, "evaluation"), []
-    for number, row in enumerate(rows, start=1):
-        if "messages" in row and row["messages"][-1]["role"] == "assistant":
-            references.append(row["messages"][-1]["content"])
-        elif isinstance(row.get("completion"), str):
-            references.append(row["completion"])
-        else:
-            raise DataError(
-                f"evaluation data {str(path)!r}: example {number} has no reference answer; give "
-                "prompt/completion lines or conversations that end with the assistant's answer"
-            )
-    return rows, references
+def _lm_task(info: ModelInfo, path: str | Path):
+    """The causal-lm task of the study (best.yaml), prepared on the labelled file: the examples
+    encoded as training encoded them, so its metrics are the study's."""
+    from hypertweaks.config import make_experiment
+    from hypertweaks.tasks.causal_lm import CausalLM
+
+    if not info.recipe:
+        raise DataError(
+            f"{info.directory} has no best.yaml, so how its examples were encoded is unknown; "
+            "evaluate the folder a study wrote (runs/NAME/best)"
+        )
+    fields = {"train": str(path), "validation": str(path), "test": None, "metric": "loss"}
+    task = CausalLM(make_experiment({**info.recipe, **fields}), info.directory.parent / "cache")
+    task.prepare()
+    return task
 
 
 def _evaluate_generator(
-    predictor: Generator,
-    path: str | Path,
-    rows: list[dict[str, Any]],
-    references: list[str],
-    batch_size: int | None,
-    progress,
+    predictor: Generator, task, path: str | Path, batch_size: int | None, progress
 ) -> dict[str, Any]:
-    """Greedy completions against the reference answers: the share reproduced exactly."""
-    tokens = predictor.tokenizer(references, add_special_tokens=False)["input_ids"]
-    answers = predictor.generate(
-        rows,
-        batch_size=batch_size,
-        progress=progress(len(rows)) if progress is not None else None,
-        max_new_tokens=max(len(t) for t in tokens) + 2,  # the answer and its end of turn
-    )
-    exact = [a.strip() == r.strip() for a, r in zip(answers, references, strict=True)]
-    return {
+    """Loss and perplexity per answer token, and for short answers (labels) the share that
+    greedy decoding reproduces exactly, all by the task's own evaluation; for short answers
+    also the generated answers that differ from the reference."""
+    data = task.dataset(task.splits.validation, train=False)
+    metrics = task.evaluate(predictor.model, data, predictor.device, batch_size or 16)
+    notes = [n.replace("train: ", "", 1) for n in task.splits.notes if n.startswith("train: ")]
+    report = {
         "model": str(predictor.directory),
         "task": predictor.task,
         "data": str(path),
-        "examples": len(rows),
-        "metrics": {"exact_match": float(np.mean(exact))},
-        "misses": [
-            {"reference": r, "answer": a}
-            for a, r, ok in zip(answers, references, exact, strict=True)
-            if not ok
-        ][:20],
-        "notes": list(predictor.notes),
+        "examples": len(data),
+        "metrics": metrics,
+        "notes": notes,
     }
+    if task.short_targets:
+        rows = read_prompts(path, "evaluation")
+        references = [
+            row["messages"][-1]["content"] if "messages" in row else row["completion"]
+            for row in rows
+        ]
+        answers = predictor.generate(
+            rows,
+            batch_size=batch_size,
+            progress=progress(len(rows)) if progress is not None else None,
+            max_new_tokens=SHORT_TARGET + 1,  # the answer and its end of turn
+        )
+        report["misses"] = [
+            {"reference": r, "answer": a}
+            for a, r in zip(answers, references, strict=True)
+            if a.strip() != r.strip()
+        ][:20]
+    return report
 
 
 def _cell(value: Any) -> str:
