@@ -174,6 +174,9 @@ def test_predict_top_k_and_output_file(text_run, tmp_path, capsys):
         got["label_1"] == got["predicted_label"]
     ).all()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+    code, _ = cli(["predict", text_run, tmp_path / "o.jsonl"], capsys)  # its own output again
+    again = pd.read_json(tmp_path / "o.predictions.jsonl", lines=True)
+    assert code == 0 and list(again.columns).count("predicted_label") == 1
 
 
 def test_long_texts_are_truncated_with_a_count(text_run, tmp_path, capsys):

@@ -431,7 +431,9 @@ def predict_file(
     proba = predictor.predict_proba(inputs, batch_size, _start(progress, len(inputs)), **options)
     kept = ~np.isnan(proba).any(axis=1)
     table, proba = table.loc[kept].reset_index(drop=True), proba[kept]
-    table = pd.concat([table, _prediction_columns(predictor, proba, top_k, threshold)], axis=1)
+    predicted = _prediction_columns(predictor, proba, top_k, threshold)
+    table = table.drop(columns=[c for c in predicted.columns if c in table.columns])  # a rerun
+    table = pd.concat([table, predicted], axis=1)
     return write_atomically(table, target), table, predictor
 
 
