@@ -4,6 +4,7 @@ hyperparameters with as little compute as possible."""
 from hypertweaks.config import ConfigError, Experiment, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.models import ModelError
+from hypertweaks.predict import load
 from hypertweaks.search import Result, tune
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "Experiment",
     "ModelError",
     "Result",
+    "load",
     "load_experiment",
     "tune",
 ]

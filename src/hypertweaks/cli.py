@@ -1,4 +1,4 @@
-"""The command line: a thin layer over `hypertweaks.tune`."""
+"""The command line: a thin layer over `hypertweaks.tune`, `load`, `predict_file` and `evaluate`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hypertweaks import __version__
 from hypertweaks.config import ConfigError, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
@@ -18,6 +19,19 @@ from hypertweaks.models import ModelError
 from hypertweaks.noise import describe
 from hypertweaks.report import render
 from hypertweaks.search import Result, tune
+
+DESCRIPTION = """\
+Fine-tune a pretrained model (text or image classifier, small LLM with LoRA) on your data, let
+the search find the fine-tuning hyperparameters that work, then use the tuned model.
+
+  hypertweaks tune experiment.yaml             fine-tune and search; run it again to resume
+  hypertweaks report runs/NAME                 an HTML report of what the search did
+  hypertweaks predict runs/NAME new.csv        label new texts or images, or answer prompts
+  hypertweaks evaluate runs/NAME labeled.csv   metrics, confusion matrix, alarm thresholds
+  hypertweaks merge runs/NAME/best --output D  a LoRA adapter and its base as one model
+  hypertweaks dashboard runs/NAME              a live optuna-dashboard of the study
+
+`hypertweaks COMMAND --help` lists a command's options."""
 
 # flag -> (experiment field, type, help); every flag overrides the YAML file.
 FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -55,8 +69,13 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hypertweaks", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="hypertweaks",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"hypertweaks {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tune_cmd = commands.add_parser("tune", help="fine-tune a model and search its hyperparameters")
     tune_cmd.add_argument("experiment", nargs="?", help="experiment YAML file")
     for flag, (dest, kind, help_text) in FLAGS.items():
@@ -82,7 +101,184 @@ def build_parser() -> argparse.ArgumentParser:
     )
     merge_cmd.add_argument("adapter_dir", help="the saved adapter, e.g. runs/NAME/best")
     merge_cmd.add_argument("--output", required=True, help="folder for the merged full model")
+    add_use_commands(commands)
     return parser
+
+
+def add_use_commands(commands) -> None:
+    """predict and evaluate: the tuned model on new data."""
+    predict_cmd = commands.add_parser(
+        "predict",
+        help="use a tuned model: label texts or images, or answer prompts",
+        description="Label every text of INPUT (CSV, TSV, JSONL, Parquet, or a text file with "
+        "one text a line) or every image (a folder, searched recursively, or a table of paths), "
+        'or answer every prompt of a JSONL file ({"prompt": ...} or {"messages": [...]}) '
+        "with a tuned causal LM. The rows are written with the predicted label and each class's "
+        "probability (or the answer) to --output, by default INPUT.predictions.EXT beside it.",
+    )
+    predict_cmd.add_argument(
+        "model", metavar="RUN_OR_MODEL_DIR", help="the study folder (runs/NAME) or its best/"
+    )
+    predict_cmd.add_argument(
+        "input", metavar="INPUT", help="the texts, images or prompts to predict"
+    )
+    predict_cmd.add_argument(
+        "--output", metavar="FILE", help="CSV, TSV, JSONL or Parquet file to write"
+    )
+    predict_cmd.add_argument(
+        "--top-k", type=int, metavar="K", help="write the K likeliest classes only"
+    )
+    predict_cmd.add_argument(
+        "--threshold",
+        type=float,
+        help="two classes: predict the positive (e.g. defect) class when its probability is at "
+        "least this (default: the likelier class)",
+    )
+    generation = predict_cmd.add_argument_group("causal LMs (greedy unless --temperature > 0)")
+    generation.add_argument("--max-new-tokens", type=int, default=128)
+    generation.add_argument("--temperature", type=float, default=0.0)
+    generation.add_argument("--top-p", type=float, default=1.0)
+    generation.add_argument("--top-k-tokens", dest="top_k_tokens", type=int, default=0)
+    generation.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    evaluate_cmd = commands.add_parser(
+        "evaluate",
+        help="score a tuned model on labelled data: metrics, confusion, thresholds",
+        description="Score the tuned model on LABELED_FILE: the task's metrics, each class's "
+        "precision and recall, the confusion matrix, and for two classes the precision and "
+        "recall at each threshold (causal LMs: loss, perplexity and, for short answers, exact "
+        "match). Written as JSON and an HTML page (default: "
+        "RUN_DIR/evaluation-FILE.json and .html) and shown as tables.",
+    )
+    evaluate_cmd.add_argument(
+        "model", metavar="RUN_OR_MODEL_DIR", help="the study folder (runs/NAME) or its best/"
+    )
+    evaluate_cmd.add_argument(
+        "labeled",
+        metavar="LABELED_FILE",
+        help="labelled texts or image paths (a table), or an image folder by class",
+    )
+    evaluate_cmd.add_argument(
+        "--target-recall",
+        type=float,
+        help="two classes: find the highest threshold whose recall of the positive class "
+        "reaches this, e.g. 0.95",
+    )
+    evaluate_cmd.add_argument("--label-column", help="default: the one the model was tuned on")
+    evaluate_cmd.add_argument(
+        "--output", metavar="FILE", help="the JSON file to write (HTML beside it)"
+    )
+    for cmd in (predict_cmd, evaluate_cmd):
+        cmd.add_argument("--text-column", help="default: the one the model was tuned on")
+        cmd.add_argument("--image-column", help="default: the one the model was tuned on")
+        cmd.add_argument("--batch-size", type=int, help="examples per forward pass")
+        cmd.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+        cmd.add_argument(
+            "--skip-bad", action="store_true", help="skip unreadable images and count them"
+        )
+        cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def progress_bar(console: Console, quiet: bool):
+    """A factory predict_file calls with the total: a bar on long inputs, nothing on short ones."""
+    from rich.progress import Progress
+
+    bars: list[Progress] = []
+
+    def start(total: int):
+        if quiet or total < 256:
+            return None
+        bar = Progress(console=console, transient=True)
+        bar.start()
+        bars.append(bar)
+        task = bar.add_task("predicting", total=total)
+        return lambda done: bar.advance(task, done)
+
+    return start, bars
+
+
+def run_predict(args: argparse.Namespace, console: Console) -> int:
+    from hypertweaks.predict import describe, predict_file
+
+    start, bars = progress_bar(console, args.quiet)
+    generation = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k_tokens,
+        "seed": args.seed,
+    }
+    try:
+        info = describe(args.model)
+        images = info.task == "image-classification"
+        output, table, predictor = predict_file(
+            info,
+            args.input,
+            args.output,
+            column=args.image_column if images else args.text_column,
+            top_k=args.top_k,
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            skip_bad=args.skip_bad,
+            generation=generation,
+            progress=start,
+            device=args.device,
+        )
+    except (ConfigError, DataError, ModelError) as error:
+        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+        return 2
+    finally:
+        for bar in bars:
+            bar.stop()
+    for note in predictor.notes:
+        console.print(f"note: {note}", highlight=False)
+    if "predicted_label" in table:
+        counts = table["predicted_label"].value_counts()
+        shown = ", ".join(f"{label} {count}" for label, count in counts.items())
+        console.print(f"{len(table)} predicted: {shown}", highlight=False)
+    else:
+        console.print(f"{len(table)} answers", highlight=False)
+    console.print(f"written: {output}", highlight=False)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace, console: Console) -> int:
+    from hypertweaks.evaluate import default_report_path, evaluate, report_tables, write_report
+    from hypertweaks.predict import describe
+
+    start, bars = progress_bar(console, args.quiet)
+    try:
+        info = describe(args.model)
+        images = info.task == "image-classification"
+        report = evaluate(
+            info,
+            args.labeled,
+            args.target_recall,
+            column=args.image_column if images else args.text_column,
+            label_column=args.label_column,
+            batch_size=args.batch_size,
+            skip_bad=args.skip_bad,
+            progress=start,
+            device=args.device,
+        )
+    except (ConfigError, DataError, ModelError) as error:
+        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+        return 2
+    finally:
+        for bar in bars:
+            bar.stop()
+    for note in report["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    for title, header, rows in report_tables(report):
+        table = Table(title=title, title_justify="left")
+        for name in header:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    output = args.output or default_report_path(info.directory, args.labeled)
+    json_path, html_path = write_report(report, output)
+    console.print(f"written: {json_path} and {html_path}", highlight=False)
+    return 0
 
 
 def run_merge(args: argparse.Namespace, console: Console) -> int:
@@ -149,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_dashboard(args, console)
     if args.command == "merge":
         return run_merge(args, console)
+    if args.command == "predict":
+        return run_predict(args, console)
+    if args.command == "evaluate":
+        return run_evaluate(args, console)
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "experiment")}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("optuna").setLevel(logging.WARNING)

@@ -306,10 +306,14 @@ def render(run_dir: str | Path, storage: str | None = None) -> Path:
         "<h2>learning curves</h2>",
         curve_plots(results),
     ]
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(results['study'])}"
+    out = run_dir / "report.html"
+    out.write_text(page(results["study"], sections))
+    return out
+
+
+def page(title: str, sections: list[str]) -> str:
+    """One self-contained HTML page in the report's style around the given sections."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
         f"</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>"
     )
-    out = run_dir / "report.html"
-    out.write_text(page)
-    return out

@@ -57,26 +57,26 @@ def read_images_source(path: Path, image_column: str, label_column: str, role: s
     return read_image_table(path, image_column, label_column, role)
 
 
-def decode_images(paths: list[str], size: int) -> torch.Tensor:
-    """uint8 [N, C, size, size]; C is 1 when every image is grayscale, else 3."""
+def decode_image(path: str, size: int) -> tuple[torch.Tensor, bool]:
+    """uint8 [C, size, size] (C = 1 for grayscale) and whether it is grayscale."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.v2 import functional as F
 
-    images, grayscale = [], True
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataError(
-                f"cannot read image {path!r}: {error}; fix or remove the file"
-            ) from None
-        is_gray = image.mode in ("L", "I", "I;16", "1", "F")
-        grayscale &= is_gray
-        image = image.convert("L" if is_gray else "RGB")
-        tensor = F.pil_to_tensor(image)
-        images.append(F.resize(tensor, [size, size], antialias=True))
-    if not grayscale:
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError) as error:
+        raise DataError(f"cannot read image {path!r}: {error}; fix or remove the file") from None
+    is_gray = image.mode in ("L", "I", "I;16", "1", "F")
+    tensor = F.pil_to_tensor(image.convert("L" if is_gray else "RGB"))
+    return F.resize(tensor, [size, size], antialias=True), is_gray
+
+
+def decode_images(paths: list[str], size: int) -> torch.Tensor:
+    """uint8 [N, C, size, size]; C is 1 when every image is grayscale, else 3."""
+    decoded = [decode_image(path, size) for path in paths]
+    images = [image for image, _ in decoded]
+    if not all(gray for _, gray in decoded):
         images = [i.expand(3, -1, -1) if i.shape[0] == 1 else i for i in images]
     return torch.stack(images).contiguous()
 

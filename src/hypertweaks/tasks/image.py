@@ -211,15 +211,19 @@ class ImageClassification(TaskBase):
         (directory / "labels.json").write_text(json.dumps(meta, indent=2))
 
     def load(self, directory: Path) -> nn.Module:
-        if is_hf_model(self.experiment.model):
-            from transformers import AutoModelForImageClassification
+        return load_saved(directory, self.experiment.model, len(self.splits.classes))
 
-            return AutoModelForImageClassification.from_pretrained(directory)
-        import timm
-        from safetensors.torch import load_file
 
-        model = timm.create_model(
-            self.experiment.model, pretrained=False, num_classes=len(self.splits.classes)
-        )
-        model.load_state_dict(load_file(directory / "model.safetensors"))
-        return model
+def load_saved(directory: Path, model: str, num_classes: int) -> nn.Module:
+    """A classifier written by `ImageClassification.save`: a Hugging Face folder, or timm weights
+    for the backbone `model` (labels.json names it)."""
+    if (directory / "config.json").is_file():
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification.from_pretrained(directory)
+    import timm
+    from safetensors.torch import load_file
+
+    net = timm.create_model(model, pretrained=False, num_classes=num_classes)
+    net.load_state_dict(load_file(directory / "model.safetensors"))
+    return net

@@ -46,6 +46,13 @@ def drop_empty_texts(max_dropped_fraction: float, column: str):
     return clean
 
 
+def load_saved(directory: Path) -> nn.Module:
+    """A classifier written by `TextClassification.save` (its tokenizer is in the same folder)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(directory)
+
+
 class EncodedTexts(IndexedExamples):
     """Token ids padded to max_length once; batches are trimmed to their longest row."""
 
@@ -167,9 +174,7 @@ class TextClassification(TaskBase):
         (directory / "labels.json").write_text(json.dumps(labels, indent=2, default=str))
 
     def load(self, directory: Path) -> nn.Module:
-        from transformers import AutoModelForSequenceClassification
-
-        return AutoModelForSequenceClassification.from_pretrained(directory)
+        return load_saved(directory)
 
     def describe(self) -> dict[str, Any]:
         return {

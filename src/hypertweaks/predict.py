@@ -1,0 +1,464 @@
+"""Use a tuned model: `load(DIR)` reads runs/NAME/best (or any folder a study wrote) back into a
+predictor with scikit-learn's `predict` / `predict_proba` (texts, image paths), or `generate`
+(causal LMs, the adapter on its base model). Loading goes through each task's own loader."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from hypertweaks.data import DataError
+from hypertweaks.models import ModelError, quiet_transformers
+from hypertweaks.train import autocast, resolve_device
+
+if TYPE_CHECKING:
+    from hypertweaks.generate import Generator
+
+Progress = Callable[[int], None]  # called with how many more examples are done
+
+
+def model_dir(path: str | Path) -> Path:
+    """A study folder (runs/NAME) -> its best/ model; a model folder as it is; else an error."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(
+            f"model {str(path)!r} does not exist; give a study folder (runs/NAME) or a model "
+            "folder a study wrote (runs/NAME/best)"
+        )
+    if (path / "best").is_dir():
+        path = path / "best"
+    if not ((path / "labels.json").is_file() or (path / "hypertweaks.json").is_file()):
+        hint = (
+            "it is a study folder whose best model was never written (no trial finished)"
+            if (path / "results.json").is_file() or (path / "study.db").is_file()
+            else "it has no labels.json (classifiers) nor hypertweaks.json (causal LMs)"
+        )
+        raise ModelError(
+            f"{str(path)!r} is not a hypertweaks model: {hint}; give a study folder "
+            "(runs/NAME) after `hypertweaks tune`, or its best/ folder"
+        )
+    return path
+
+
+@dataclass
+class ModelInfo:
+    """What a saved model's small files say (best.yaml, labels.json), read without its weights:
+    enough to check the inputs before loading anything."""
+
+    directory: Path
+    task: str
+    recipe: dict[str, Any]  # best.yaml: the experiment it was tuned in
+    labels: dict[str, Any]  # labels.json; {} for causal LMs
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.labels.get("classes", []))
+
+    @property
+    def positive(self) -> int:
+        """With two classes, the one whose recall matters (the defect), as training chose it."""
+        from hypertweaks.tasks.image import positive_class
+
+        return int(self.labels.get("positive_class", positive_class(self.classes)))
+
+    def column(self, option: str) -> str:
+        """text_column, image_column or label_column as the model was tuned with."""
+        defaults = {"text_column": "text", "image_column": "image", "label_column": "label"}
+        return str(self.recipe.get(option) or defaults[option])
+
+
+def describe(path: str | Path | ModelInfo) -> ModelInfo:
+    if isinstance(path, ModelInfo):
+        return path
+    directory = model_dir(path)
+    best = directory / "best.yaml"
+    recipe = (yaml.safe_load(best.read_text()) or {}) if best.is_file() else {}
+    labels_file = directory / "labels.json"
+    labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
+    task = recipe.get("task") or (
+        "causal-lm"
+        if (directory / "hypertweaks.json").is_file()
+        else "image-classification"
+        if "image_size" in labels
+        else "text-classification"
+    )
+    return ModelInfo(directory, task, recipe, labels)
+
+
+def load(path: str | Path | ModelInfo, device: str = "auto") -> Classifier | Generator:
+    """The tuned model in `path` (runs/NAME or runs/NAME/best), ready to predict: a classifier
+    (`predict`, `predict_proba`) or, for a causal LM, a `Generator` (`generate`)."""
+    info = describe(path)
+    quiet_transformers()
+    if info.task == "causal-lm":
+        from hypertweaks.generate import Generator
+
+        return Generator(info, device)
+    kind = {"text-classification": TextClassifier, "image-classification": ImageClassifier}
+    return kind[info.task](info, device)
+
+
+def is_loaded(model: Any) -> bool:
+    """A predictor (from `load`), not a path or ModelInfo still to load."""
+    return not isinstance(model, str | Path | ModelInfo)
+
+
+def device_of(device: str) -> torch.device:
+    """auto, cpu, cuda, cuda:N or mps, checked against what this machine has."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        raise ModelError(f"device must be auto, cpu, cuda, cuda:N or mps. Got {device!r} instead")
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise ModelError(
+                f"device {device!r}: no such CUDA GPU here ({torch.cuda.device_count()} visible); "
+                "use --device cpu, or auto to take a GPU when there is one"
+            )
+    return resolve_device(device)
+
+
+def check_threshold(threshold: float | None, classes: list[Any]) -> None:
+    if threshold is None:
+        return
+    if len(classes) != 2:
+        raise DataError(
+            f"a threshold needs a model with two classes; this one has {len(classes)} "
+            f"({', '.join(map(str, classes))}): leave the threshold out"
+        )
+    if not 0 <= threshold <= 1:
+        raise DataError(f"the threshold must be in [0, 1]. Got {threshold} instead")
+
+
+def check_options(
+    batch_size: int | None = None, top_k: int | None = None, generation: dict | None = None
+) -> None:
+    """Numbers the user gives, checked before anything loads; messages name the option."""
+    rules = {
+        "batch_size": (batch_size, lambda v: v >= 1, "at least 1"),
+        "top_k": (top_k, lambda v: v >= 1, "at least 1"),
+    }
+    generation = generation or {}
+    rules |= {
+        "max_new_tokens": (generation.get("max_new_tokens"), lambda v: v >= 1, "at least 1"),
+        "temperature": (generation.get("temperature"), lambda v: v >= 0, "0 (greedy) or more"),
+        "top_p": (generation.get("top_p"), lambda v: 0 < v <= 1, "in (0, 1]"),
+        "top_k_tokens": (generation.get("top_k"), lambda v: v >= 0, "0 (all) or more"),
+    }
+    for name, (value, valid, wanted) in rules.items():
+        if value is not None and not valid(value):
+            flag = "--" + name.replace("_", "-")
+            raise DataError(f"{flag} must be {wanted}. Got {value} instead")
+
+
+def as_list(inputs: str | Path | Sequence[Any]) -> list[Any]:
+    return [inputs] if isinstance(inputs, str | Path) else list(inputs)
+
+
+class Classifier:
+    """What text and image classifiers share: classes, probabilities, a threshold for two."""
+
+    task: str
+    batch_size = 64
+
+    def __init__(self, info: ModelInfo, device: str = "auto"):
+        self.info, self.directory, self.recipe = info, info.directory, info.recipe
+        self.device = device_of(device)
+        self.classes_: list[Any] = info.classes
+        self.positive = info.positive
+        self.notes: list[str] = []  # what the last call did to its inputs (truncated, skipped)
+
+    def predict_proba(self, inputs: Any, batch_size: int | None = None, progress=None):
+        raise NotImplementedError
+
+    def predict(
+        self, inputs: Any, threshold: float | None = None, batch_size: int | None = None
+    ) -> list[Any]:
+        """The predicted class of each input (its original value); with two classes,
+        `threshold` on the positive class's probability replaces the argmax."""
+        return self.labels_of(self.predict_proba(inputs, batch_size), threshold)
+
+    def labels_of(self, proba: np.ndarray, threshold: float | None = None) -> list[Any]:
+        check_threshold(threshold, self.classes_)
+        if threshold is None:
+            chosen = proba.argmax(axis=1)
+        else:
+            other = 1 - self.positive
+            chosen = np.where(proba[:, self.positive] >= threshold, self.positive, other)
+        return [self.classes_[i] for i in chosen]
+
+    def _run(self, model: torch.nn.Module, batches, progress: Progress | None) -> np.ndarray:
+        """Softmax probabilities of (model inputs, size) batches, float32 on the CPU."""
+        chunks = []
+        with torch.inference_mode(), autocast(self.device):
+            for inputs, size in batches:
+                inputs = {k: v.to(self.device) for k, v in inputs.items()}
+                logits = self._forward(model, inputs)
+                chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
+                if progress is not None:
+                    progress(size)
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, len(self.classes_)))
+
+    def _forward(self, model, inputs):
+        return model(**inputs).logits
+
+
+class TextClassifier(Classifier):
+    """A tuned text classifier; texts longer than the length it was tuned on are truncated."""
+
+    task = "text-classification"
+
+    def __init__(self, info: ModelInfo, device: str = "auto"):
+        super().__init__(info, device)
+        from transformers import AutoTokenizer
+
+        from hypertweaks.tasks.text import load_saved
+
+        directory = info.directory
+        self.model = load_saved(directory).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(directory)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.max_length = int(self.recipe.get("max_length") or 128)
+
+    def predict_proba(
+        self,
+        inputs: str | Sequence[str],
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+    ) -> np.ndarray:
+        """[n, classes] probabilities. Texts are tokenized at once and run shortest first, so a
+        batch pads only to its own longest text."""
+        texts = [str(t) for t in as_list(inputs)]
+        self.notes = []
+        ids = self._tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        size, pad = batch_size or self.batch_size, self.tokenizer.pad_token_id
+
+        def batches():
+            for start in range(0, len(order), size):
+                rows = [ids[i] for i in order[start : start + size]]
+                width = max(len(r) for r in rows)
+                batch = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for r, row in enumerate(rows):
+                    batch[r, : len(row)], mask[r, : len(row)] = torch.tensor(row), 1
+                yield {"input_ids": batch, "attention_mask": mask}, len(rows)
+
+        proba = self._run(self.model, batches(), progress)
+        out = np.empty_like(proba)
+        out[order] = proba
+        return out
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids, cut at max_length; how many were cut goes to `notes`."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=self.max_length, return_overflowing_tokens=True
+        )
+        mapping = encoded.get("overflow_to_sample_mapping")
+        if mapping is None:  # slow tokenizers: no overflow mapping, count by length
+            full = self.tokenizer(texts)["input_ids"]
+            cut = sum(len(row) > self.max_length for row in full)
+            ids = [row[: self.max_length] for row in encoded["input_ids"]]
+        else:
+            first: dict[int, int] = {}
+            for row, sample in enumerate(mapping):  # a cut text overflows into more rows
+                first.setdefault(int(sample), row)
+            ids = [encoded["input_ids"][first[i]] for i in range(len(texts))]
+            cut = len({int(s) for s, n in Counter(mapping).items() if n > 1})
+        if cut:
+            self.notes.append(
+                f"{cut} of {len(texts)} texts were longer than {self.max_length} tokens (the "
+                "length the model was tuned on) and were truncated"
+            )
+        return ids
+
+
+def unreadable_images(paths: Sequence[str], skip_bad: bool = False) -> list[str]:
+    """Open every image's header (cheap) before any compute: the unreadable ones are an error
+    naming them, or with `skip_bad` returned, to be left out and counted."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path):
+                pass
+        except UnidentifiedImageError:
+            bad.append((path, "not an image file"))
+        except (OSError, ValueError) as error:
+            bad.append((path, getattr(error, "strerror", None) or str(error)))
+    if bad and not skip_bad:
+        shown = "; ".join(f"{p!r} ({why})" for p, why in bad[:3])
+        raise DataError(
+            f"cannot read {len(bad)} of {len(paths)} images: {shown}; fix or remove them, or "
+            "pass --skip-bad (skip_bad=True) to skip and count them"
+        )
+    return [path for path, _ in bad]
+
+
+class ImageClassifier(Classifier):
+    """A tuned image classifier (defect detector): images are resized and normalised as in
+    training; an unreadable image is an error, or with `skip_bad` a row of NaN."""
+
+    task = "image-classification"
+    batch_size = 32
+
+    def __init__(self, info: ModelInfo, device: str = "auto"):
+        super().__init__(info, device)
+        from hypertweaks.tasks.image import load_saved
+
+        meta, directory = info.labels, info.directory
+        self.image_size = int(meta.get("image_size") or self.recipe.get("image_size", 224))
+        self.mean = torch.tensor(meta["mean"]).view(1, -1, 1, 1)
+        self.std = torch.tensor(meta["std"]).view(1, -1, 1, 1)
+        self.hf = (directory / "config.json").is_file()
+        self.model = load_saved(directory, meta["model"], len(self.classes_))
+        self.model = self.model.to(self.device).eval()
+        self.skipped: list[str] = []
+
+    def _forward(self, model, inputs):
+        if self.hf:
+            return model(pixel_values=inputs["pixel_values"]).logits
+        return model(inputs["pixel_values"])
+
+    def predict_proba(
+        self,
+        inputs: str | Path | Sequence[str | Path],
+        batch_size: int | None = None,
+        progress: Progress | None = None,
+        skip_bad: bool = False,
+    ) -> np.ndarray:
+        """[n, classes] probabilities; a skipped image's row is NaN (see `skipped`)."""
+        from hypertweaks.data.images import decode_image
+
+        paths = [str(p) for p in as_list(inputs)]
+        self.notes, skipped = [], set(unreadable_images(paths, skip_bad))
+        size = batch_size or self.batch_size
+        kept = [i for i, p in enumerate(paths) if p not in skipped]
+
+        def batches():
+            for start in range(0, len(kept), size):
+                images = []
+                for i in kept[start : start + size]:
+                    try:
+                        image, _ = decode_image(paths[i], self.image_size)
+                    except DataError:
+                        if not skip_bad:
+                            raise
+                        skipped.add(paths[i])
+                        continue
+                    images.append(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
+                if images:
+                    pixels = torch.stack(images).float().div_(255)
+                    yield {"pixel_values": (pixels - self.mean) / self.std}, len(images)
+
+        proba = self._run(self.model, batches(), progress)
+        out = np.full((len(paths), len(self.classes_)), np.nan, dtype=np.float32)
+        out[[i for i in kept if paths[i] not in skipped]] = proba
+        self.skipped = [p for p in paths if p in skipped]
+        if self.skipped:
+            self.notes.append(
+                f"skipped {len(self.skipped)} of {len(paths)} unreadable images, e.g. "
+                f"{self.skipped[0]!r}"
+            )
+        return out
+
+
+def predict_file(
+    model: Classifier | Generator | str | Path,
+    source: str | Path,
+    output: str | Path | None = None,
+    column: str | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    skip_bad: bool = False,
+    generation: dict[str, Any] | None = None,
+    progress: Callable[[int], Progress | None] | None = None,
+    device: str = "auto",
+) -> tuple[Path, pd.DataFrame, Classifier | Generator]:
+    """Predict every row of a file (texts: a table or a text file; images: a folder or a table
+    of paths; causal LMs: JSONL prompts) and write the rows with the predictions to `output`
+    (default INPUT.predictions.EXT beside the input), atomically. `model` is a loaded predictor
+    or a model folder; a folder's weights are loaded only once the inputs and options have been
+    checked. `progress(total)` may return a callback told how many more examples are done."""
+    from hypertweaks.data.inputs import (
+        check_output,
+        default_output,
+        image_table,
+        read_prompts,
+        read_texts,
+        write_atomically,
+    )
+
+    info = model.info if is_loaded(model) else describe(model)
+    device_of(device)
+    check_options(batch_size, top_k, generation if info.task == "causal-lm" else None)
+    if info.task == "causal-lm":
+        target = check_output(output or default_output(source, ".jsonl"))
+        rows = read_prompts(source)
+        predictor = _loaded(model, info, device)
+        answers = predictor.generate(
+            rows, batch_size=batch_size, progress=_start(progress, len(rows)), **(generation or {})
+        )
+        table = pd.DataFrame(rows).assign(generated=answers)
+        return write_atomically(table, target), table, predictor
+    target = check_output(output or default_output(source))
+    check_threshold(threshold, info.classes)
+    if info.task == "image-classification":
+        folder = Path(source).is_dir()
+        column = "path" if folder else column or info.column("image_column")
+        table = image_table(source, column)
+        inputs = table[column].tolist()
+        unreadable_images(inputs, skip_bad)
+        options = {"skip_bad": skip_bad}
+    else:
+        table, inputs = read_texts(source, column or info.column("text_column"))
+        options = {}
+    predictor = _loaded(model, info, device)
+    proba = predictor.predict_proba(inputs, batch_size, _start(progress, len(inputs)), **options)
+    kept = ~np.isnan(proba).any(axis=1)
+    table, proba = table.loc[kept].reset_index(drop=True), proba[kept]
+    predicted = _prediction_columns(predictor, proba, top_k, threshold)
+    table = table.drop(columns=[c for c in predicted.columns if c in table.columns])  # a rerun
+    table = pd.concat([table, predicted], axis=1)
+    return write_atomically(table, target), table, predictor
+
+
+def _loaded(model, info: ModelInfo, device: str):
+    return model if is_loaded(model) else load(info, device)
+
+
+def _start(progress, total: int) -> Progress | None:
+    return progress(total) if progress is not None else None
+
+
+def _prediction_columns(
+    predictor: Classifier, proba: np.ndarray, top_k: int | None, threshold: float | None
+) -> pd.DataFrame:
+    """predicted_label, then prob_CLASS for every class, or label_i / prob_i for the top k."""
+    columns: dict[str, Any] = {"predicted_label": predictor.labels_of(proba, threshold)}
+    classes = predictor.classes_
+    if top_k is None or top_k >= len(classes):
+        for i, name in enumerate(classes):
+            columns[f"prob_{name}"] = proba[:, i]
+    else:
+        best = np.argsort(-proba, axis=1)[:, :top_k]
+        for rank in range(top_k):
+            columns[f"label_{rank + 1}"] = [classes[i] for i in best[:, rank]]
+            columns[f"prob_{rank + 1}"] = np.take_along_axis(proba, best[:, rank : rank + 1], 1)[
+                :, 0
+            ]
+    return pd.DataFrame(columns)
