@@ -23,8 +23,9 @@ import yaml
 
 from bench import RESULTS_DIR
 from bench.run import machine
+from bench.tasks import DATA_ROOT
 
-DATA = Path("/work/shared/data/sst2/test.csv")
+DATA = DATA_ROOT / "sst2" / "test.csv"  # ../shared/data beside the checkout
 MAX_LENGTH = 128
 BATCH = 64
 

@@ -22,6 +22,10 @@ def test_each_pruner_has_a_ray_counterpart_named_to_the_user(pruner, text_experi
     pytest.importorskip("ray.tune")
     exp = make_experiment({**text_experiment, "pruner": pruner})
     scheduler, note = ray_scheduler(exp, max_epochs=4)
-    expected = {"hyperband": "ASHAScheduler", "median": "MedianStoppingRule", "none": None}
+    expected = {
+        "hyperband": "AsyncHyperBandScheduler",
+        "median": "MedianStoppingRule",
+        "none": None,
+    }
     assert (type(scheduler).__name__ if scheduler else None) == expected[pruner]
     assert (pruner in note) == (scheduler is not None)

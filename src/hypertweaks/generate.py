@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from hypertweaks.data import DataError
-from hypertweaks.predict import ModelInfo, Progress, as_list, device_of
+from hypertweaks.model_folder import ModelInfo, Progress, as_list, device_of
 from hypertweaks.train import autocast
 
 
