@@ -1,4 +1,4 @@
-"""python -m bench meta {collect,simulate,headroom,check}: bench/README.md, "The meta-dataset"."""
+"""python -m bench meta {collect,probe,simulate,headroom,check}: see bench/README.md."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md").add_argument(
         "--profile", default="standard"
     )
+    probe = msub.add_parser("probe", help="LogME of the frozen model on each task (meta-features)")
+    probe.add_argument("--tasks", default=META_TASKS)
+    probe.add_argument("--profile", default="standard")
+    probe.add_argument("--data-root", type=Path)
     check = msub.add_parser("check", help="simulated against the real bench cells at a budget")
     check.add_argument("--budget", default="3x")
     check.add_argument("--profile", default="standard")
@@ -58,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
             data_root=args.data_root,
         )
         print(f"[meta] {ran} cells run")
+        return 0
+    if args.meta_command == "probe":
+        from bench.meta.probe import probe
+
+        torch.set_num_threads(1)
+        probe(_csv(args.tasks), cut, args.data_root)
         return 0
     from bench.meta import simulate
 
