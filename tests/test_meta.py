@@ -135,3 +135,24 @@ def test_collect_writes_cells_the_simulator_reads(tmp_path, monkeypatch):
     run = table.run("trec6", 0, 0)
     assert run.epochs == 3 and run.probs("test").shape[:2] == (3, cut.test)
     assert table.tasks["trec6"]["meta_features"]["classes"] == 6
+
+
+def test_the_probe_is_charged_a_forward_pass_and_chosen_only_when_it_wins_on_validation(tmp_path):
+    for seed in (0, 1):
+        for task in ("a", "b"):
+            write_run(tmp_path, task, 0, seed, [0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
+    info_path = tmp_path / "cut" / "tasks" / "a.json"
+    info = json.loads(info_path.read_text())
+    info["meta_features"].update(train_rows=300, validation_rows=60, linear_probe_layer6=0.8)
+    info["probe_test_accuracy"] = {"linear_probe_layer6": 0.9}
+    info_path.write_text(json.dumps(info))
+    table = load_table("cut", tmp_path)
+    r = replay_of(table, budget=1.0)
+    context = simulate.Context(r, table.recipes, ["b"], table)
+    assert simulate.probe_then_reference(context) == 0.9  # validation 0.8 beats 0.7
+    assert r.spent == pytest.approx(120 + 300)  # a third of 360 examples, then the reference
+    info["meta_features"]["linear_probe_layer6"] = 0.6
+    info_path.write_text(json.dumps(info))
+    table = load_table("cut", tmp_path)
+    context = simulate.Context(replay_of(table, budget=1.0), table.recipes, ["b"], table)
+    assert simulate.probe_then_reference(context) == 0.7

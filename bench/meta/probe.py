@@ -48,17 +48,24 @@ def probe(tasks: list[str], cut: Cut, data_root: Path | None = None) -> dict[str
         text, _ = load_task(task, cut, "cpu", data_root)
         features = pooled_features(text, text.splits.train, (3, 6))
         held_out = pooled_features(text, text.splits.validation, (3, 6))
+        test = pooled_features(text, text.splits.test, (3, 6))
         labels = np.asarray(text.splits.train.labels)
         val_labels = np.asarray(text.splits.validation.labels)
-        scores = {}
+        test_labels = np.asarray(text.splits.test.labels)
+        scores, tested = {}, {}
         for layer, train_features in features.items():
             scores[f"logme_layer{layer}"] = round(logme(train_features, labels), 4)
             probe_model = LogisticRegression(max_iter=2000).fit(train_features, labels)
             accuracy = probe_model.score(held_out[layer], val_labels)
             scores[f"linear_probe_layer{layer}"] = round(float(accuracy), 4)
+            # its test score: not a meta-feature, only for scoring a strategy that picks it
+            tested[f"linear_probe_layer{layer}"] = round(
+                float(probe_model.score(test[layer], test_labels)), 4
+            )
         info = json.loads(info_path.read_text())
         info["meta_features"].update(scores)
+        info["probe_test_accuracy"] = tested
         info_path.write_text(json.dumps(info))
         found[task] = scores
-        print(f"[probe] {task}: {scores}", flush=True)
+        print(f"[probe] {task}: {scores} test {tested}", flush=True)
     return found

@@ -309,6 +309,46 @@ def greedy_portfolio(table: Table, tasks: list[str], recipes: list[int], size: i
     return chosen
 
 
+def _probe(ctx: Context) -> tuple[float, float] | None:
+    """The head-only candidate on frozen features (a logistic regression on the frozen model's
+    mean-pooled last layer, `bench meta probe`): charged one forward pass over train and
+    validation; (validation, test) accuracy, or None where it was not measured."""
+    r = ctx.replay
+    info = ctx.table.tasks[r.task]
+    tested = info.get("probe_test_accuracy", {}).get("linear_probe_layer6")
+    if tested is None:
+        return None
+    meta = info["meta_features"]
+    r.spent += (meta["train_rows"] + meta["validation_rows"]) / 3  # forward only
+    return meta["linear_probe_layer6"], tested
+
+
+@strategy("probe_then_reference")
+def probe_then_reference(ctx: Context) -> float:
+    """The head-only probe first (cheap), then the reference recipe; the better on validation."""
+    probe = _probe(ctx)
+    trial = ctx.replay.start(0)
+    if probe is not None and probe[0] > trial.value:
+        return probe[1]
+    return ctx.replay.score(trial)
+
+
+@strategy("probe_then_random")
+def probe_then_random(ctx: Context) -> float:
+    """The probe, then the reference and random recipes while the budget lasts."""
+    probe = _probe(ctx)
+    r = ctx.replay
+    r.start(0)
+    for recipe in r.rng.permutation(_sobol(ctx)):
+        if not r.can_start():
+            break
+        r.start(int(recipe))
+    best = _best(r.trials)
+    if probe is not None and probe[0] > best.value:
+        return probe[1]
+    return r.score(best)
+
+
 @strategy("portfolio")
 def portfolio(ctx: Context) -> float:
     """A greedy portfolio learned on the other tasks, run in order while the budget lasts."""
