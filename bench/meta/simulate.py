@@ -464,6 +464,10 @@ def headroom(table: Table, budgets=(1.0, 3.0), repeats: int = 20) -> list[dict[s
             "best_by_validation": float(by_val.test_acc[int(np.argmax(by_val.val_acc))]),
             "reference": by_recipe[0],
             "top3_ensemble": float((probs.argmax(axis=1) == labels).mean()),
+            # the head-only candidate (bench meta probe), whatever validation says
+            "linear_probe": table.tasks[task]
+            .get("probe_test_accuracy", {})
+            .get("linear_probe_layer6", float("nan")),
         }
         for budget in budgets:
             for name in ("random", "onepoch_topk"):
@@ -488,7 +492,8 @@ def write_headroom(table: Table, cut) -> str:
         f"{table.seeds}; test accuracy %. oracle: the best recipe by test (mean over seeds); "
         "best_by_validation: the run with the best validation accuracy over the whole design; "
         "random / onepoch_topk: simulated at the budget (mean of 20 replays); top3_ensemble: "
-        "the average probabilities of the three best runs by validation.",
+        "the average probabilities of the three best runs by validation; linear_probe: a logistic "
+        "regression on the frozen model's mean-pooled features (`bench meta probe`).",
         "",
         "| task | classes | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
