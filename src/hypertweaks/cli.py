@@ -17,6 +17,11 @@ from hypertweaks.display import format_value
 from hypertweaks.models import ModelError
 from hypertweaks.report import render
 from hypertweaks.search import Result, tune
+from hypertweaks.study import StudyError, sqlite_url
+
+# What the user's input or environment got wrong: one message, exit code 2, no traceback.
+# Anything else is a bug: its traceback shows, and the study stays resumable.
+USER_ERRORS = (ConfigError, DataError, ModelError, StudyError)
 
 # flag -> (experiment field, type, help); every flag overrides the YAML file.
 FLAGS: dict[str, tuple[str, Any, str]] = {
@@ -68,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="skip the smoke run on a tiny subset",
     )
+    tune_cmd.add_argument(
+        "--fresh",
+        action="store_true",
+        default=None,
+        help="discard the study of this name (trials, best model) and start it afresh",
+    )
     report_cmd = commands.add_parser("report", help="write RUN_DIR/report.html for a study")
     report_cmd.add_argument("run_dir", help="the study folder, e.g. runs/NAME")
     report_cmd.add_argument("--storage", help="the study's storage URL, if not RUN_DIR/study.db")
@@ -102,7 +113,7 @@ def run_dashboard(args: argparse.Namespace, console: Console) -> int:
     except ImportError:
         console.print("the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
         return 2
-    storage = args.storage or f"sqlite:///{(Path(args.run_dir) / 'study.db').resolve()}"
+    storage = args.storage or sqlite_url(Path(args.run_dir) / "study.db")
     console.print(f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port)
     return 0
@@ -138,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         try:
             console.print(f"report: {render(args.run_dir, args.storage)}")
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ConfigError) as error:
             console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
             return 2
         return 0
@@ -152,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         experiment = load_experiment(args.experiment, overrides)
         result = tune(experiment)
-    except (ConfigError, DataError, ModelError) as error:
+    except USER_ERRORS as error:
         console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -85,7 +85,7 @@ def run_trial(
     recipe = suggest(FromParams(params), space)
     is_default = params == fit_into(space, defaults)
     number = int(config[NUMBER])
-    seed = exp.seed + number
+    seed = exp.seed_of(number)
 
     task = make_task(exp, exp.run_dir / "cache")
     task.prepare()  # tokens and features come from the study's cache

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.config import Experiment
+from hypertweaks.recovery import read_json
 from hypertweaks.study import counted, redact, storage_url, trial_seconds
 
 
@@ -43,7 +44,8 @@ def write_results(
     path: Path, study: optuna.Study, *, exp: Experiment, task, summary: dict[str, Any] | None = None
 ) -> None:
     """Every trial's recipe, curve, state and cost; rewritten atomically after each trial."""
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    # a corrupt or missing file is rebuilt: the study keeps a copy of everything but the trials
+    previous = read_json(path) or study.user_attrs.get("results_header", {})
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     data = {
         "study": exp.name,
@@ -70,6 +72,7 @@ def write_results(
         **(summary or {}),
         "trials": rows,
     }
+    study.set_user_attr("results_header", {k: v for k, v in data.items() if k != "trials"})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)

@@ -17,6 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
+from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
@@ -25,9 +26,11 @@ from hypertweaks.report import render as render_report
 from hypertweaks.results import trial_row, write_results
 from hypertweaks.space import Recipe, fit_into, max_epochs, resolve_space, suggest
 from hypertweaks.study import (
+    claim,
     counted,
     enqueue_interrupted,
     fail_stale_trials,
+    no_trial_completed,
     open_study,
     same_experiment,
     trial_seconds,
@@ -124,6 +127,7 @@ class Search:
 
     def objective(self, trial: optuna.Trial) -> float:
         """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
+        claim(trial)  # which process runs it: a worker on this host can tell when it died
         try:
             return self._run_trial(trial)
         except TRIAL_FAILURES as error:
@@ -141,7 +145,7 @@ class Search:
             trial.study.stop()
             raise optuna.TrialPruned("the study's budget is spent")
         recipe = suggest(trial, self.space)
-        seed = exp.seed + trial.number
+        seed = exp.seed_of(trial.number)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())
         self.display.trial_started(trial.number, recipe.as_dict(), trial.user_attrs.get("tag", ""))
@@ -245,10 +249,9 @@ class Search:
     def finish(self, study: optuna.Study) -> Result:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
-            raise RuntimeError(
-                f"no trial of study {self.exp.name!r} completed; see the errors in "
-                f"{self.run_dir / 'results.json'}"
-            )
+            path = self.run_dir / "results.json"
+            write_results(path, study, exp=self.exp, task=self.task)
+            raise no_trial_completed(study, self.exp, path)
         # The model on disk decides, should a worker have died after saving it. Its trial may
         # still be running in another worker (models are saved before the trial reports its
         # value), so the value comes from the checkpoint.
@@ -316,6 +319,7 @@ def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe,
         timeout=None,
         defaults_first=False,
         name=f"{exp.name}-refit",
+        trial_seed=exp.seed_of(number),  # its trial 0 is this trial, seed included
         storage=None,
         backend="optuna",
     )
@@ -329,6 +333,7 @@ def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe,
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:
     """Run (or resume) the study the experiment describes and return its best result."""
     exp = make_experiment(config)
+    preflight(exp)  # runs folder, device, storage: before any data is read
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if display is None:
         display = LogDisplay(exp.metric) if exp.quiet else LiveDisplay(exp.metric)

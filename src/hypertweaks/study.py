@@ -3,19 +3,89 @@ accounting shared by every worker. All state lives in the storage."""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import logging
+import os
 import random
+import shutil
+import socket
 import time
 import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.config import ConfigError, Experiment
 
+log = logging.getLogger("hypertweaks")
+STORAGE_HELP = "use sqlite:///PATH/study.db or postgresql://USER:PASSWORD@HOST/DB"
+# The driver a plain postgresql:// URL gets: psycopg 3 where installed, else psycopg2.
+POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+
+
+class StudyError(ValueError):
+    """The study cannot go on as asked (e.g. no trial completed); the message says why."""
+
+
+def sqlite_url(path: Path) -> str:
+    """A SQLite URL for any folder name ('?' and '%' included: they are quoted)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(Path(path).absolute())).render_as_string()
+
+
+def normalise_storage(url: str) -> str:
+    """A storage URL SQLAlchemy can open, with a driver that is installed: a plain
+    postgresql:// (or postgres://) URL gets psycopg 3 or psycopg2, whichever is installed.
+    Unknown schemes and missing drivers are ConfigErrors that say what to install."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"storage {redact(url)!r} is not a database URL; {STORAGE_HELP}"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        driver = next(
+            (name for module, name in POSTGRES_DRIVERS if importlib.util.find_spec(module)), None
+        )
+        if driver is None:
+            raise ConfigError(
+                f"storage {redact(url)!r} needs a PostgreSQL driver: "
+                "pip install 'hypertweaks[postgres]'"
+            )
+        parsed = parsed.set(drivername=driver)
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"storage {redact(url)!r}: unknown database kind {parsed.drivername!r}; {STORAGE_HELP}"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        extra = (
+            "pip install 'hypertweaks[postgres]'"
+            if "postgres" in parsed.drivername
+            else (f"install the Python driver of {parsed.drivername}")
+        )
+        raise ConfigError(
+            f"storage {redact(url)!r}: its driver is not installed ({error}); {extra}"
+        ) from None
+    return parsed.render_as_string(hide_password=False)
+
 
 def storage_url(exp: Experiment) -> str:
-    return exp.storage or f"sqlite:///{(exp.run_dir / 'study.db').resolve()}"
+    if exp.storage:
+        return normalise_storage(exp.storage)
+    return sqlite_url(exp.run_dir / "study.db")
 
 
 def redact(url: str) -> str:
@@ -68,7 +138,34 @@ def make_sampler(exp: Experiment) -> optuna.samplers.TPESampler:
 
 def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
     """The study, and whether this worker created it. Creation is atomic in the storage (the
-    study name is unique), so of several workers that start together exactly one creates it."""
+    study name is unique), so of several workers that start together exactly one creates it.
+    A study whose data or settings changed is refused, unless no trial of it ever started (e.g.
+    its smoke run failed): that one is reconfigured. `fresh` discards the study first."""
+    if exp.fresh:
+        log.info("starting study %r afresh: its trials and best model are discarded", exp.name)
+        discard_study(exp)
+        exp = exp.model_copy(update={"fresh": False})
+    study, created = _open_study(exp, num_epochs)
+    if created:
+        study.set_user_attr("experiment_fingerprint", experiment_fingerprint(exp))
+        return study, True
+    differences = fingerprint_differences(study, exp)
+    if not differences:
+        return study, False
+    if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+        raise ConfigError(
+            f"study {exp.name!r} in {redact(storage_url(exp))} was started with other "
+            f"{'; '.join(differences)}. Its {done} finished trials were scored on that; give a "
+            "new --name to start a new study, or pass --fresh to discard this one and start "
+            "it afresh"
+        )
+    log.info("study %r had no trial yet: reconfigured (%s)", exp.name, "; ".join(differences))
+    discard_study(exp)
+    return open_study(exp, num_epochs)
+
+
+def _open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = _connect(exp)
@@ -88,32 +185,105 @@ def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
         return optuna.load_study(study_name=exp.name, **settings), False
 
 
+KEY_FIELDS = {
+    "task",
+    "model",
+    "gguf_file",
+    "text_column",
+    "label_column",
+    "image_column",
+    "metric",
+    "space",
+    "max_length",
+    "image_size",
+    "seed",
+    "validation_fraction",
+    "max_dropped_fraction",
+}
+_WHOLE_FILE = 8 << 20  # files up to 8 MiB are hashed whole; larger ones by 64 samples
+_SAMPLE = 64 << 10
+
+
+def _hash_file(path: Path, digest: Any) -> None:
+    size = path.stat().st_size
+    digest.update(f"{size}\0".encode())
+    with path.open("rb") as handle:
+        if size <= _WHOLE_FILE:
+            digest.update(handle.read())
+            return
+        for i in range(64):  # head, tail and evenly spaced samples: cheap for large files
+            handle.seek((size - _SAMPLE) * i // 63)
+            digest.update(handle.read(_SAMPLE))
+
+
+def content_hash(path: Path | None) -> str | None:
+    """A hash of what a data file, or every file under a folder, holds (not where it is)."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    digest = hashlib.sha256()
+    if path.is_file():
+        _hash_file(path, digest)
+        return digest.hexdigest()[:24]
+    for file in sorted(path.rglob("*")):
+        relative = file.relative_to(path)
+        if file.is_file() and not any(part.startswith(".") for part in relative.parts):
+            digest.update(f"{relative.as_posix()}\0".encode())
+            _hash_file(file, digest)
+    return digest.hexdigest()[:24]
+
+
+def experiment_fingerprint(exp: Experiment) -> dict[str, Any]:
+    """What a study's trials depend on: the settings, and the content of the data and weights."""
+    key = exp.model_dump(mode="json", include=KEY_FIELDS)
+    key["data"] = {
+        role: content_hash(getattr(exp, role)) for role in ("train", "validation", "weights")
+    }
+    return key
+
+
+def fingerprint_differences(study: optuna.Study, exp: Experiment) -> list[str]:
+    """What differs between the study's stored fingerprint and this experiment's."""
+    stored = study.user_attrs.get("experiment_fingerprint")
+    if stored is None:  # created by an older version, or by a worker still storing it
+        study.set_user_attr("experiment_fingerprint", experiment_fingerprint(exp))
+        return []
+    current = experiment_fingerprint(exp)
+    differences = []
+    for role, digest in current["data"].items():
+        if stored.get("data", {}).get(role) != digest:
+            differences.append(f"{role} data (its content changed)")
+    for field in sorted(KEY_FIELDS):
+        if stored.get(field) != current.get(field):
+            differences.append(f"{field} ({stored.get(field)!r}, now {current.get(field)!r})")
+    return differences
+
+
+def discard_study(exp: Experiment) -> None:
+    """Delete the study from its storage, and its outputs (not the data caches) from RUN_DIR."""
+    try:
+        optuna.delete_study(study_name=exp.name, storage=_connect(exp))
+    except KeyError:
+        pass
+    run_dir = exp.run_dir
+    for name in ("best", "checkpoints", "results.json", "report.html", "ray"):
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def same_experiment(study: optuna.Study, exp: Experiment) -> None:
-    """A resumed study must be the same search: same task, model, data, metric and space."""
-    key = json.dumps(
-        exp.model_dump(
-            mode="json",
-            include={
-                "task",
-                "model",
-                "train",
-                "validation",
-                "metric",
-                "space",
-                "max_length",
-                "image_size",
-                "seed",
-            },
-        ),
-        sort_keys=True,
-    )
-    stored = study.user_attrs.get("experiment_key")
-    if stored is None:
-        study.set_user_attr("experiment_key", key)
-    elif stored != key:
+    """A resumed study must be the same search: same data content, task, model, metric and
+    space (`open_study` checks it; this stores the fingerprint of a study that lacks one)."""
+    differences = fingerprint_differences(study, exp)
+    if differences:
         raise ConfigError(
-            f"study {exp.name!r} already exists in {redact(storage_url(exp))} with a different "
-            "task, model, data, metric or search space; give a new --name to start a new study"
+            f"study {exp.name!r} in {redact(storage_url(exp))} was started with other "
+            f"{'; '.join(differences)}; give a new --name, or pass --fresh to start it afresh"
         )
 
 
@@ -134,9 +304,117 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
+    fail_dead_trials(study)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time (ticks since boot), to tell a reused pid; None where unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie is dead
+
+
+def worker_identity() -> dict[str, Any]:
+    pid = os.getpid()
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "start": _process_start(pid),
+        "at": time.time(),
+    }
+
+
+def claim(trial: optuna.Trial) -> None:
+    """Record which process runs the trial, so that a worker on the same host can tell when that
+    process has died and retry its trial at once, without waiting for the heartbeat."""
+    trial.set_user_attr("worker", worker_identity())
+
+
+def owner_alive(owner: dict[str, Any]) -> bool | None:
+    """Whether the process that claimed a trial still runs; None when it is on another host."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: it exists
+    start = _process_start(pid)
+    if start is None:
+        return not Path("/proc/self/stat").exists()  # with /proc, no start time: a zombie
+    return owner.get("start") in (None, start)
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail, and retry once, the running trials whose process is known to be dead: on this host
+    with no such process, or never claimed by any process (killed before its first heartbeat)
+    and older than the heartbeat grace period. Returns their numbers."""
+    storage = study._storage
+    grace = 60.0
+    interval = getattr(storage, "heartbeat_interval", None)
+    if interval:
+        grace = float(getattr(storage, "grace_period", None) or 2 * interval)
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker")
+        started = trial.datetime_start or datetime.now()
+        if owner is not None and owner.get("at", 0) < started.timestamp():
+            owner = None  # a retried trial's copy of the dead worker's claim: not claimed yet
+        if owner is not None:
+            dead = owner_alive(owner) is False
+        else:
+            dead = (datetime.now() - started).total_seconds() > grace
+        if not dead:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "worker_died", True)
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        log.info("trial %d: its worker died; the trial is retried", trial.number)
+        failed.append(trial.number)
+        callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        if callback is not None:
+            callback(study, storage.get_trial(trial._trial_id))
+    return failed
+
+
+def running_elsewhere(study: optuna.Study) -> list[str]:
+    """The running trials this worker cannot tell are dead, described for the user."""
+    lines = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker") or {}
+        where = f"on {owner.get('host', '?')} (pid {owner.get('pid', '?')})"
+        lines.append(f"trial {trial.number} is running {where}")
+    return lines
+
+
+def no_trial_completed(study: optuna.Study, exp: Experiment, results_path: Path) -> StudyError:
+    """Why a study has no completed trial, and what to do."""
+    trials = study.get_trials(deepcopy=False)
+    running = running_elsewhere(study)
+    errors = [
+        f"trial {t.number}: {t.user_attrs['error']}" for t in trials if "error" in t.user_attrs
+    ]
+    if running:
+        return StudyError(
+            f"no trial of study {exp.name!r} has completed yet: {'; '.join(running)}. If that "
+            f"worker is dead, its trial is retried once its heartbeat is "
+            f"{2 * exp.heartbeat_seconds} s stale: run the same command again then"
+        )
+    shown = "; ".join(errors[:3]) or "every trial failed or was pruned"
+    return StudyError(
+        f"no trial of study {exp.name!r} completed ({shown}); the trials are in "
+        f"{results_path}. Change the search space (e.g. a lower learning_rate) or the data"
+    )
 
 
 def enqueue_interrupted(study: optuna.Study) -> None:

@@ -57,6 +57,22 @@ def read_images_source(path: Path, image_column: str, label_column: str, role: s
     return read_image_table(path, image_column, label_column, role)
 
 
+def to_8bit(image):
+    """A high-bit-depth grayscale image (16-bit PNG/TIFF, 32-bit int, float) as 8-bit, scaled by
+    its bit depth: PIL's own conversion clips every value above 255 to white."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("F"):
+        top = 1.0 if pixels.size and np.nanmax(pixels) <= 1.0 else max(np.nanmax(pixels), 1.0)
+    else:  # 16-bit containers (I;16*, and 16-bit PNGs that PIL opens as 32-bit "I")
+        peak = float(pixels.max()) if pixels.size else 0.0
+        top = 65535.0 if peak <= 65535 else peak
+    scaled = np.clip(np.nan_to_num(pixels) / top * 255.0, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
 def decode_images(paths: list[str], size: int) -> torch.Tensor:
     """uint8 [N, C, size, size]; C is 1 when every image is grayscale, else 3."""
     from PIL import Image, UnidentifiedImageError
@@ -71,8 +87,10 @@ def decode_images(paths: list[str], size: int) -> torch.Tensor:
             raise DataError(
                 f"cannot read image {path!r}: {error}; fix or remove the file"
             ) from None
-        is_gray = image.mode in ("L", "I", "I;16", "1", "F")
+        is_gray = image.mode in ("L", "LA", "1", "P;16") or image.mode[:1] in ("I", "F")
         grayscale &= is_gray
+        if is_gray and image.mode not in ("L", "1", "LA"):
+            image = to_8bit(image)  # 16-bit scans: scaled, not clipped at 255
         image = image.convert("L" if is_gray else "RGB")
         tensor = F.pil_to_tensor(image)
         images.append(F.resize(tensor, [size, size], antialias=True))

@@ -14,6 +14,7 @@ from torch import nn
 from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
+    check_max_length,
     default_dropout,
     layer_stack,
     load_hf_config,
@@ -70,6 +71,7 @@ class TextClassification:
     def prepare(self) -> None:
         exp = self.experiment
         config = load_hf_config(exp.model)  # fails fast on a bad model name
+        check_max_length(exp.max_length, config, exp.model)
         tables = {}
         for role in ("train", "validation", "test"):
             path = getattr(exp, role)
@@ -142,7 +144,7 @@ class TextClassification:
                 split.inputs,
                 truncation=True,
                 max_length=self.experiment.max_length,
-                padding="max_length",
+                padding="longest",  # batches are trimmed anyway: never pad beyond the data
                 return_tensors="pt",
             )
             cached = {
