@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hypertweaks.recipes import task_knobs
 from hypertweaks.space import KNOBS, check_knob_spec
@@ -48,6 +56,7 @@ class Experiment(BaseModel):
     """Everything one study needs. Unknown keys are errors, not warnings."""
 
     model_config = ConfigDict(extra="forbid", frozen=False)
+    _max_length_given: bool = PrivateAttr(True)
 
     task: Literal["text-classification", "image-classification", "causal-lm"] = (
         "text-classification"
@@ -167,6 +176,7 @@ class Experiment(BaseModel):
             )
         if self.max_length is None and self.task != "causal-lm":  # causal-lm: from its context
             self.max_length = 128
+            self._max_length_given = False  # a default: a model with fewer positions lowers it
         knobs = task_knobs(self.task)
         for knob in self.space:
             if knob not in knobs:
@@ -233,6 +243,25 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."),
 )
 _Loader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A key given twice is an error (YAML loaders silently keep the last)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{key!r} is given twice (first on line {seen[key]})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 PATH_FIELDS = ("train", "validation", "test", "weights", "runs_dir")
 

@@ -49,9 +49,8 @@ def normalise_storage(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ConfigError(
-            f"storage {redact(url)!r} is not a database URL; {STORAGE_HELP}"
-        ) from None
+        shown = redact(url) if "@" in url else url  # (redact shows only a URL's scheme)
+        raise ConfigError(f"storage {shown!r} is not a database URL; {STORAGE_HELP}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         driver = next(
             (name for module, name in POSTGRES_DRIVERS if importlib.util.find_spec(module)), None

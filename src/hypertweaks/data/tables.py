@@ -12,8 +12,9 @@ class DataError(ValueError):
 
 
 READERS = {
-    ".csv": lambda p: pd.read_csv(p),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    ".csv": lambda p: pd.read_csv(p, encoding="utf-8-sig"),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", encoding="utf-8-sig"),
     ".jsonl": lambda p: pd.read_json(p, lines=True),
     ".json": lambda p: pd.read_json(p, lines=True),
     ".parquet": lambda p: pd.read_parquet(p),
@@ -67,7 +68,7 @@ def check_header(path: Path, delimiter: str) -> None:
     import csv
 
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             header = next(csv.reader(handle, delimiter=delimiter), [])
     except (UnicodeDecodeError, csv.Error, OSError):
         return  # the reader reports it

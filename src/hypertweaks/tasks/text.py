@@ -71,7 +71,7 @@ class TextClassification:
     def prepare(self) -> None:
         exp = self.experiment
         config = load_hf_config(exp.model)  # fails fast on a bad model name
-        check_max_length(exp.max_length, config, exp.model)
+        exp.max_length = check_max_length(exp.max_length, config, exp.model, exp._max_length_given)
         tables = {}
         for role in ("train", "validation", "test"):
             path = getattr(exp, role)
