@@ -356,10 +356,11 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
     with no such process, or never claimed by any process (killed before its first heartbeat)
     and older than the heartbeat grace period. Returns their numbers."""
     storage = study._storage
+    backend = getattr(storage, "_backend", storage)  # the RDBStorage behind Optuna's cache
     grace = 60.0
-    interval = getattr(storage, "heartbeat_interval", None)
+    interval = getattr(backend, "heartbeat_interval", None)
     if interval:
-        grace = float(getattr(storage, "grace_period", None) or 2 * interval)
+        grace = float(getattr(backend, "grace_period", None) or 2 * interval)
     failed = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get("worker")
@@ -380,7 +381,7 @@ def fail_dead_trials(study: optuna.Study) -> list[int]:
             continue  # another worker failed it first
         log.info("trial %d: its worker died; the trial is retried", trial.number)
         failed.append(trial.number)
-        callback = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+        callback = getattr(backend, "get_heartbeat_stale_trial_callback", lambda: None)()
         if callback is not None:
             callback(study, storage.get_trial(trial._trial_id))
     return failed
