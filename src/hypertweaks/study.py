@@ -262,8 +262,11 @@ def fingerprint_differences(study: optuna.Study, exp: Experiment) -> list[str]:
 
 def discard_study(exp: Experiment) -> None:
     """Delete the study from its storage, and its outputs (not the data caches) from RUN_DIR."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = _connect(exp)
     try:
-        optuna.delete_study(study_name=exp.name, storage=_connect(exp))
+        optuna.delete_study(study_name=exp.name, storage=storage)
     except KeyError:
         pass
     run_dir = exp.run_dir
