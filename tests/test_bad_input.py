@@ -940,3 +940,22 @@ def test_any_bytes_either_read_or_are_refused_with_a_message(content, suffix, tm
         assert str(path) in str(error)
     else:
         assert not table.empty
+
+
+def test_the_readme_postgresql_url_works_as_written(tmp_path):
+    # `--storage postgresql://USER:PASSWORD@HOST/DB` with the [postgres] extra's driver
+    from faults import Postgres
+
+    try:
+        server = Postgres()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    url = server.start().replace("postgresql+psycopg2://", "postgresql://")
+    try:
+        data = write(tmp_path / "train.csv", csv_text(TRAIN))
+        exp = make_experiment({"model": "m", "train": str(data), "storage": url,
+                               "runs_dir": str(tmp_path / "runs")})  # fmt: skip
+        study, created = open_study(exp, 2)
+        assert created and study.trials == []
+    finally:
+        server.stop()

@@ -30,7 +30,7 @@ from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.search import Result, Search, fit_trial, write_model
 from hypertweaks.space import KNOBS, fit_into, max_epochs, suggest, tunable
-from hypertweaks.study import make_sampler, storage_url
+from hypertweaks.study import discard_study, make_sampler, storage_url
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, release_memory, resolve_device
 
@@ -186,6 +186,8 @@ class RaySearch(Search):
 
         exp = self.exp
         start = time.perf_counter()
+        if exp.fresh:  # the study, its Ray experiment and its best model go
+            discard_study(exp)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
         if exp.smoke:
