@@ -68,6 +68,6 @@ def preflight(exp: Experiment) -> None:
         path: Path | None = getattr(exp, role)
         if path is not None and not path.exists():
             hint = ""
-            if not Path(path.name).exists() and path.parent != Path.cwd():
+            if role in exp._relative_in_file:
                 hint = " (relative paths in an experiment file are relative to its folder)"
             raise ConfigError(f"{role} data {str(path)!r} does not exist{hint}")

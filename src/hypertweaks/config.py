@@ -57,6 +57,7 @@ class Experiment(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=False)
     _max_length_given: bool = PrivateAttr(True)
+    _relative_in_file: set[str] = PrivateAttr(default_factory=set)  # paths made file-relative
 
     task: Literal["text-classification", "image-classification", "causal-lm"] = (
         "text-classification"
@@ -322,12 +323,17 @@ def load_experiment(
     """Read a YAML experiment (safe loader) and apply overrides (e.g. command-line flags).
     Relative paths in the file are relative to its folder; in flags, to the current one."""
     data: dict[str, Any] = {}
+    relative: set[str] = set()
     if path is not None:
         path = Path(path)
-        data.update(_relative_to(read_yaml(path), path.absolute().parent))
+        loaded = read_yaml(path)
+        data.update(_relative_to(loaded, path.absolute().parent))
+        relative = {key for key in PATH_FIELDS if data.get(key) != loaded.get(key)}
     flags = {key: value for key, value in (overrides or {}).items() if value is not None}
     data.update(_relative_to(flags, Path.cwd()))
-    return make_experiment(data)
+    exp = make_experiment(data)
+    exp._relative_in_file = relative - set(flags)
+    return exp
 
 
 def make_experiment(data: dict[str, Any] | Experiment) -> Experiment:
