@@ -3,22 +3,19 @@ accounting shared by every worker. All state lives in the storage."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import random
 import shutil
-import socket
 import time
 import warnings
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.config import ConfigError, Experiment
+from hypertweaks.fingerprint import KEY_FIELDS, experiment_fingerprint
+from hypertweaks.liveness import claim, fail_dead_trials  # noqa: F401 (used by search)
 
 log = logging.getLogger("hypertweaks")
 STORAGE_HELP = "use sqlite:///PATH/study.db or postgresql://USER:PASSWORD@HOST/DB"
@@ -184,65 +181,6 @@ def _open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
         return optuna.load_study(study_name=exp.name, **settings), False
 
 
-KEY_FIELDS = {
-    "task",
-    "model",
-    "gguf_file",
-    "text_column",
-    "label_column",
-    "image_column",
-    "metric",
-    "space",
-    "max_length",
-    "image_size",
-    "seed",
-    "validation_fraction",
-    "max_dropped_fraction",
-}
-_WHOLE_FILE = 8 << 20  # files up to 8 MiB are hashed whole; larger ones by 64 samples
-_SAMPLE = 64 << 10
-
-
-def _hash_file(path: Path, digest: Any) -> None:
-    size = path.stat().st_size
-    digest.update(f"{size}\0".encode())
-    with path.open("rb") as handle:
-        if size <= _WHOLE_FILE:
-            digest.update(handle.read())
-            return
-        for i in range(64):  # head, tail and evenly spaced samples: cheap for large files
-            handle.seek((size - _SAMPLE) * i // 63)
-            digest.update(handle.read(_SAMPLE))
-
-
-def content_hash(path: Path | None) -> str | None:
-    """A hash of what a data file, or every file under a folder, holds (not where it is)."""
-    if path is None:
-        return None
-    path = Path(path)
-    if not path.exists():
-        return "missing"
-    digest = hashlib.sha256()
-    if path.is_file():
-        _hash_file(path, digest)
-        return digest.hexdigest()[:24]
-    for file in sorted(path.rglob("*")):
-        relative = file.relative_to(path)
-        if file.is_file() and not any(part.startswith(".") for part in relative.parts):
-            digest.update(f"{relative.as_posix()}\0".encode())
-            _hash_file(file, digest)
-    return digest.hexdigest()[:24]
-
-
-def experiment_fingerprint(exp: Experiment) -> dict[str, Any]:
-    """What a study's trials depend on: the settings, and the content of the data and weights."""
-    key = exp.model_dump(mode="json", include=KEY_FIELDS)
-    key["data"] = {
-        role: content_hash(getattr(exp, role)) for role in ("train", "validation", "weights")
-    }
-    return key
-
-
 def fingerprint_differences(study: optuna.Study, exp: Experiment) -> list[str]:
     """What differs between the study's stored fingerprint and this experiment's."""
     stored = study.user_attrs.get("experiment_fingerprint")
@@ -310,84 +248,6 @@ def fail_stale_trials(study: optuna.Study) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-
-
-def _process_start(pid: int) -> str | None:
-    """The process's start time (ticks since boot), to tell a reused pid; None where unknown."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie is dead
-
-
-def worker_identity() -> dict[str, Any]:
-    pid = os.getpid()
-    return {
-        "host": socket.gethostname(),
-        "pid": pid,
-        "start": _process_start(pid),
-        "at": time.time(),
-    }
-
-
-def claim(trial: optuna.Trial) -> None:
-    """Record which process runs the trial, so that a worker on the same host can tell when that
-    process has died and retry its trial at once, without waiting for the heartbeat."""
-    trial.set_user_attr("worker", worker_identity())
-
-
-def owner_alive(owner: dict[str, Any]) -> bool | None:
-    """Whether the process that claimed a trial still runs; None when it is on another host."""
-    if owner.get("host") != socket.gethostname():
-        return None
-    pid = int(owner["pid"])
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: it exists
-    start = _process_start(pid)
-    if start is None:
-        return not Path("/proc/self/stat").exists()  # with /proc, no start time: a zombie
-    return owner.get("start") in (None, start)
-
-
-def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail, and retry once, the running trials whose process is known to be dead: on this host
-    with no such process, or never claimed by any process (killed before its first heartbeat)
-    and older than the heartbeat grace period. Returns their numbers."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", storage)  # the RDBStorage behind Optuna's cache
-    grace = 60.0
-    interval = getattr(backend, "heartbeat_interval", None)
-    if interval:
-        grace = float(getattr(backend, "grace_period", None) or 2 * interval)
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get("worker")
-        started = trial.datetime_start or datetime.now()
-        if owner is not None and owner.get("at", 0) < started.timestamp():
-            owner = None  # a retried trial's copy of the dead worker's claim: not claimed yet
-        if owner is not None:
-            dead = owner_alive(owner) is False
-        else:
-            dead = (datetime.now() - started).total_seconds() > grace
-        if not dead:
-            continue
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "worker_died", True)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker failed it first
-        log.info("trial %d: its worker died; the trial is retried", trial.number)
-        failed.append(trial.number)
-        callback = getattr(backend, "get_heartbeat_stale_trial_callback", lambda: None)()
-        if callback is not None:
-            callback(study, storage.get_trial(trial._trial_id))
-    return failed
 
 
 def running_elsewhere(study: optuna.Study) -> list[str]:
