@@ -132,7 +132,8 @@ TABLES = {
         "train.csv",
         csv_text(_joy),
         "val.csv",
-        r"labels that differ only by case or surrounding spaces would become separate classes: "
+        r"labels that differ only by case, surrounding spaces or type would become separate "
+        r"classes: "
         r"'joy' \(7 rows\), 'Joy' \(1 rows\)\. Make each class's label identical",
     ),
     "labels with a trailing space": (
@@ -242,6 +243,20 @@ def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     assert list(read_table(path).columns) == ["text", "label"]
 
 
+def test_labels_1_and_text_1_are_not_two_classes():
+    train = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [1, "1", 2, 2]})
+    with pytest.raises(
+        DataError, match=r"or type would become separate classes: 1 \(1 rows\), '1'"
+    ):
+        load_splits(
+            {"train": (train, "t.jsonl"), "validation": (train, "v.jsonl")},
+            "text",
+            "label",
+            0.15,
+            0,
+        )
+
+
 def test_a_class_with_one_example_is_warned_about_even_with_a_validation_file():
     train = pd.concat([TRAIN, pd.DataFrame([{"text": "a day", "label": "rare"}])])
     validation = pd.concat([VALIDATION, pd.DataFrame([{"text": "the day", "label": "rare"}])])
@@ -291,6 +306,10 @@ JSONL = {
         r"no 'messages', 'prompt'/'completion' or 'text' field",
     ),
     "empty file": ("\n\n", r"train file '.*train\.jsonl' has no examples"),
+    "a field given twice": (
+        '{"prompt": "a", "completion": "b", "prompt": "c"}\n',
+        r"train\.jsonl:1: field 'prompt' is given twice in one object",
+    ),
 }
 
 

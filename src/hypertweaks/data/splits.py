@@ -62,9 +62,8 @@ def check_near_duplicates(values: Sequence[Any], role: str) -> None:
     separate classes."""
     counts = Counter(values)
     groups: dict[str, list[Any]] = {}
-    for value in counts:
-        if isinstance(value, str):
-            groups.setdefault(_normal(value), []).append(value)
+    for value in counts:  # 1 and "1" too: a JSON file may hold both
+        groups.setdefault(_normal(value), []).append(value)
     clashes = [sorted(group, key=lambda v: -counts[v]) for group in groups.values()]
     clashes = [group for group in clashes if len(group) > 1]
     if clashes:
@@ -72,7 +71,7 @@ def check_near_duplicates(values: Sequence[Any], role: str) -> None:
             ", ".join(f"{v!r} ({counts[v]} rows)" for v in group) for group in clashes[:5]
         )
         raise DataError(
-            f"{role}: labels that differ only by case or surrounding spaces would become "
+            f"{role}: labels that differ only by case, surrounding spaces or type would become "
             f"separate classes: {shown}. Make each class's label identical in the file (e.g. "
             "strip spaces and use one spelling)"
         )
