@@ -24,19 +24,20 @@ KEY_FIELDS = {
     "validation_fraction",
     "max_dropped_fraction",
 }
-_WHOLE_FILE = 8 << 20  # files up to 8 MiB are hashed whole; larger ones by 64 samples
+_WHOLE_FILE = 8 << 20  # a data file up to 8 MiB is hashed whole; a larger one by 64 samples
+_WHOLE_MEMBER = 256 << 10  # a folder's files (e.g. images) up to 256 KiB whole; else 2 samples
 _SAMPLE = 64 << 10
 
 
-def _hash_file(path: Path, digest: Any) -> None:
+def _hash_file(path: Path, digest: Any, whole: int = _WHOLE_FILE, samples: int = 64) -> None:
     size = path.stat().st_size
     digest.update(f"{size}\0".encode())
     with path.open("rb") as handle:
-        if size <= _WHOLE_FILE:
+        if size <= whole:
             digest.update(handle.read())
             return
-        for i in range(64):  # head, tail and evenly spaced samples: cheap for large files
-            handle.seek((size - _SAMPLE) * i // 63)
+        for i in range(samples):  # head, tail and evenly spaced samples: cheap for large files
+            handle.seek((size - _SAMPLE) * i // (samples - 1))
             digest.update(handle.read(_SAMPLE))
 
 
@@ -55,7 +56,7 @@ def content_hash(path: Path | None) -> str | None:
         relative = file.relative_to(path)
         if file.is_file() and not any(part.startswith(".") for part in relative.parts):
             digest.update(f"{relative.as_posix()}\0".encode())
-            _hash_file(file, digest)
+            _hash_file(file, digest, _WHOLE_MEMBER, samples=2)
     return digest.hexdigest()[:24]
 
 
