@@ -978,3 +978,18 @@ def test_the_readme_postgresql_url_works_as_written(tmp_path):
         assert created and study.trials == []
     finally:
         server.stop()
+
+
+def test_a_ray_study_resumed_from_its_folder_refuses_changed_data(tmp_path):
+    # Ray resumes from runs/NAME/ray/, not from the storage: its fingerprint lies beside it
+    from hypertweaks.fingerprint import check_saved_fingerprint
+
+    data = write(tmp_path / "train.csv", csv_text(TRAIN))
+    exp = make_experiment({"model": "m", "train": str(data), "runs_dir": str(tmp_path)})
+    saved = tmp_path / "ray" / "fingerprint.json"
+    check_saved_fingerprint(exp, saved, resumable=False)
+    check_saved_fingerprint(exp, saved)  # the same data: resumes
+    write(data, csv_text(make_texts(8, seed=5)))
+    with pytest.raises(ConfigError, match=r"started with other train data \(its content changed\)"):
+        check_saved_fingerprint(exp, saved)
+    check_saved_fingerprint(exp, saved, resumable=False)  # nothing ran yet: reconfigured

@@ -4,6 +4,7 @@ so that data fixed in place under the same name is never mixed into an old study
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,40 @@ def experiment_fingerprint(exp: Experiment) -> dict[str, Any]:
         role: content_hash(getattr(exp, role)) for role in ("train", "validation", "weights")
     }
     return key
+
+
+def compare_fingerprints(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What changed, for the user: the data whose content changed, the settings with both
+    values."""
+    differences = []
+    for role, digest in current["data"].items():
+        if stored.get("data", {}).get(role) != digest:
+            differences.append(f"{role} data (its content changed)")
+    for field in sorted(KEY_FIELDS):
+        if stored.get(field) != current.get(field):
+            differences.append(f"{field} ({stored.get(field)!r}, now {current.get(field)!r})")
+    return differences
+
+
+def check_saved_fingerprint(exp: Experiment, path: Path, resumable: bool = True) -> None:
+    """For studies resumed from files rather than a storage (Ray's experiment folder): the
+    fingerprint saved beside them must match, else the way out is named. Nothing to resume: the
+    fingerprint is (re)written."""
+    from hypertweaks.config import ConfigError
+
+    current = experiment_fingerprint(exp)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        stored = None
+    if resumable and isinstance(stored, dict) and stored.get("data"):
+        differences = compare_fingerprints(stored, current)
+        if differences:
+            raise ConfigError(
+                f"study {exp.name!r} in {path.parent} was started with other "
+                f"{'; '.join(differences)}; give a new --name, or pass --fresh to discard it "
+                "and start it afresh"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2))

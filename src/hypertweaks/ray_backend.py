@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment
+from hypertweaks.fingerprint import check_saved_fingerprint
 from hypertweaks.search import Result, Search, fit_trial, write_model
 from hypertweaks.space import KNOBS, fit_into, max_epochs, suggest, tunable
 from hypertweaks.study import discard_study, make_sampler, storage_url
@@ -190,6 +191,9 @@ class RaySearch(Search):
             discard_study(exp)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
+        ray_dir = (self.run_dir / RAY_DIR).resolve()
+        resumable = tune.Tuner.can_restore(str(ray_dir / "study"))
+        check_saved_fingerprint(exp, ray_dir / "fingerprint.json", resumable)  # changed: refused
         if exp.smoke:
             self.smoke()
         offline = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.config import ConfigError, Experiment
-from hypertweaks.fingerprint import KEY_FIELDS, experiment_fingerprint
+from hypertweaks.fingerprint import compare_fingerprints, experiment_fingerprint
 from hypertweaks.liveness import claim, fail_dead_trials  # noqa: F401 (used by search)
 
 log = logging.getLogger("hypertweaks")
@@ -187,15 +187,7 @@ def fingerprint_differences(study: optuna.Study, exp: Experiment) -> list[str]:
     if stored is None:  # created by an older version, or by a worker still storing it
         study.set_user_attr("experiment_fingerprint", experiment_fingerprint(exp))
         return []
-    current = experiment_fingerprint(exp)
-    differences = []
-    for role, digest in current["data"].items():
-        if stored.get("data", {}).get(role) != digest:
-            differences.append(f"{role} data (its content changed)")
-    for field in sorted(KEY_FIELDS):
-        if stored.get(field) != current.get(field):
-            differences.append(f"{field} ({stored.get(field)!r}, now {current.get(field)!r})")
-    return differences
+    return compare_fingerprints(stored, experiment_fingerprint(exp))
 
 
 def discard_study(exp: Experiment) -> None:
