@@ -658,6 +658,41 @@ def test_image_table_with_missing_files(tmp_path, capsys):
     refused(code, text, r"2 of 2 image paths in column 'image' point to missing files")
 
 
+@pytest.mark.parametrize(
+    "name,content,pattern",
+    [
+        (
+            "w.pth",
+            b"garbage",
+            r"weights file '.*w\.pth' cannot be read \(.*\); give a \.safetensors",
+        ),
+        (
+            "w.safetensors",
+            b"garbage",
+            r"'.*w\.safetensors' cannot be read \(Error while deserializing",
+        ),
+        ("nope.pth", None, r"weights file '.*nope\.pth' does not exist"),
+    ],
+)
+def test_bad_weights_files_are_refused(name, content, pattern, tmp_path, capsys):
+    pytest.importorskip("timm")
+    for label, value in (("a", 40), ("b", 200)):
+        for i in range(3):
+            png(tmp_path / "images" / label / f"{i}.png", value)
+    if content is not None:
+        write(tmp_path / name, content)
+    code, text = cli(
+        capsys, "tune", "--task", "image-classification", "--model", "resnet18",
+        "--weights", tmp_path / name, "--train", tmp_path / "images",
+        "--runs-dir", tmp_path / "runs", "--image-size", 32,
+    )  # fmt: skip
+    refused(code, text, pattern)
+
+
+def test_dashboard_of_a_folder_without_a_study(tmp_path, capsys):
+    refused(*cli(capsys, "dashboard", tmp_path / "nope"), r"nope holds no study\.db; pass a study")
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_16_bit_scans_are_scaled_not_clipped(suffix, tmp_path):
     # two 16-bit scans of different brightness stay different (PIL's conversion clips both)

@@ -30,11 +30,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors only: safetensors, or torch.load with weights_only (never unpickles code)."""
     if not path.is_file():
         raise ModelError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not a weights file, or holding code to unpickle
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "Weights only load failed" in first:
+            first = "it holds more than tensors, which are never unpickled"
+        raise ModelError(
+            f"weights file {str(path)!r} cannot be read ({first}); give a .safetensors file or a "
+            "torch state dict saved with torch.save(model.state_dict(), path)"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

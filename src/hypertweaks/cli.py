@@ -113,6 +113,10 @@ def run_dashboard(args: argparse.Namespace, console: Console) -> int:
     except ImportError:
         console.print("the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
         return 2
+    if args.storage is None and not (Path(args.run_dir) / "study.db").is_file():
+        console.print(f"[bold red]error:[/bold red] {args.run_dir} holds no study.db; pass a study "
+                      "folder (e.g. runs/NAME) or --storage URL", highlight=False)  # fmt: skip
+        return 2
     storage = args.storage or sqlite_url(Path(args.run_dir) / "study.db")
     console.print(f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port)
