@@ -877,6 +877,23 @@ def test_a_corrupt_best_marker_does_not_crash_a_resume(study_copy, capsys):
     assert code == 0 and "best recipe" in text, text
 
 
+def test_a_corrupt_study_database_is_a_message(study_copy, capsys):
+    flags, run_dir = study_copy
+    write(run_dir / "study.db", b"garbage " * 100)
+    pattern = r"cannot open the study's storage 'sqlite:///.*study\.db' \(file is not a database\)"
+    refused(*cli(capsys, *flags), pattern + r"; move the file away")
+    (run_dir / "results.json").unlink()
+    refused(*cli(capsys, "report", run_dir), pattern)
+    code, text = cli(capsys, *flags, "--fresh")  # our own file: --fresh starts anew
+    assert code == 0, text
+
+
+def test_an_unreachable_database_is_a_message(text_args, capsys):
+    code, text = cli(capsys, *text_args(), "--storage", "postgresql://me:secret@127.0.0.1:9/db")
+    refused(code, text, r"cannot open the study's storage 'postgresql\+psycopg2?://me:\*\*\*@127")
+    assert "check that the server runs" in text and "secret" not in text
+
+
 def test_report_of_a_folder_without_a_study(tmp_path, capsys):
     refused(*cli(capsys, "report", tmp_path), r"holds no study \(no results\.json, no study\.db\)")
 

@@ -47,8 +47,15 @@ def rebuild_results(run_dir: Path, storage: str | None = None) -> dict[str, Any]
             f"{run_dir} holds no study (no results.json, no study.db): is it a study folder, "
             "e.g. runs/NAME? If the study lives in a database, pass --storage URL"
         )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from hypertweaks.study import storage_error
+
     url = normalise_storage(storage) if storage else sqlite_url(run_dir / "study.db")
-    study = optuna.load_study(study_name=_study_name(url, run_dir), storage=url)
+    try:
+        study = optuna.load_study(study_name=_study_name(url, run_dir), storage=url)
+    except SQLAlchemyError as error:
+        raise storage_error(url, error) from None
     trials = study.get_trials(deepcopy=False)
     rows = [trial_row(t) for t in trials if t.state.is_finished()]
     header = dict(study.user_attrs.get("results_header") or {})

@@ -99,7 +99,7 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
     tables; the losers retry. (PostgreSQL reports the clash as an IntegrityError, or as a
     ProgrammingError when the table's row type was created first: `type "alembic_version"
     already exists`.)"""
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
@@ -112,11 +112,23 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
                     max_retry=1
                 ),
             )
-        except (IntegrityError, OperationalError, ProgrammingError):
+        except (IntegrityError, OperationalError, ProgrammingError) as error:
             if attempt == attempts - 1:
-                raise
+                raise storage_error(storage_url(exp), error) from None
             time.sleep(0.5 + random.random())
+        except DatabaseError as error:  # e.g. a study.db that is not a database: no retry helps
+            raise storage_error(storage_url(exp), error) from None
     raise AssertionError("unreachable")
+
+
+def storage_error(url: str, error: Exception) -> ConfigError:
+    """Why a storage cannot be opened, and what to do."""
+    reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+    if url.startswith("sqlite"):
+        what = "move the file away (or delete it) to start the study afresh, or restore a backup"
+    else:
+        what = "check that the server runs and is reachable, and the URL's user and password"
+    return ConfigError(f"cannot open the study's storage {redact(url)!r} ({reason}); {what}")
 
 
 def make_sampler(exp: Experiment) -> optuna.samplers.TPESampler:
@@ -192,13 +204,19 @@ def fingerprint_differences(study: optuna.Study, exp: Experiment) -> list[str]:
 
 def discard_study(exp: Experiment) -> None:
     """Delete the study from its storage, and its outputs (not the data caches) from RUN_DIR."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = _connect(exp)
     try:
-        optuna.delete_study(study_name=exp.name, storage=storage)
-    except KeyError:
-        pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = _connect(exp)
+    except ConfigError:
+        if exp.storage is not None:
+            raise
+        (exp.run_dir / "study.db").unlink()  # our own SQLite file, unreadable: start anew
+    else:
+        try:
+            optuna.delete_study(study_name=exp.name, storage=storage)
+        except KeyError:
+            pass
     run_dir = exp.run_dir
     for name in ("best", "checkpoints", "results.json", "report.html", "ray"):
         path = run_dir / name
