@@ -693,6 +693,16 @@ def test_dashboard_of_a_folder_without_a_study(tmp_path, capsys):
     refused(*cli(capsys, "dashboard", tmp_path / "nope"), r"nope holds no study\.db; pass a study")
 
 
+def test_an_image_too_large_to_decode_safely(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from hypertweaks.data.images import decode_images
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # an 8x8 scan stands in for a huge one
+    with pytest.raises(DataError, match=r"image '.*big\.png' is too large to decode safely"):
+        decode_images([str(png(tmp_path / "big.png"))], 8)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])
 def test_16_bit_scans_are_scaled_not_clipped(suffix, tmp_path):
     # two 16-bit scans of different brightness stay different (PIL's conversion clips both)

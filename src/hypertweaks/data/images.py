@@ -87,6 +87,10 @@ def decode_images(paths: list[str], size: int) -> torch.Tensor:
             raise DataError(
                 f"cannot read image {path!r}: {error}; fix or remove the file"
             ) from None
+        except Image.DecompressionBombError as error:
+            raise DataError(
+                f"image {path!r} is too large to decode safely ({error}); shrink it, or remove it"
+            ) from None
         is_gray = image.mode in ("L", "LA", "1", "P;16") or image.mode[:1] in ("I", "F")
         grayscale &= is_gray
         if is_gray and image.mode not in ("L", "1", "LA"):
