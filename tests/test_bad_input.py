@@ -1001,28 +1001,6 @@ def test_an_internal_error_shows_its_traceback_and_the_study_resumes(study_copy,
     assert trials[1].state.name == "FAIL" and "error" not in trials[1].user_attrs  # retried later
 
 
-# --- the table readers never crash, whatever the bytes --------------------------------------
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(
-    content=st.binary(max_size=200), suffix=st.sampled_from([".csv", ".tsv", ".jsonl", ".parquet"])
-)
-def test_any_bytes_either_read_or_are_refused_with_a_message(content, suffix, tmp_path):
-    path = write(tmp_path / f"t{suffix}", content)
-    try:
-        table = read_table(path)
-    except DataError as error:
-        assert str(path) in str(error)
-    else:
-        assert not table.empty
-
-
 def test_the_readme_postgresql_url_works_as_written(tmp_path):
     # `--storage postgresql://USER:PASSWORD@HOST/DB` with the [postgres] extra's driver
     from faults import Postgres
