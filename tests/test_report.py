@@ -78,7 +78,7 @@ def test_report_reading_is_derived_from_the_numbers(study):
 
 
 def test_report_of_a_folder_without_results():
-    with pytest.raises(FileNotFoundError, match="results.json does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"holds no study \(no results.json, no study.db\)"):
         render("/nonexistent/study")
 
 

@@ -30,11 +30,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors only: safetensors, or torch.load with weights_only (never unpickles code)."""
     if not path.is_file():
         raise ModelError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, not a weights file, or holding code to unpickle
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "Weights only load failed" in first:
+            first = "it holds more than tensors, which are never unpickled"
+        raise ModelError(
+            f"weights file {str(path)!r} cannot be read ({first}); give a .safetensors file or a "
+            "torch state dict saved with torch.save(model.state_dict(), path)"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -94,9 +103,50 @@ def create_timm(name: str, num_classes: int, dropout: float, weights: Path | Non
     return model
 
 
+class ParamGroup(nn.Module):
+    """Some of a model's parameters seen as one freezable layer (a stage timm groups by name)."""
+
+    def __init__(self, params: list[nn.Parameter]):
+        super().__init__()
+        self.group = nn.ParameterList(params)
+
+
+def timm_stages(model: nn.Module) -> LayerStack | None:
+    """The model's real stages, from timm's own coarse parameter grouping (stem, stages, head):
+    ResNet layer1-4, ConvNeXt stages, EfficientNet blocks, ViT blocks. What follows the last stage
+    and is not the classifier (conv_head, final norm) is the neck, the last block."""
+    matcher = getattr(model, "group_matcher", None)
+    if matcher is None:
+        return None
+    try:
+        from timm.models import group_parameters
+
+        groups = group_parameters(model, matcher(coarse=True))
+    except Exception:  # an architecture whose matcher timm cannot apply: the generic split
+        return None
+    named = dict(model.named_parameters())
+    ordered = [[(n, named[n]) for n in names] for _, names in sorted(groups.items())]
+    classifier = {id(p) for p in model.get_classifier().parameters()}
+    if len(ordered) < 3 or not all(id(p) in classifier for _, p in ordered[-1][-1:]):
+        return None
+    stem, stages, head = ordered[0], ordered[1:-1], ordered[-1]
+    last_module = stages[-1][0][0].split(".")[0]
+    neck = [p for n, p in stages[-1] if n.split(".")[0] != last_module]
+    neck += [p for _, p in head if id(p) not in classifier]
+    stages[-1] = [(n, p) for n, p in stages[-1] if n.split(".")[0] == last_module]
+    blocks = [ParamGroup([p for _, p in stage]) for stage in stages]
+    if neck:
+        blocks.append(ParamGroup(neck))
+    top = [p for _, p in head if id(p) in classifier]
+    return LayerStack([p for _, p in stem], blocks, top)
+
+
 def timm_layer_stack(model: nn.Module) -> LayerStack:
     """stem -> stages ... -> neck (the layers after the stages) as the last block -> classifier;
     freezing every block leaves a linear probe on the pooled features."""
+    stages = timm_stages(model)
+    if stages is not None:
+        return stages
     stack = layer_stack(model, body=model)
     classifier = {id(p) for p in model.get_classifier().parameters()}
     neck = [p for p in stack.top if id(p) not in classifier]

@@ -27,9 +27,15 @@ class BestCheckpoint:
         self.checkpoints = run_dir / "checkpoints"
 
     def meta(self) -> dict | None:
-        """{'trial': N, 'value': v} of the best checkpoint, or None."""
+        """{'trial': N, 'value': v} of the best checkpoint, or None (also when its trial.json
+        is corrupt: that checkpoint is then replaced by the next best)."""
         path = self.link / META
-        return json.loads(path.read_text()) if path.is_file() else None
+        try:
+            meta = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            return None
+        ok = isinstance(meta, dict) and isinstance(meta.get("trial"), int) and "value" in meta
+        return meta if ok else None
 
     def beats_current(self, value: float) -> bool:
         current = self.meta()
@@ -74,6 +80,8 @@ class BestCheckpoint:
         with self._locked():
             keep = self.link.resolve() if self.link.is_symlink() else None
             for folder in self.checkpoints.iterdir():
-                number = int(folder.name.removeprefix("trial-"))
-                if folder.resolve() != keep and number not in running:
+                number = folder.name.removeprefix("trial-")
+                if not (folder.name.startswith("trial-") and number.isdigit()):
+                    continue  # not ours (a user's folder, a stray file): left alone
+                if folder.resolve() != keep and int(number) not in running:
                     shutil.rmtree(folder, ignore_errors=True)

@@ -19,6 +19,11 @@ from hypertweaks.models import ModelError
 from hypertweaks.noise import describe
 from hypertweaks.report import render
 from hypertweaks.search import Result, tune
+from hypertweaks.study import StudyError, sqlite_url
+
+# What the user's input or environment got wrong: one message, exit code 2, no traceback.
+# Anything else is a bug: its traceback shows, and the study stays resumable.
+USER_ERRORS = (ConfigError, DataError, ModelError, StudyError)
 
 DESCRIPTION = """\
 Fine-tune a pretrained model (text or image classifier, small LLM with LoRA) on your data, let
@@ -87,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="skip the smoke run on a tiny subset",
+    )
+    tune_cmd.add_argument(
+        "--fresh",
+        action="store_true",
+        default=None,
+        help="discard the study of this name (trials, best model) and start it afresh",
     )
     report_cmd = commands.add_parser("report", help="write RUN_DIR/report.html for a study")
     report_cmd.add_argument("run_dir", help="the study folder, e.g. runs/NAME")
@@ -299,7 +310,11 @@ def run_dashboard(args: argparse.Namespace, console: Console) -> int:
     except ImportError:
         console.print("the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
         return 2
-    storage = args.storage or f"sqlite:///{(Path(args.run_dir) / 'study.db').resolve()}"
+    if args.storage is None and not (Path(args.run_dir) / "study.db").is_file():
+        console.print(f"[bold red]error:[/bold red] {args.run_dir} holds no study.db; pass a study "
+                      "folder (e.g. runs/NAME) or --storage URL", highlight=False)  # fmt: skip
+        return 2
+    storage = args.storage or sqlite_url(Path(args.run_dir) / "study.db")
     console.print(f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port)
     return 0
@@ -337,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         try:
             console.print(f"report: {render(args.run_dir, args.storage)}")
-        except FileNotFoundError as error:
+        except (FileNotFoundError, ConfigError) as error:
             console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
             return 2
         return 0
@@ -355,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         experiment = load_experiment(args.experiment, overrides)
         result = tune(experiment)
-    except (ConfigError, DataError, ModelError) as error:
+    except USER_ERRORS as error:
         console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
         return 2
     except KeyboardInterrupt:

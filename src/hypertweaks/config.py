@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from hypertweaks.objective import direction_of
 from hypertweaks.recipes import task_knobs
@@ -38,7 +46,9 @@ def parse_duration(value: str | float | int | None) -> float | None:
         return None if value is None else float(value)
     match = _DURATION.match(str(value))
     if not match:
-        raise ValueError(f"cannot read {value!r} as a duration; use e.g. 90s, 30m, 2h")
+        clock = ":" in str(value)
+        hint = " (a clock time like 1:30 is ambiguous: write 90m or 1.5h)" if clock else ""
+        raise ValueError(f"cannot read {value!r} as a duration; use e.g. 90s, 30m, 2h{hint}")
     number, unit = match.groups()
     return float(number) * _UNIT_SECONDS[(unit or "s").lower()]
 
@@ -47,6 +57,8 @@ class Experiment(BaseModel):
     """Everything one study needs. Unknown keys are errors, not warnings."""
 
     model_config = ConfigDict(extra="forbid", frozen=False)
+    _max_length_given: bool = PrivateAttr(True)
+    _relative_in_file: set[str] = PrivateAttr(default_factory=set)  # paths made file-relative
 
     task: Literal["text-classification", "image-classification", "causal-lm"] = (
         "text-classification"
@@ -84,6 +96,12 @@ class Experiment(BaseModel):
     validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     max_dropped_fraction: float = Field(0.1, ge=0.0, le=1.0)
     seed: int = 0
+    trial_seed: int | None = Field(
+        None, description="seed of trial 0 (trial N gets trial_seed + N); default: seed"
+    )
+    fresh: bool = Field(
+        False, exclude=True, description="discard the study's trials and best model, start anew"
+    )
     device: str = "auto"
     smoke: bool = True
     defaults_first: bool = True
@@ -109,6 +127,13 @@ class Experiment(BaseModel):
     @classmethod
     def _model(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value  # a Path to a model folder
+
+    @field_validator("train", "validation", "test", "weights", "runs_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Resolved once, against the current directory (a YAML file's paths were already made
+        # relative to its folder): every backend and worker then sees the same files.
+        return None if value is None else value.expanduser().absolute()
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -162,6 +187,7 @@ class Experiment(BaseModel):
             )
         if self.max_length is None and self.task != "causal-lm":  # causal-lm: from its context
             self.max_length = 128
+            self._max_length_given = False  # a default: a model with fewer positions lowers it
         knobs = task_knobs(self.task)
         for knob in self.space:
             if knob not in knobs:
@@ -171,6 +197,10 @@ class Experiment(BaseModel):
         if self.gguf_file is not None and self.task != "causal-lm":
             raise ValueError("gguf_file is for causal-lm models only")
         return self
+
+    def seed_of(self, number: int) -> int:
+        """The seed of trial `number` (best.yaml sets trial_seed so its trial 0 is the best)."""
+        return (self.seed if self.trial_seed is None else self.trial_seed) + number
 
     @property
     def run_dir(self) -> Path:
@@ -204,23 +234,116 @@ def _format_errors(error: ValidationError) -> str:
     return "invalid experiment:\n" + "\n".join(lines)
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 numbers: 1e-3 is a float (YAML 1.1 reads it as text) and 1:30 is
+    text (YAML 1.1 reads it as 90, a base-60 number)."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_INT, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$"
+        r"|^\.(nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+_Loader.add_constructor(_INT, lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A key given twice is an error (YAML loaders silently keep the last)."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{key!r} is given twice (first on line {seen[key]})",
+                key_node.start_mark,
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+PATH_FIELDS = ("train", "validation", "test", "weights", "runs_dir")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in an experiment file; syntax errors name the line and column."""
+    if not path.exists():
+        raise ConfigError(f"experiment file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"experiment file {str(path)!r} is a folder; give a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {error.start}); save the experiment as UTF-8 YAML"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        loaded = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(
+            f"{where}: not valid YAML ({problem}); write one 'field: value' per line, e.g. "
+            "'model: ./models/minilm', and quote values that hold ': ' or start with '{' or '['"
+        ) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of fields, e.g. 'model: ...'")
+    return loaded
+
+
+def _relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """A YAML file's relative paths are relative to the file's folder, not to where it runs."""
+    data = dict(data)
+    for key in PATH_FIELDS:
+        value = data.get(key)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            data[key] = str(folder / value)
+    model = data.get("model")
+    if isinstance(model, str) and not Path(model).expanduser().is_absolute():
+        if (folder / model).exists():  # a local model folder; anything else is a hub id / name
+            data["model"] = str((folder / model).absolute())
+    storage = data.get("storage")
+    if isinstance(storage, str) and storage.startswith("sqlite:///"):
+        database = storage.removeprefix("sqlite:///")
+        if database and not database.startswith("/"):
+            data["storage"] = f"sqlite:///{(folder / database).absolute()}"
+    return data
+
+
 def load_experiment(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Experiment:
-    """Read a YAML experiment (safe loader) and apply overrides (e.g. command-line flags)."""
+    """Read a YAML experiment (safe loader) and apply overrides (e.g. command-line flags).
+    Relative paths in the file are relative to its folder; in flags, to the current one."""
     data: dict[str, Any] = {}
+    relative: set[str] = set()
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"experiment file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of fields, e.g. 'model: ...'")
-        data.update(loaded)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            data[key] = value
-    return make_experiment(data)
+        loaded = read_yaml(path)
+        data.update(_relative_to(loaded, path.absolute().parent))
+        relative = {key for key in PATH_FIELDS if data.get(key) != loaded.get(key)}
+    flags = {key: value for key, value in (overrides or {}).items() if value is not None}
+    data.update(_relative_to(flags, Path.cwd()))
+    exp = make_experiment(data)
+    exp._relative_in_file = relative - set(flags)
+    return exp
 
 
 def make_experiment(data: dict[str, Any] | Experiment) -> Experiment:

@@ -93,6 +93,8 @@ class LiveDisplay(LogDisplay):
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if not self.rows:  # no trial ran (e.g. bad input): no empty table above the message
+            self.live.transient = True
         self.live.__exit__(*exc)
 
     def message(self, text: str) -> None:

@@ -12,6 +12,7 @@ from hypertweaks.results import trial_row, write_results
 from hypertweaks.space import fit_into, max_epochs, suggest
 from hypertweaks.strategies import starting_recipes
 from hypertweaks.study import (
+    claim,
     counted,
     enqueue_interrupted,
     fail_stale_trials,
@@ -59,6 +60,7 @@ class EmbeddedBackend:
 
     def objective(self, trial: optuna.Trial) -> float:
         """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
+        claim(trial)  # which process runs it: a worker on this host can tell when it died
         try:
             return self._run_trial(trial)
         except TRIAL_FAILURES as error:
@@ -76,7 +78,7 @@ class EmbeddedBackend:
             trial.study.stop()
             raise optuna.TrialPruned("the study's budget is spent")
         recipe = suggest(trial, ctx.space)
-        seed = exp.seed + trial.number
+        seed = exp.seed_of(trial.number)
         tag = trial.user_attrs.get("tag", "")
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())

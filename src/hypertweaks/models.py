@@ -35,6 +35,24 @@ def load_hf_config(model: str, **overrides: Any):
         ) from None
 
 
+def check_max_length(max_length: int | None, config: Any, model: str, given: bool = True) -> int:
+    """A text max_length the model's position embeddings can hold: a default above the model's
+    limit is lowered to it; a max_length the user gave is refused."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or max_length is None:
+        return max_length
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # RoBERTa's positions start after the padding index
+    if max_length > limit and not given:
+        return limit
+    if max_length > limit:
+        raise ModelError(
+            f"max_length {max_length} is longer than model {model!r} reads ({limit} tokens, "
+            f"max_position_embeddings); set max_length to at most {limit}"
+        )
+    return max_length
+
+
 def dropout_fields(config: Any) -> list[str]:
     """The config's dropout probabilities (hidden_dropout_prob, attention_dropout,
     seq_classif_dropout, ...), found by name so every family is covered without a table."""

@@ -31,9 +31,10 @@ from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment
+from hypertweaks.fingerprint import check_saved_fingerprint
 from hypertweaks.space import KNOBS, fit_into, max_epochs, suggest, tunable
 from hypertweaks.strategies import make_sampler, ray_scheduler, starting_recipes
-from hypertweaks.study import storage_url
+from hypertweaks.study import discard_study, storage_url
 from hypertweaks.tasks import make_task
 from hypertweaks.train import resolve_device
 from hypertweaks.trial import StudyContext, TrialRecord, run_trial
@@ -89,7 +90,7 @@ def ray_trial(
     recipe = suggest(FromParams(params), space)
     tag = "defaults" if params == fit_into(space, defaults) else ""
     number = int(config[NUMBER])
-    seed = exp.seed + number
+    seed = exp.seed_of(number)
 
     task = make_task(exp, exp.run_dir / "cache")
     task.prepare()  # tokens and features come from the study's cache
@@ -183,6 +184,11 @@ class RayBackend:
         from ray import tune
 
         ctx, exp = self.ctx, self.exp
+        if exp.fresh:  # the study, its Ray experiment and its best model go
+            discard_study(exp)
+        ray_dir = (ctx.run_dir / RAY_DIR).resolve()
+        resumable = tune.Tuner.can_restore(str(ray_dir / "study"))
+        check_saved_fingerprint(exp, ray_dir / "fingerprint.json", resumable)  # changed: refused
         if exp.smoke:
             smoke()
         offline = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
@@ -203,7 +209,6 @@ class RayBackend:
             ),
             {"cpu": exp.cpus_per_trial, "gpu": exp.gpus_per_trial},
         )
-        ray_dir = (ctx.run_dir / RAY_DIR).resolve()
         if tune.Tuner.can_restore(str(ray_dir / "study")):
             ctx.display.message(f"resuming Ray experiment {ray_dir / 'study'}")
             tuner = tune.Tuner.restore(str(ray_dir / "study"), trainable, resume_errored=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 import warnings
 from pathlib import Path
@@ -203,9 +202,11 @@ def load_importances(run_dir: Path, results: dict, storage: str | None = None) -
     when they cannot be computed (too few trials, nothing varied)."""
     import optuna
 
-    url = storage or f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    from hypertweaks.study import normalise_storage, sqlite_url
+
     if storage is None and not (run_dir / "study.db").exists():
         return {}
+    url = normalise_storage(storage) if storage else sqlite_url(run_dir / "study.db")
     try:
         study = optuna.load_study(study_name=results["study"], storage=url)
         with warnings.catch_warnings():
@@ -282,11 +283,10 @@ text-align:left}svg{max-width:100%;height:auto}li{margin:.3em 0}"""
 
 def render(run_dir: str | Path, storage: str | None = None) -> Path:
     """Write RUN_DIR/report.html from RUN_DIR/results.json and return its path."""
+    from hypertweaks.recovery import load_results
+
     run_dir = Path(run_dir)
-    results_path = run_dir / "results.json"
-    if not results_path.is_file():
-        raise FileNotFoundError(f"{results_path} does not exist: is {run_dir} a study folder?")
-    results = json.loads(results_path.read_text())
+    results = load_results(run_dir, storage)  # rebuilt from the study when missing or corrupt
     importances = load_importances(run_dir, results, storage)
     sections = [
         f"<h1>hypertweaks study {html.escape(results['study'])}</h1>",

@@ -15,6 +15,17 @@ from hypertweaks.study import counted, redact, storage_url, trial_seconds
 from hypertweaks.trial import TrialRecord
 
 
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The mapping in a results file, or None when it is missing or not a whole results file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, truncated, not UTF-8
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("trials"), list):
+        return None
+    return data
+
+
 def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     record = TrialRecord.from_attrs(trial.user_attrs, trial.params)
     return {
@@ -44,7 +55,8 @@ def write_results(
     path: Path, study: optuna.Study, *, exp: Experiment, task, summary: dict[str, Any] | None = None
 ) -> None:
     """Every trial's recipe, curve, state and cost; rewritten atomically after each trial."""
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    # a corrupt or missing file is rebuilt: the study keeps a copy of everything but the trials
+    previous = read_json(path) or study.user_attrs.get("results_header", {})
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     data = {
         "study": exp.name,
@@ -71,6 +83,7 @@ def write_results(
         **(summary or {}),
         "trials": rows,
     }
+    study.set_user_attr("results_header", {k: v for k, v in data.items() if k != "trials"})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)

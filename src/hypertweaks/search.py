@@ -18,6 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
+from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
@@ -27,7 +28,7 @@ from hypertweaks.recipes import default_recipe, default_space, task_knobs
 from hypertweaks.report import render as render_report
 from hypertweaks.results import trial_row, write_results
 from hypertweaks.space import Recipe, resolve_space
-from hypertweaks.study import counted
+from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, fit, release_memory, resolve_device
 from hypertweaks.trial import StudyContext
@@ -146,10 +147,9 @@ class Search:
     def finish(self, study: optuna.Study) -> Result:
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not complete:
-            raise RuntimeError(
-                f"no trial of study {self.exp.name!r} completed; see the errors in "
-                f"{self.run_dir / 'results.json'}"
-            )
+            path = self.run_dir / "results.json"
+            write_results(path, study, exp=self.exp, task=self.task)
+            raise no_trial_completed(study, self.exp, path)
         # The model on disk decides, should a worker have died after saving it. Its trial may
         # still be running in another worker (models are saved before the trial reports its
         # value), so the value comes from the checkpoint.
@@ -205,6 +205,7 @@ def make_backend(ctx: StudyContext):
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:
     """Run (or resume) the study the experiment describes and return its best result."""
     exp = make_experiment(config)
+    preflight(exp)  # runs folder, device, storage: before any data is read
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if display is None:
         display = LogDisplay(exp.metric) if exp.quiet else LiveDisplay(exp.metric)

@@ -47,7 +47,12 @@ class Knob:
             return
         ok_type = isinstance(value, int) if self.kind == "int" else isinstance(value, int | float)
         if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-            raise ValueError(f"knob {name!r} must be a finite {self.kind}. Got {value!r} instead")
+            hint = ""
+            if isinstance(value, str):
+                hint = " (text, not a number: write it unquoted, e.g. 1.0e-3 or 0.001)"
+            raise ValueError(
+                f"knob {name!r} must be a finite {self.kind}. Got {value!r} instead{hint}"
+            )
         below = value <= self.low if self.low_open else value < self.low
         above = self.high is not None and (
             value >= self.high if self.high_open else value > self.high

@@ -3,20 +3,86 @@ accounting shared by every worker. All state lives in the storage."""
 
 from __future__ import annotations
 
-import json
+import logging
 import random
+import shutil
 import time
 import warnings
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.config import ConfigError, Experiment
+from hypertweaks.fingerprint import compare_fingerprints, experiment_fingerprint
+from hypertweaks.liveness import claim, fail_dead_trials  # noqa: F401 (used by search)
 from hypertweaks.strategies import make_pruner, make_sampler
+
+log = logging.getLogger("hypertweaks")
+STORAGE_HELP = "use sqlite:///PATH/study.db or postgresql://USER:PASSWORD@HOST/DB"
+# The driver a plain postgresql:// URL gets: psycopg 3 where installed, else psycopg2.
+POSTGRES_DRIVERS = (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql+psycopg2"))
+
+
+class StudyError(ValueError):
+    """The study cannot go on as asked (e.g. no trial completed); the message says why."""
+
+
+def sqlite_url(path: Path) -> str:
+    """A SQLite URL for any folder name ('?' and '%' included: they are quoted)."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(Path(path).absolute())).render_as_string()
+
+
+def normalise_storage(url: str) -> str:
+    """A storage URL SQLAlchemy can open, with a driver that is installed: a plain
+    postgresql:// (or postgres://) URL gets psycopg 3 or psycopg2, whichever is installed.
+    Unknown schemes and missing drivers are ConfigErrors that say what to install."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        shown = redact(url) if "@" in url else url  # (redact shows only a URL's scheme)
+        raise ConfigError(f"storage {shown!r} is not a database URL; {STORAGE_HELP}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        driver = next(
+            (name for module, name in POSTGRES_DRIVERS if importlib.util.find_spec(module)), None
+        )
+        if driver is None:
+            raise ConfigError(
+                f"storage {redact(url)!r} needs a PostgreSQL driver: "
+                "pip install 'hypertweaks[postgres]'"
+            )
+        parsed = parsed.set(drivername=driver)
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise ConfigError(
+            f"storage {redact(url)!r}: unknown database kind {parsed.drivername!r}; {STORAGE_HELP}"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        extra = (
+            "pip install 'hypertweaks[postgres]'"
+            if "postgres" in parsed.drivername
+            else (f"install the Python driver of {parsed.drivername}")
+        )
+        raise ConfigError(
+            f"storage {redact(url)!r}: its driver is not installed ({error}); {extra}"
+        ) from None
+    return parsed.render_as_string(hide_password=False)
 
 
 def storage_url(exp: Experiment) -> str:
-    return exp.storage or f"sqlite:///{(exp.run_dir / 'study.db').resolve()}"
+    if exp.storage:
+        return normalise_storage(exp.storage)
+    return sqlite_url(exp.run_dir / "study.db")
 
 
 def redact(url: str) -> str:
@@ -34,7 +100,7 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
     tables; the losers retry. (PostgreSQL reports the clash as an IntegrityError, or as a
     ProgrammingError when the table's row type was created first: `type "alembic_version"
     already exists`.)"""
-    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+    from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
@@ -47,16 +113,55 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
                     max_retry=1
                 ),
             )
-        except (IntegrityError, OperationalError, ProgrammingError):
+        except (IntegrityError, OperationalError, ProgrammingError) as error:
             if attempt == attempts - 1:
-                raise
+                raise storage_error(storage_url(exp), error) from None
             time.sleep(0.5 + random.random())
+        except DatabaseError as error:  # e.g. a study.db that is not a database: no retry helps
+            raise storage_error(storage_url(exp), error) from None
     raise AssertionError("unreachable")
+
+
+def storage_error(url: str, error: Exception) -> ConfigError:
+    """Why a storage cannot be opened, and what to do."""
+    reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
+    if url.startswith("sqlite"):
+        what = "move the file away (or delete it) to start the study afresh, or restore a backup"
+    else:
+        what = "check that the server runs and is reachable, and the URL's user and password"
+    return ConfigError(f"cannot open the study's storage {redact(url)!r} ({reason}); {what}")
 
 
 def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
     """The study, and whether this worker created it. Creation is atomic in the storage (the
-    study name is unique), so of several workers that start together exactly one creates it."""
+    study name is unique), so of several workers that start together exactly one creates it.
+    A study whose data or settings changed is refused, unless no trial of it ever started (e.g.
+    its smoke run failed): that one is reconfigured. `fresh` discards the study first."""
+    if exp.fresh:
+        log.info("starting study %r afresh: its trials and best model are discarded", exp.name)
+        discard_study(exp)
+        exp = exp.model_copy(update={"fresh": False})
+    study, created = _open_study(exp, num_epochs)
+    if created:
+        study.set_user_attr("experiment_fingerprint", experiment_fingerprint(exp))
+        return study, True
+    differences = fingerprint_differences(study, exp)
+    if not differences:
+        return study, False
+    if any(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+        raise ConfigError(
+            f"study {exp.name!r} in {redact(storage_url(exp))} was started with other "
+            f"{'; '.join(differences)}. Its {done} finished trials were scored on that; give a "
+            "new --name to start a new study, or pass --fresh to discard this one and start "
+            "it afresh"
+        )
+    log.info("study %r had no trial yet: reconfigured (%s)", exp.name, "; ".join(differences))
+    discard_study(exp)
+    return open_study(exp, num_epochs)
+
+
+def _open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = _connect(exp)
@@ -68,32 +173,47 @@ def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
         return optuna.load_study(study_name=exp.name, **settings), False
 
 
+def fingerprint_differences(study: optuna.Study, exp: Experiment) -> list[str]:
+    """What differs between the study's stored fingerprint and this experiment's."""
+    stored = study.user_attrs.get("experiment_fingerprint")
+    if stored is None:  # created by an older version, or by a worker still storing it
+        study.set_user_attr("experiment_fingerprint", experiment_fingerprint(exp))
+        return []
+    return compare_fingerprints(stored, experiment_fingerprint(exp))
+
+
+def discard_study(exp: Experiment) -> None:
+    """Delete the study from its storage, and its outputs (not the data caches) from RUN_DIR."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = _connect(exp)
+    except ConfigError:
+        if exp.storage is not None:
+            raise
+        (exp.run_dir / "study.db").unlink()  # our own SQLite file, unreadable: start anew
+    else:
+        try:
+            optuna.delete_study(study_name=exp.name, storage=storage)
+        except KeyError:
+            pass
+    run_dir = exp.run_dir
+    for name in ("best", "checkpoints", "results.json", "report.html", "ray"):
+        path = run_dir / name
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def same_experiment(study: optuna.Study, exp: Experiment) -> None:
-    """A resumed study must be the same search: same task, model, data, metric and space."""
-    key = json.dumps(
-        exp.model_dump(
-            mode="json",
-            include={
-                "task",
-                "model",
-                "train",
-                "validation",
-                "metric",
-                "space",
-                "max_length",
-                "image_size",
-                "seed",
-            },
-        ),
-        sort_keys=True,
-    )
-    stored = study.user_attrs.get("experiment_key")
-    if stored is None:
-        study.set_user_attr("experiment_key", key)
-    elif stored != key:
+    """A resumed study must be the same search: same data content, task, model, metric and
+    space (`open_study` checks it; this stores the fingerprint of a study that lacks one)."""
+    differences = fingerprint_differences(study, exp)
+    if differences:
         raise ConfigError(
-            f"study {exp.name!r} already exists in {redact(storage_url(exp))} with a different "
-            "task, model, data, metric or search space; give a new --name to start a new study"
+            f"study {exp.name!r} in {redact(storage_url(exp))} was started with other "
+            f"{'; '.join(differences)}; give a new --name, or pass --fresh to start it afresh"
         )
 
 
@@ -114,9 +234,40 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
+    fail_dead_trials(study)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+
+
+def running_elsewhere(study: optuna.Study) -> list[str]:
+    """The running trials this worker cannot tell are dead, described for the user."""
+    lines = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker") or {}
+        where = f"on {owner.get('host', '?')} (pid {owner.get('pid', '?')})"
+        lines.append(f"trial {trial.number} is running {where}")
+    return lines
+
+
+def no_trial_completed(study: optuna.Study, exp: Experiment, results_path: Path) -> StudyError:
+    """Why a study has no completed trial, and what to do."""
+    trials = study.get_trials(deepcopy=False)
+    running = running_elsewhere(study)
+    errors = [
+        f"trial {t.number}: {t.user_attrs['error']}" for t in trials if "error" in t.user_attrs
+    ]
+    if running:
+        return StudyError(
+            f"no trial of study {exp.name!r} has completed yet: {'; '.join(running)}. If that "
+            f"worker is dead, its trial is retried once its heartbeat is "
+            f"{2 * exp.heartbeat_seconds} s stale: run the same command again then"
+        )
+    shown = "; ".join(errors[:3]) or "every trial failed or was pruned"
+    return StudyError(
+        f"no trial of study {exp.name!r} completed ({shown}); the trials are in "
+        f"{results_path}. Change the search space (e.g. a lower learning_rate) or the data"
+    )
 
 
 def enqueue_interrupted(study: optuna.Study) -> None:

@@ -133,7 +133,7 @@ def run_trial(
         best.offer(
             number,
             result.best_value,
-            lambda folder: write_model(exp, task, model, folder, number, recipe, result, seed),
+            lambda folder: write_model(exp, task, model, folder, number, recipe, result),
         )
         return record
     finally:
@@ -141,9 +141,7 @@ def run_trial(
         release_memory(device)
 
 
-def write_model(
-    exp: Experiment, task, model, folder: Path, number: int, recipe, result, seed: int
-) -> None:
+def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe, result) -> None:
     """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
     task.save(model, folder)
     refit = exp.model_dump(mode="json")
@@ -155,7 +153,7 @@ def write_model(
         name=f"{exp.name}-refit",
         storage=None,
         backend="optuna",
-        seed=seed,  # the trial's own seed: a one-trial study's only trial has number 0
+        trial_seed=exp.seed_of(number),  # its trial 0 is this trial, seed included
     )
     header = (
         f"# best recipe of study {exp.name!r}: trial {number}, "

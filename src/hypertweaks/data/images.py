@@ -57,6 +57,22 @@ def read_images_source(path: Path, image_column: str, label_column: str, role: s
     return read_image_table(path, image_column, label_column, role)
 
 
+def to_8bit(image):
+    """A high-bit-depth grayscale image (16-bit PNG/TIFF, 32-bit int, float) as 8-bit, scaled by
+    its bit depth: PIL's own conversion clips every value above 255 to white."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(image).astype(np.float64)
+    if image.mode.startswith("F"):
+        top = 1.0 if pixels.size and np.nanmax(pixels) <= 1.0 else max(np.nanmax(pixels), 1.0)
+    else:  # 16-bit containers (I;16*, and 16-bit PNGs that PIL opens as 32-bit "I")
+        peak = float(pixels.max()) if pixels.size else 0.0
+        top = 65535.0 if peak <= 65535 else peak
+    scaled = np.clip(np.nan_to_num(pixels) / top * 255.0, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
 def decode_image(path: str, size: int) -> tuple[torch.Tensor, bool]:
     """uint8 [C, size, size] (C = 1 for grayscale) and whether it is grayscale."""
     from PIL import Image, UnidentifiedImageError
@@ -67,7 +83,13 @@ def decode_image(path: str, size: int) -> tuple[torch.Tensor, bool]:
             image.load()
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"cannot read image {path!r}: {error}; fix or remove the file") from None
-    is_gray = image.mode in ("L", "I", "I;16", "1", "F")
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            f"image {path!r} is too large to decode safely ({error}); shrink it, or remove it"
+        ) from None
+    is_gray = image.mode in ("L", "LA", "1", "P;16") or image.mode[:1] in ("I", "F")
+    if is_gray and image.mode not in ("L", "1", "LA"):
+        image = to_8bit(image)  # 16-bit scans: scaled, not clipped at 255
     tensor = F.pil_to_tensor(image.convert("L" if is_gray else "RGB"))
     return F.resize(tensor, [size, size], antialias=True), is_gray
 

@@ -65,6 +65,15 @@ def _check(record: Any, where: str, text_field: str) -> tuple[str, dict[str, Any
     return kind, record
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise KeyError(key)
+        seen[key] = value
+    return seen
+
+
 def read_jsonl(path: Path | str, role: str, text_field: str = "text") -> list[dict[str, Any]]:
     """Records of one file, all of one format; errors name the file and line."""
     path = Path(path)
@@ -81,10 +90,15 @@ def read_jsonl(path: Path | str, role: str, text_field: str = "text") -> list[di
                 continue
             where = f"{path}:{number}"
             try:
-                loaded = json.loads(line)
+                loaded = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as error:
                 raise DataError(
                     f"{where}: not valid JSON ({error.msg} at column {error.colno})"
+                ) from None
+            except KeyError as error:
+                raise DataError(
+                    f"{where}: field {error.args[0]!r} is given twice in one object; JSON readers "
+                    "silently keep the last one, so remove the one you did not mean"
                 ) from None
             kind, record = _check(loaded, where, text_field)
             kinds.setdefault(kind, number)

@@ -50,6 +50,14 @@ class Splits:
 
 
 def _label_values(series: pd.Series, role: str) -> pd.Series:
+    nested = series.map(lambda v: isinstance(v, list | dict | tuple | set | np.ndarray))
+    if nested.any():
+        first = int(nested.to_numpy().argmax())
+        raise DataError(
+            f"{role}: {int(nested.sum())} labels are lists or objects, not single values (e.g. "
+            f"row {first}: {series.iloc[first]!r}); give each example one label (multi-label "
+            "classification is not supported)"
+        )
     missing = series.isna()
     if missing.any():
         raise DataError(
@@ -57,6 +65,30 @@ def _label_values(series: pd.Series, role: str) -> pd.Series:
             "remove them or fill them in"
         )
     return series
+
+
+def _normal(label: Any) -> str:
+    return str(label).strip().casefold()
+
+
+def check_near_duplicates(values: Sequence[Any], role: str) -> None:
+    """Labels that differ only by case or surrounding spaces ('pos', 'pos ', 'Pos') would become
+    separate classes."""
+    counts = Counter(values)
+    groups: dict[str, list[Any]] = {}
+    for value in counts:  # 1 and "1" too: a JSON file may hold both
+        groups.setdefault(_normal(value), []).append(value)
+    clashes = [sorted(group, key=lambda v: -counts[v]) for group in groups.values()]
+    clashes = [group for group in clashes if len(group) > 1]
+    if clashes:
+        shown = "; ".join(
+            ", ".join(f"{v!r} ({counts[v]} rows)" for v in group) for group in clashes[:5]
+        )
+        raise DataError(
+            f"{role}: labels that differ only by case, surrounding spaces or type would become "
+            f"separate classes: {shown}. Make each class's label identical in the file (e.g. "
+            "strip spaces and use one spelling)"
+        )
 
 
 def _sort_classes(values: Sequence[Any]) -> list[Any]:
@@ -70,9 +102,13 @@ def _encode(values: pd.Series, index: dict[Any, int], role: str) -> np.ndarray:
     unseen = sorted({v for v in values if v not in index}, key=str)
     if unseen:
         shown = ", ".join(repr(v) for v in unseen[:5])
+        normal = {_normal(k): k for k in index}
+        near = [f"{v!r} -> {normal[_normal(v)]!r}" for v in unseen if _normal(v) in normal]
+        hint = f" (they differ from train's only by case or spaces: {', '.join(near[:5])})"
         raise DataError(
-            f"{role} has labels that train does not have: {shown}; a model cannot learn classes "
-            "it never sees. Add examples of them to train or remove them"
+            f"{role} has labels that train does not have: {shown}{hint if near else ''}; a "
+            "model cannot learn classes it never sees. Add examples of them to train or remove "
+            "them"
         )
     return np.array([index[v] for v in values], dtype=np.int64)
 
@@ -130,6 +166,8 @@ def load_splits(
         frames[role] = table.reset_index(drop=True)
 
     train = frames["train"]
+    for role, frame in frames.items():
+        check_near_duplicates(frame[label_column].tolist(), f"{role} ({tables[role][1]})")
     classes = _sort_classes(train[label_column].tolist())
     if len(classes) < 2:
         raise DataError(
@@ -140,8 +178,14 @@ def load_splits(
         role: Split(frame[input_column].tolist(), _encode(frame[label_column], index, role), role)
         for role, frame in frames.items()
     }
+    counts = Counter(encoded["train"].labels.tolist())
+    single = [repr(classes[c]) for c, n in sorted(counts.items()) if n == 1]
+    if "validation" in encoded and single:
+        notes.append(
+            f"warning: {len(single)} class(es) have a single training example "
+            f"({', '.join(single[:5])}): the model can hardly learn them; add examples"
+        )
     if "validation" not in encoded:
-        counts = Counter(encoded["train"].labels.tolist())
         for class_id, count in sorted(counts.items()):
             if count < 2:
                 raise DataError(

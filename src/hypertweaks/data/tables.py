@@ -12,8 +12,9 @@ class DataError(ValueError):
 
 
 READERS = {
-    ".csv": lambda p: pd.read_csv(p),
-    ".tsv": lambda p: pd.read_csv(p, sep="\t"),
+    # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first column's name
+    ".csv": lambda p: pd.read_csv(p, encoding="utf-8-sig"),
+    ".tsv": lambda p: pd.read_csv(p, sep="\t", encoding="utf-8-sig"),
     ".jsonl": lambda p: pd.read_json(p, lines=True),
     ".json": lambda p: pd.read_json(p, lines=True),
     ".parquet": lambda p: pd.read_parquet(p),
@@ -45,13 +46,40 @@ def read_table(path: str | Path, role: str = "train") -> pd.DataFrame:
             f"{role} data {str(path)!r}: unknown file type {path.suffix!r}; "
             f"use one of {', '.join(READERS)} or a `datasets` folder"
         )
+    if path.suffix.lower() in (".csv", ".tsv"):
+        check_header(path, "\t" if path.suffix.lower() == ".tsv" else ",")
     try:
         table = reader(path)
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{role} data {str(path)!r} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+        ) from None
     except (ValueError, OSError) as error:
-        raise DataError(f"{role} data {str(path)!r} cannot be read: {error}") from None
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{role} data {str(path)!r} cannot be read: {message}") from None
     if table.empty:
         raise DataError(f"{role} data {str(path)!r} holds no rows")
     return table
+
+
+def check_header(path: Path, delimiter: str) -> None:
+    """A column name given twice: pandas would rename the second ('label.1') and silently use
+    the first."""
+    import csv
+
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle, delimiter=delimiter), [])
+    except (UnicodeDecodeError, csv.Error, OSError):
+        return  # the reader reports it
+    seen: dict[str, int] = {}
+    for number, name in enumerate(header, start=1):
+        if name in seen and name.strip():
+            raise DataError(
+                f"{path}:1: column {name!r} appears twice (columns {seen[name]} and {number}); "
+                "rename or remove one, so that it is clear which one is meant"
+            )
+        seen.setdefault(name, number)
 
 
 def _read_datasets_folder(path: Path, role: str) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from torch import nn
 from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
+    check_max_length,
     default_dropout,
     layer_stack,
     load_hf_config,
@@ -75,6 +76,7 @@ class TextClassification(TaskBase):
     def prepare(self) -> None:
         exp = self.experiment
         config = load_hf_config(exp.model)  # fails fast on a bad model name
+        exp.max_length = check_max_length(exp.max_length, config, exp.model, exp._max_length_given)
         tables = {}
         for role in ("train", "validation", "test"):
             path = getattr(exp, role)
@@ -144,7 +146,7 @@ class TextClassification(TaskBase):
                 split.inputs,
                 truncation=True,
                 max_length=self.experiment.max_length,
-                padding="max_length",
+                padding="longest",  # batches are trimmed anyway: never pad beyond the data
                 return_tensors="pt",
             )
             cached = {
