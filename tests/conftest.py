@@ -27,6 +27,8 @@ def _shared_data() -> Path:
 
 
 SHARED_DATA = _shared_data()
+# the bench finds the data beside its checkout; a clone elsewhere uses the one the tests found
+os.environ.setdefault("HYPERTWEAKS_BENCH_DATA", str(SHARED_DATA))
 WORDS = {
     "joy": ["happy", "great", "love", "wonderful", "smile"],
     "anger": ["angry", "hate", "awful", "furious", "rage"],
