@@ -269,16 +269,21 @@ def onepoch_topk(ctx: Context) -> float:
     return r.score(_best(finals or r.trials))
 
 
-@strategy("defaults_then_random")
-def defaults_then_random(ctx: Context) -> float:
-    """hypertweaks today, approximately: the reference recipe first, then random."""
+def _reference_then_random(ctx: Context) -> Trial:
+    """The reference recipe, then random design recipes while the budget lasts: the best."""
     r = ctx.replay
     r.start(0)
     for recipe in r.rng.permutation(_sobol(ctx)):
         if not r.can_start():
             break
         r.start(int(recipe))
-    return r.score(_best(r.trials))
+    return _best(r.trials)
+
+
+@strategy("defaults_then_random")
+def defaults_then_random(ctx: Context) -> float:
+    """hypertweaks today, approximately: the reference recipe first, then random."""
+    return ctx.replay.score(_reference_then_random(ctx))
 
 
 def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:
@@ -337,16 +342,10 @@ def probe_then_reference(ctx: Context) -> float:
 def probe_then_random(ctx: Context) -> float:
     """The probe, then the reference and random recipes while the budget lasts."""
     probe = _probe(ctx)
-    r = ctx.replay
-    r.start(0)
-    for recipe in r.rng.permutation(_sobol(ctx)):
-        if not r.can_start():
-            break
-        r.start(int(recipe))
-    best = _best(r.trials)
+    best = _reference_then_random(ctx)
     if probe is not None and probe[0] > best.value:
         return probe[1]
-    return r.score(best)
+    return ctx.replay.score(best)
 
 
 @strategy("portfolio")
