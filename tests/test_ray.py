@@ -35,6 +35,10 @@ def free_port() -> int:
 def cluster(tmp_path_factory):
     """`ray start --head` plus a second node joining it, one CPU each, on 127.0.0.1."""
     port = free_port()
+    # Ray 2.60's local ray.init() leaves ~/.ray/auth_token, after which a node joining the head
+    # is refused ("InvalidAuthToken"): nodes and drivers here run without token auth.
+    previous_auth = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
     common = ["--num-cpus=1", "--num-gpus=0", "--node-ip-address=127.0.0.1"]
     common += ["--disable-usage-stats"]
@@ -51,6 +55,10 @@ def cluster(tmp_path_factory):
     yield address
     ray.shutdown()
     subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    if previous_auth is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = previous_auth
 
 
 @pytest.fixture(scope="module")
