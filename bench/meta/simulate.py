@@ -129,7 +129,6 @@ def load_table(cut, folder: Path | None = None) -> Table:
 class Trial:
     run: Run
     epochs: int  # epochs run so far
-    planned: int  # the recipe's epochs (early stopping may end it sooner)
 
     @property
     def best_epoch(self) -> int:
@@ -140,9 +139,6 @@ class Trial:
     def value(self) -> float:
         return float(self.run.val_acc[self.best_epoch - 1])
 
-    @property
-    def value_loss(self) -> float:
-        return float(self.run.val_loss[: self.epochs].min())
 
 
 class Replay:
@@ -172,7 +168,7 @@ class Replay:
         """Run a recipe for `epochs` (default: all of its own schedule), stopping early after
         `patience` epochs without improvement, as the real trial would."""
         run = self._run(recipe)
-        trial = Trial(run, 0, run.epochs)
+        trial = Trial(run, 0)
         self.trials.append(trial)
         self.advance(trial, epochs or run.epochs, patience)
         return trial

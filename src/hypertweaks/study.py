@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.fingerprint import compare_fingerprints, experiment_fingerprint
-from hypertweaks.liveness import claim, fail_dead_trials  # noqa: F401 (used by search)
+from hypertweaks.liveness import claim, fail_dead_trials  # noqa: F401 (claim: for embedded)
 from hypertweaks.strategies import make_pruner, make_sampler
 
 log = logging.getLogger("hypertweaks")
