@@ -140,7 +140,6 @@ class Trial:
         return float(self.run.val_acc[self.best_epoch - 1])
 
 
-
 class Replay:
     """One task, one replay seed, one budget: the strategy's view of the table."""
 
