@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hypertweaks.atomic import write_text
 from hypertweaks.data import DataError
 from hypertweaks.data.inputs import image_table, read_prompts, read_texts
 from hypertweaks.generate import Generator
@@ -350,15 +351,9 @@ def write_report(report: dict[str, Any], json_path: str | Path) -> tuple[Path, P
 
     json_path = Path(json_path)
     html_path = json_path.with_suffix(".html")
-    _write(json_path, json.dumps(report, indent=2, default=str))
-    _write(html_path, page(f"evaluation of {report['model']}", [evaluation_html(report)]))
+    write_text(json_path, json.dumps(report, indent=2, default=str))
+    write_text(html_path, page(f"evaluation of {report['model']}", [evaluation_html(report)]))
     return json_path, html_path
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def default_report_path(directory: Path, data: str | Path) -> Path:

@@ -4,10 +4,10 @@ missing or corrupt (a crash while writing, a truncated copy)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
+from hypertweaks.atomic import write_text
 from hypertweaks.results import read_json
 
 
@@ -61,10 +61,7 @@ def rebuild_results(run_dir: Path, storage: str | None = None) -> dict[str, Any]
         used_examples=sum(r["examples"] for r in rows),
     )
     data = {**header, "budget": budget, "rebuilt_from_study": True, "trials": rows}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / ".results.json.tmp"
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, run_dir / "results.json")
+    write_text(run_dir / "results.json", json.dumps(data, indent=2, default=str))
     return data
 
 

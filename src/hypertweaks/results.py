@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
+from hypertweaks.atomic import write_text
 from hypertweaks.config import Experiment
 from hypertweaks.study import counted, redact, storage_url, trial_seconds
 from hypertweaks.trial import TrialRecord
@@ -84,6 +84,4 @@ def write_results(
         "trials": rows,
     }
     study.set_user_attr("results_header", {k: v for k, v in data.items() if k != "trials"})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=str))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from hypertweaks.atomic import save_torch
 from hypertweaks.data.tables import DataError, read_table, require_columns
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
@@ -113,8 +114,5 @@ def load_images_cached(paths: list[str], size: int, cache_dir: Path) -> torch.Te
     if cached.exists():
         return torch.load(cached, weights_only=True)
     images = decode_images(paths, size)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".tmp")
-    torch.save(images, tmp)
-    tmp.replace(cached)
+    save_torch(images, cached)
     return images

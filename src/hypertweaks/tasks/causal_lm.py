@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -322,13 +323,20 @@ class CausalLM(TaskBase):
             return exp.model, None
         if not (folder / "config.json").exists():
             model = load_causal_lm(exp.model, exp.gguf_file)
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            # a private folder per writer: two workers may dequantise the same file at once
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             del model
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            if (folder / "config.json").exists():  # another worker finished first
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+                try:
+                    tmp.rename(folder)
+                except OSError:  # lost the race between the check and the rename
+                    shutil.rmtree(tmp, ignore_errors=True)
         return str(folder.resolve()), None
 
     # -- model ----------------------------------------------------------------------------

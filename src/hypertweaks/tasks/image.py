@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from hypertweaks.atomic import save_torch
 from hypertweaks.backbones import (
     is_hf_model,
     load_image_classifier,
@@ -174,9 +175,7 @@ class ImageClassification(TaskBase):
                     )
                 )
             features = torch.cat(chunks)
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(features, path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
+            save_torch(features, path)
         return features
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

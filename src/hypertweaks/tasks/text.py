@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from hypertweaks.atomic import save_torch
 from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
@@ -153,10 +154,7 @@ class TextClassification(TaskBase):
                 "ids": encoded["input_ids"].to(torch.int32),
                 "lengths": encoded["attention_mask"].sum(dim=1),
             }
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(cached, tmp)
-            tmp.replace(path)
+            save_torch(cached, path)
         return EncodedTexts(cached["ids"], cached["lengths"], torch.as_tensor(split.labels))
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
