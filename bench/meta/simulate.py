@@ -16,6 +16,7 @@ seed would be.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -379,7 +380,8 @@ def replay(
         others = [t for t in table.tasks if t != task]
         scores = []
         for rep in range(repeats):
-            rng = np.random.default_rng([base_seed, rep, abs(hash(task)) % 2**31])
+            # zlib, not hash(): str hashes differ from process to process
+            rng = np.random.default_rng([base_seed, rep, zlib.crc32(task.encode())])
             ctx = Context(Replay(table, task, budget, rng), table.recipes, others, table)
             scores.append(STRATEGIES[name](ctx))
         out[task] = scores

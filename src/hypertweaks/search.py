@@ -68,13 +68,15 @@ class Search:
         self.task.prepare()
         try:
             self.space = resolve_space(
-                default_space(self.exp.task, self.exp.space),
+                default_space(self.exp.task, self.exp.space, len(self.task.splits.train)),
                 self.task.num_layers,
                 task_knobs(self.exp.task),
             )
         except ValueError as error:
             raise ConfigError(f"invalid experiment:\n  space: {error}") from None
-        self.defaults = default_recipe(self.exp.task, self.task.pretrained_dropout)
+        self.defaults = default_recipe(
+            self.exp.task, self.task.pretrained_dropout, len(self.task.splits.train)
+        )
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # every core this process may use
         splits = self.task.splits
