@@ -265,21 +265,64 @@ def onepoch_topk(ctx: Context) -> float:
     return r.score(_best(finals or r.trials))
 
 
-def _reference_then_random(ctx: Context) -> Trial:
-    """The reference recipe, then random design recipes while the budget lasts: the best."""
+# The design's recipe 1 (the HF Trainer's defaults) is hypertweaks' text default since the
+# meta-dataset measured it (src/hypertweaks/recipes.py); recipe 0 is the default before that.
+DEFAULTS = 1
+
+
+def _first_then_random(ctx: Context, first: int) -> Trial:
+    """One recipe, then random design recipes while the budget lasts: the best."""
     r = ctx.replay
-    r.start(0)
-    for recipe in r.rng.permutation(_sobol(ctx)):
+    r.start(first)
+    for recipe in r.rng.permutation([x for x in _sobol(ctx) if x != first]):
         if not r.can_start():
             break
         r.start(int(recipe))
     return _best(r.trials)
 
 
+def _reference_then_random(ctx: Context) -> Trial:
+    return _first_then_random(ctx, 0)
+
+
+@strategy("reference_then_random")
+def reference_then_random(ctx: Context) -> float:
+    """hypertweaks before the meta-dataset: the reference recipe first, then random."""
+    return ctx.replay.score(_reference_then_random(ctx))
+
+
+@strategy("defaults")
+def defaults(ctx: Context) -> float:
+    """hypertweaks' text default recipe, once."""
+    return ctx.replay.score(ctx.replay.start(DEFAULTS))
+
+
 @strategy("defaults_then_random")
 def defaults_then_random(ctx: Context) -> float:
-    """hypertweaks today, approximately: the reference recipe first, then random."""
-    return ctx.replay.score(_reference_then_random(ctx))
+    """hypertweaks' default recipe first, then random design recipes."""
+    return ctx.replay.score(_first_then_random(ctx, DEFAULTS))
+
+
+def _keep_first_unless_beaten(ctx: Context, errors: float) -> float:
+    """As defaults_then_random, but the default stays the choice unless another trial beats it
+    on validation by more than `errors` binomial standard errors: a lead inside the validation
+    noise is not evidence enough to leave a recipe known to work across tasks."""
+    r = ctx.replay
+    best = _first_then_random(ctx, DEFAULTS)
+    first = r.trials[0]
+    examples = ctx.table.tasks[r.task]["meta_features"]["validation_rows"]
+    error = np.sqrt(max(first.value * (1 - first.value), 1e-4) / examples)
+    return r.score(best if best.value - first.value > errors * error else first)
+
+
+@strategy("defaults_keep_1se")
+def defaults_keep_1se(ctx: Context) -> float:
+    return _keep_first_unless_beaten(ctx, 1.0)
+
+
+@strategy("defaults_keep_2se")
+def defaults_keep_2se(ctx: Context) -> float:
+    return _keep_first_unless_beaten(ctx, 1.96)
 
 
 def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:
