@@ -156,3 +156,14 @@ def test_the_probe_is_charged_a_forward_pass_and_chosen_only_when_it_wins_on_val
     table = load_table("cut", tmp_path)
     context = simulate.Context(replay_of(table, budget=1.0), table.recipes, ["b"], table)
     assert simulate.probe_then_reference(context) == 0.7
+
+
+def test_the_default_is_kept_unless_another_recipe_beats_it_beyond_the_noise(tmp_path):
+    # 4 validation rows: one standard error near 0.25, so a 0.1 lead is noise, a 0.4 lead is not
+    for task, rival in (("close", 0.6), ("far", 0.9)):
+        write_run(tmp_path, task, 0, 0, [rival], [0.9])
+        write_run(tmp_path, task, 1, 0, [0.5], [0.7])  # the default (DEFAULTS = 1)
+    table = load_table("cut", tmp_path)
+    scores = replay(table, "defaults_keep_1se", budget=3.0, repeats=1)
+    assert scores == {"close": [0.7], "far": [0.9]}
+    assert replay(table, "defaults_then_random", budget=3.0, repeats=1)["close"] == [0.9]

@@ -271,10 +271,11 @@ DEFAULTS = 1
 
 
 def _first_then_random(ctx: Context, first: int) -> Trial:
-    """One recipe, then random design recipes while the budget lasts: the best."""
+    """One recipe, then the other design recipes in random order while the budget lasts (the
+    reference among them: a point of the space like any other): the best."""
     r = ctx.replay
     r.start(first)
-    for recipe in r.rng.permutation([x for x in _sobol(ctx) if x != first]):
+    for recipe in r.rng.permutation([x for x in ctx.recipes if x != first]):
         if not r.can_start():
             break
         r.start(int(recipe))
@@ -310,7 +311,7 @@ def _keep_first_unless_beaten(ctx: Context, errors: float) -> float:
     r = ctx.replay
     best = _first_then_random(ctx, DEFAULTS)
     first = r.trials[0]
-    examples = ctx.table.tasks[r.task]["meta_features"]["validation_rows"]
+    examples = first.run.probs("validation").shape[1]
     error = np.sqrt(max(first.value * (1 - first.value), 1e-4) / examples)
     return r.score(best if best.value - first.value > errors * error else first)
 
