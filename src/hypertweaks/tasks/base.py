@@ -33,6 +33,17 @@ class IndexedExamples(Dataset):
         return index
 
 
+class Features(IndexedExamples):
+    """Pooled features of a frozen pretrained model, for recipes that train only the head."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        index = torch.as_tensor(indices)
+        return {"features": self.features[index]}, self.labels[index]
+
+
 class TaskBase:
     """The contract. A subclass sets `splits`, `num_layers` and `pretrained_dropout` in
     `prepare`, and implements `build`, `dataset`, `forward`, `metrics`, `save` and `load`.

@@ -25,7 +25,7 @@ from hypertweaks.backbones import (
 from hypertweaks.data import Split, load_splits
 from hypertweaks.data.images import load_images_cached, read_images_source
 from hypertweaks.space import Recipe
-from hypertweaks.tasks.base import IndexedExamples, TaskBase
+from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
 
 DEFECT_NAMES = (
@@ -77,17 +77,6 @@ class Images(IndexedExamples):
         pixels = batch.float().div_(255).expand(-1, 3, -1, -1)  # grayscale scans -> 3 channels
         pixels = (pixels - self.mean) / self.std
         return {"pixel_values": pixels}, self.labels[torch.as_tensor(indices)]
-
-
-class Features(IndexedExamples):
-    """Pooled backbone features, for recipes that train only the classifier."""
-
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
-        self.features, self.labels = features, labels
-
-    def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        index = torch.as_tensor(indices)
-        return {"features": self.features[index]}, self.labels[index]
 
 
 class ImageClassification(TaskBase):

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from hypertweaks.atomic import save_torch
 from hypertweaks.config import Experiment
@@ -23,7 +24,7 @@ from hypertweaks.models import (
     looks_like_path,
 )
 from hypertweaks.space import Recipe
-from hypertweaks.tasks.base import IndexedExamples, TaskBase
+from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
 
 
@@ -48,8 +49,52 @@ def drop_empty_texts(max_dropped_fraction: float, column: str):
     return clean
 
 
+HEAD_FILE = "head.safetensors"  # a head-only model's classifier, beside its encoder's folder
+
+
+class MeanPooledClassifier(nn.Module):
+    """A linear classifier on the mean of the encoder's last hidden states over the real tokens:
+    what a text recipe that freezes every layer trains (a linear probe). Mean pooling, not the
+    CLS pooler: sentence encoders are trained for it and their pooler is not, and on frozen
+    features it is the better probe for BERT-style encoders too."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(features))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: Any):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        return SequenceClassifierOutput(logits=self.classify(self.pool(input_ids, attention_mask)))
+
+
+def load_encoder(source: str | Path) -> nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(source)
+
+
 def load_saved(directory: Path) -> nn.Module:
-    """A classifier written by `TextClassification.save` (its tokenizer is in the same folder)."""
+    """A classifier written by `TextClassification.save` (its tokenizer is in the same folder):
+    a Hugging Face sequence classifier, or a head-only model (the encoder's folder plus
+    head.safetensors)."""
+    if (directory / HEAD_FILE).is_file():
+        from safetensors.torch import load_file
+
+        head = load_file(directory / HEAD_FILE)
+        model = MeanPooledClassifier(load_encoder(directory), head["head.weight"].shape[0], 0.0)
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+        return model
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(directory)
@@ -124,14 +169,46 @@ class TextClassification(TaskBase):
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         return tokenizer
 
+    def trains_head_only(self, recipe: Recipe) -> bool:
+        """Every layer frozen for every epoch: a linear head on cached mean-pooled features."""
+        return recipe.freeze_layers >= self.num_layers and not recipe.gradual_unfreeze
+
     def build(self, recipe: Recipe):
+        if self.trains_head_only(recipe):
+            encoder = load_encoder(self.model_source)
+            model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
+            return model, layer_stack(model, body=encoder)
         model = load_text_classifier(
             self.model_source, len(self.splits.classes), self.id2label, recipe.dropout
         )
         return model, layer_stack(model)
 
-    def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> EncodedTexts:
+    def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
+        if recipe is not None and self.trains_head_only(recipe):
+            features = self.cached("features", split, lambda: self._pooled_features(split))
+            return Features(features, torch.as_tensor(split.labels))
         return self.cached("tokens", split, lambda: self._encode(split))
+
+    @torch.no_grad()
+    def _pooled_features(self, split: Split) -> torch.Tensor:
+        """The frozen encoder's mean-pooled features: one forward pass per study (never paying
+        twice), on disk beside the tokens."""
+        digest = hashlib.sha256(json.dumps(["mean-pooled", self.tokenizer_key]).encode())
+        digest.update(str(self.model_source).encode())
+        for text in split.inputs:
+            digest.update(text.encode() + b"\0")
+        path = self.cache_dir / f"features-{digest.hexdigest()[:24]}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        pooling = MeanPooledClassifier(load_encoder(self.model_source), 1, 0.0).eval()
+        data = self._encode(split)
+        chunks = []
+        for start in range(0, len(data), 64):
+            inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
+            chunks.append(pooling.pool(inputs["input_ids"], inputs["attention_mask"]))
+        features = torch.cat(chunks) if chunks else torch.zeros(0, pooling.head.in_features)
+        save_torch(features, path)
+        return features
 
     def _encode(self, split: Split) -> EncodedTexts:
         """Tokenize once per study: the cache is keyed by tokenizer, max length and the texts."""
@@ -158,13 +235,22 @@ class TextClassification(TaskBase):
         return EncodedTexts(cached["ids"], cached["lengths"], torch.as_tensor(split.labels))
 
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        if "features" in inputs:  # the frozen encoder ran once already: only the head trains
+            return model.classify(inputs["features"])
         return model(**inputs).logits
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         return classification_metrics(logits, labels)
 
     def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(directory)
+        if isinstance(model, MeanPooledClassifier):
+            from safetensors.torch import save_file
+
+            model.encoder.save_pretrained(directory)
+            head = {f"head.{k}": v.contiguous() for k, v in model.head.state_dict().items()}
+            save_file(head, directory / HEAD_FILE)
+        else:
+            model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         labels = {
             "classes": [

@@ -1,0 +1,102 @@
+"""A text recipe that freezes every layer trains a linear head on the frozen encoder's
+mean-pooled features, computed once per study; its model saves, loads and predicts as any
+other (issue 16, lever 2: the head-only candidate)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_texts
+
+import hypertweaks
+from hypertweaks import tune
+from hypertweaks.config import make_experiment
+from hypertweaks.evaluate import evaluate
+from hypertweaks.space import Recipe
+from hypertweaks.tasks.text import HEAD_FILE, MeanPooledClassifier, TextClassification
+from hypertweaks.train import fit
+
+HEAD_ONLY = {"freeze_layers": "all", "gradual_unfreeze": False, "learning_rate": 3e-3}
+
+
+def recipe(**changes) -> Recipe:
+    base = dict(
+        learning_rate=3e-3,
+        batch_size=8,
+        epochs=3,
+        dropout=0.0,
+        weight_decay=0.0,
+        schedule="linear",
+        warmup_ratio=0.0,
+        freeze_layers=2,
+        gradual_unfreeze=False,
+    )
+    return Recipe(**{**base, **changes})
+
+
+def test_head_only_text_recipes_train_a_head_on_features_computed_once(text_experiment, tmp_path):
+    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
+    task.prepare()
+    head_only = recipe(freeze_layers=task.num_layers)
+    train = task.dataset(task.splits.train, True, head_only)
+    validation = task.dataset(task.splits.validation, False, head_only)
+    assert "features" in train.collate([0])[0]
+    assert len(list((tmp_path / "cache").glob("features-*.pt"))) == 2  # train and validation
+    model, layers = task.build(head_only)
+    assert isinstance(model, MeanPooledClassifier)
+    encoder = [p.detach().clone() for p in model.encoder.parameters()]
+    head = model.head.weight.detach().clone()
+    fit(task, model, layers, head_only, train, validation)
+    assert all(torch.equal(a, b) for a, b in zip(encoder, model.encoder.parameters(), strict=True))
+    assert not torch.equal(head, model.head.weight)
+    # the cached features are what the model computes from the tokens
+    tokens, _ = task.dataset(task.splits.validation, False).collate([0, 1, 2])
+    model.eval()
+    with torch.no_grad():
+        from_tokens = task.forward(model, tokens)
+        from_features = task.forward(model, validation.collate([0, 1, 2])[0])
+    assert torch.allclose(from_tokens, from_features, atol=1e-5)
+
+
+def test_partial_freezing_and_gradual_unfreezing_keep_the_full_model(text_experiment, tmp_path):
+    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
+    task.prepare()
+    for kept in (recipe(freeze_layers=1), recipe(freeze_layers=2, gradual_unfreeze=True)):
+        assert not isinstance(task.build(kept)[0], MeanPooledClassifier)
+        assert "input_ids" in task.dataset(task.splits.train, True, kept).collate([0])[0]
+
+
+def test_a_head_only_study_saves_a_model_that_loads_and_scores_what_the_study_scored(
+    tiny_bert, tmp_path
+):
+    for role, n, seed in (("train", 30, 0), ("validation", 8, 1), ("test", 8, 2)):
+        make_texts(n, seed).to_csv(tmp_path / f"{role}.csv", index=False)
+    result = tune(
+        {
+            "model": str(tiny_bert),
+            "train": str(tmp_path / "train.csv"),
+            "validation": str(tmp_path / "validation.csv"),
+            "test": str(tmp_path / "test.csv"),
+            "name": "probe",
+            "runs_dir": str(tmp_path / "runs"),
+            "trials": 1,
+            "max_length": 16,
+            "quiet": True,
+            "space": {**HEAD_ONLY, "epochs": 4, "batch_size": 8, "dropout": 0.0},
+        }
+    )
+    best = result.best_model_dir
+    assert (best / HEAD_FILE).is_file() and (best / "config.json").is_file()
+    model = hypertweaks.load(best)
+    report = evaluate(model, tmp_path / "test.csv")
+    assert report["metrics"]["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
+    proba = model.predict_proba(["joy happy glad", "anger mad"])
+    assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    results = json.loads((best.parent / "results.json").read_text())
+    assert (
+        results["trials"][0]["recipe"]["freeze_layers"]
+        == model.model.encoder.config.num_hidden_layers
+    )
