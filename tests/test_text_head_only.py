@@ -100,3 +100,27 @@ def test_a_head_only_study_saves_a_model_that_loads_and_scores_what_the_study_sc
         results["trials"][0]["recipe"]["freeze_layers"]
         == model.model.encoder.config.num_hidden_layers
     )
+
+
+def test_text_studies_run_the_head_only_candidate_after_the_defaults(text_experiment, tmp_path):
+    import optuna
+
+    tune({**text_experiment, "trials": 3})
+    run_dir = tmp_path / "runs" / "tiny"
+    trials = json.loads((run_dir / "results.json").read_text())["trials"]
+    assert [t["tag"] for t in trials[:2]] == ["defaults", "head-only"]
+    head_only = trials[1]
+    assert head_only["recipe"]["freeze_layers"] == 2 and head_only["recipe"]["epochs"] == 30
+    assert head_only["state"] == "complete"  # never pruned
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    frozen = study.trials[1]
+    # outside the search space: the sampler and the pruner never see it
+    assert frozen.params == {} and frozen.intermediate_values == {}
+    assert study.trials[2].params  # the sampler's trials go on as before
+
+
+def test_a_space_that_sets_freezing_gets_no_head_only_candidate(text_experiment, tmp_path):
+    space = {**text_experiment["space"], "freeze_layers": {"low": 0, "high": 1}}
+    tune({**text_experiment, "trials": 2, "space": space})
+    trials = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())["trials"]
+    assert "head-only" not in [t.get("tag") for t in trials]

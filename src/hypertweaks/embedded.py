@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.results import trial_row, write_results
-from hypertweaks.space import fit_into, max_epochs, suggest
+from hypertweaks.space import Recipe, fit_into, max_epochs, suggest
 from hypertweaks.strategies import starting_recipes
 from hypertweaks.study import (
     claim,
@@ -34,8 +34,11 @@ class EmbeddedBackend:
         if created:
             # Only the worker that created the study enqueues the starting recipes: workers that
             # start together would otherwise all see an empty study and each enqueue them.
-            for tag, recipe in starting_recipes(exp, ctx.defaults):
-                study.enqueue_trial(fit_into(ctx.space, recipe), {"tag": tag})
+            for start in starting_recipes(exp, ctx.defaults, ctx.task.num_layers):
+                if start.fixed:  # no Optuna parameters: the sampler and pruner never see it
+                    study.enqueue_trial({}, {"tag": start.tag, "fixed_recipe": start.recipe})
+                else:
+                    study.enqueue_trial(fit_into(ctx.space, start.recipe), {"tag": start.tag})
         same_experiment(study, exp)
         finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
         if finished:
@@ -77,7 +80,8 @@ class EmbeddedBackend:
             trial.set_user_attr("surplus", True)
             trial.study.stop()
             raise optuna.TrialPruned("the study's budget is spent")
-        recipe = suggest(trial, ctx.space)
+        fixed = trial.user_attrs.get("fixed_recipe")
+        recipe = Recipe(**fixed) if fixed else suggest(trial, ctx.space)
         seed = exp.seed_of(trial.number)
         tag = trial.user_attrs.get("tag", "")
         trial.set_user_attr("seed", seed)
@@ -85,8 +89,10 @@ class EmbeddedBackend:
         ctx.display.trial_started(trial.number, recipe.as_dict(), tag)
 
         def on_epoch(report) -> bool:
-            trial.report(report.metrics[exp.metric], report.epoch)
             ctx.display.epoch(trial.number, report.as_dict())
+            if fixed:  # outside the search space: its curve must not set the pruner's bar
+                return False
+            trial.report(report.metrics[exp.metric], report.epoch)
             # pruning after the last epoch would save nothing and throw the trial away
             return report.epoch < recipe.epochs and trial.should_prune()
 

@@ -216,13 +216,17 @@ class RayBackend:
             scheduler, note = ray_scheduler(exp, max_epochs(space))
             if note:
                 ctx.display.message(note)
+            starts = starting_recipes(exp, ctx.defaults, ctx.task.num_layers)
+            for start in (s for s in starts if s.fixed):
+                ctx.display.message(
+                    f"the {start.tag} candidate runs with the embedded backend only; this Ray "
+                    "study starts from the recommended recipe"
+                )
             searcher = numbered_searcher(
                 space=DefineByRun(space),
                 metric=metric,
                 mode=mode,
-                points_to_evaluate=[
-                    fit_into(space, recipe) for _, recipe in starting_recipes(exp, ctx.defaults)
-                ],
+                points_to_evaluate=[fit_into(space, s.recipe) for s in starts if not s.fixed],
                 sampler=make_sampler(exp),  # the embedded backend's sampler
             )
             tuner = tune.Tuner(

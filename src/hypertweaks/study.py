@@ -283,6 +283,10 @@ def enqueue_interrupted(study: optuna.Study) -> None:
                 trial.params,
                 user_attrs={
                     "retry_of": trial.number,
-                    **({"tag": trial.user_attrs["tag"]} if "tag" in trial.user_attrs else {}),
+                    **{
+                        k: trial.user_attrs[k]
+                        for k in ("tag", "fixed_recipe")
+                        if k in trial.user_attrs
+                    },
                 },
             )
