@@ -143,3 +143,16 @@ def patch_fit(monkeypatch, replacement) -> None:
 
     monkeypatch.setattr(hypertweaks.search, "fit", replacement)
     monkeypatch.setattr(hypertweaks.trial, "fit", replacement)
+
+
+def readme_snippet(first_line: str, replacements: dict[str, str]) -> dict:
+    """Run the README's python block that starts with `first_line`, paths replaced."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    (code,) = [b for b in blocks if b.startswith(first_line)]
+    for old, new in replacements.items():
+        assert old in code, old
+        code = code.replace(old, new)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace

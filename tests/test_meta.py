@@ -69,12 +69,14 @@ def test_a_trial_stops_early_costs_its_epochs_and_is_scored_at_its_best_validati
     assert r.score(trial) == 0.6  # test at the chosen epoch, not the best test epoch
 
 
-def test_frozen_layers_cost_less_and_continuing_reads_the_rest_of_the_curve(table):
+def test_a_head_only_run_costs_one_forward_pass_and_continuing_reads_the_rest_of_the_curve(
+    table,
+):
     r = replay_of(table)
     trial = r.start(2, epochs=1)
     assert r.spent == pytest.approx(100 / 3)  # forward only: a third of a full step
-    r.advance(trial, 2)
-    assert trial.epochs == 2 and r.spent == pytest.approx(200 / 3) and r.score(trial) == 0.8
+    r.advance(trial, 2)  # the head trains on the cached features: nothing more to pay
+    assert trial.epochs == 2 and r.spent == pytest.approx(100 / 3) and r.score(trial) == 0.8
 
 
 def test_no_trial_starts_once_the_budget_is_spent(table):

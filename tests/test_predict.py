@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import make_texts
+from conftest import make_texts, readme_snippet
 from lm_fixtures import build_tiny_llama, make_pairs, write_jsonl
 
 import hypertweaks
@@ -429,21 +429,6 @@ def test_help_describes_the_tool_and_version_answers(capsys):
 
 
 # -- the README's snippets: best/ loads with plain transformers / timm / peft ----------------
-
-
-def readme_snippet(first_line: str, replacements: dict[str, str]) -> dict:
-    """Run the README's python block that starts with `first_line`, paths replaced."""
-    from pathlib import Path
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
-    (code,) = [b for b in blocks if b.startswith(first_line)]
-    for old, new in replacements.items():
-        assert old in code, old
-        code = code.replace(old, new)
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    return namespace
 
 
 def test_readme_loads_a_text_classifier_with_transformers(text_run):

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_texts
+from conftest import make_texts, readme_snippet
 
 import hypertweaks
 from hypertweaks import tune
@@ -95,6 +95,10 @@ def test_a_head_only_study_saves_a_model_that_loads_and_scores_what_the_study_sc
     assert report["metrics"]["accuracy"] == pytest.approx(result.test_metrics["accuracy"])
     proba = model.predict_proba(["joy happy glad", "anger mad"])
     assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    # and without hypertweaks, as the README shows
+    done = readme_snippet("# head-only text classifier", {"runs/feedback/best": str(best)})
+    expected = model.predict_proba(["the delivery was late again"])
+    assert np.allclose(done["proba"].numpy(), expected, atol=1e-5)
     results = json.loads((best.parent / "results.json").read_text())
     assert (
         results["trials"][0]["recipe"]["freeze_layers"]

@@ -1,4 +1,4 @@
-"""python -m bench meta {collect,probe,simulate,headroom,check}: see bench/README.md."""
+"""python -m bench meta {collect,candidates,probe,simulate,headroom,check}: see bench/README.md."""
 
 from __future__ import annotations
 
@@ -26,6 +26,15 @@ def add_parser(sub) -> None:
     collect.add_argument("--data-root", type=Path, help="folders of train/test CSVs")
     collect.add_argument("--device", default="auto")
     collect.add_argument("--threads", type=int, default=1)
+    candidates = msub.add_parser(
+        "candidates", help="run the product's own candidate recipes (head-only) on every task"
+    )
+    candidates.add_argument("--tasks", default=META_TASKS)
+    candidates.add_argument("--seeds", default="0,1")
+    candidates.add_argument("--profile", default="standard")
+    candidates.add_argument("--data-root", type=Path, help="folders of train/test CSVs")
+    candidates.add_argument("--device", default="auto")
+    candidates.add_argument("--threads", type=int, default=1)
     simulate = msub.add_parser("simulate", help="replay strategies over the recorded cells")
     simulate.add_argument("strategies", help="comma-separated; 'all' for every registered one")
     simulate.add_argument("--budget", default="1x,2x,3x,5x")
@@ -62,6 +71,14 @@ def run(args: argparse.Namespace) -> int:
             data_root=args.data_root,
         )
         print(f"[meta] {ran} cells run")
+        return 0
+    if args.meta_command == "candidates":
+        from bench.meta.collect import collect_candidates
+
+        torch.set_num_threads(args.threads)
+        seeds = [int(s) for s in _csv(args.seeds)]
+        ran = collect_candidates(_csv(args.tasks), cut, seeds, args.device, args.data_root)
+        print(f"[meta] {ran} candidate cells run")
         return 0
     if args.meta_command == "probe":
         from bench.meta.probe import probe

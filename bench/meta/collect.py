@@ -80,7 +80,9 @@ def run_cell(text, recipe_dict: dict[str, Any], seed: int, device: torch.device)
 
     recipe = Recipe(**recipe_dict)
     splits = text.splits
-    val, test = text.dataset(splits.validation, False), text.dataset(splits.test, False)
+    # as the trainer feeds them (a head-only recipe scores on the cached features)
+    val = text.dataset(splits.validation, False, recipe)
+    test = text.dataset(splits.test, False, recipe)
     torch.manual_seed(seed)
     model, layers = text.build(recipe)
     epochs: list[dict[str, Any]] = []
@@ -140,6 +142,85 @@ def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
     tmp.replace(folder / f"{stem}.json")
 
 
+# Cells of the product's own candidates, beside the design: negative recipe indices, which the
+# simulator never counts in the design's balanced prefix but a strategy may run by index.
+CANDIDATES = {-1: "hypertweaks-head-only"}
+HEAD_ONLY = -1
+
+
+def candidate_recipe(index: int, text) -> dict[str, Any]:
+    """The recipe hypertweaks itself would run for this candidate on this task."""
+    from hypertweaks.recipes import default_recipe
+    from hypertweaks.strategies import head_only_candidate
+
+    assert CANDIDATES[index] == "hypertweaks-head-only"
+    defaults = default_recipe(
+        "text-classification", text.pretrained_dropout, len(text.splits.train)
+    )
+    experiment = text.experiment.model_copy(update={"space": {}})
+    return head_only_candidate(experiment, defaults, text.num_layers).recipe
+
+
+def _task(texts: dict, task: str, cut: Cut, device: str, data_root, folder: Path):
+    if task not in texts:
+        texts[task], _ = load_task(task, cut, device, data_root)
+        info = folder / "tasks" / f"{task}.json"
+        if not info.exists():
+            info.parent.mkdir(parents=True, exist_ok=True)
+            info.write_text(json.dumps(task_record(task, texts[task], cut)))
+    return texts[task]
+
+
+def _record_cell(folder: Path, stem: str, task: str, index: int, name: str, recipe: dict,
+                 seed: int, cut: Cut, text, dev) -> None:  # fmt: skip
+    start = time.perf_counter()
+    result = run_cell(text, recipe, seed, dev)
+    record = {
+        "task": task,
+        "recipe_index": index,
+        "recipe_name": name,
+        "recipe": recipe,
+        "seed": seed,
+        "cut": cut.key,
+        "status": result["status"],
+        "epochs": result["epochs"],
+        "wall_seconds": time.perf_counter() - start,
+        "machine": machine(),
+        "pid": os.getpid(),
+    }
+    write_cell(folder / "cells", stem, record, result["probs"])
+    last = result["epochs"][-1]["test"]["accuracy"] if result["epochs"] else float("nan")
+    print(
+        f"[meta] {stem} {name} {result['status']} test {last:.3f} {record['wall_seconds']:.0f}s",
+        flush=True,
+    )
+
+
+def collect_candidates(
+    tasks: list[str],
+    cut: Cut,
+    seeds: list[int],
+    device: str = "auto",
+    data_root: Path | None = None,
+    out: Path = META_DIR,
+) -> int:
+    """Run the product's candidate recipes (CANDIDATES) on every task and seed; resumable."""
+    from hypertweaks.train import resolve_device
+
+    dev, folder, texts, ran = resolve_device(device), out / cut.key, {}, 0
+    for index, name in CANDIDATES.items():
+        for seed in seeds:
+            for task in tasks:
+                stem = f"{task}__{name}__s{seed}"
+                if (folder / "cells" / f"{stem}.json").exists():
+                    continue
+                text = _task(texts, task, cut, device, data_root, folder)
+                recipe = candidate_recipe(index, text)
+                _record_cell(folder, stem, task, index, name, recipe, seed, cut, text, dev)
+                ran += 1
+    return ran
+
+
 def collect(
     tasks: list[str],
     cut: Cut,
@@ -163,37 +244,8 @@ def collect(
                 stem = cell_stem(task, index, seed)
                 if (folder / "cells" / f"{stem}.json").exists():
                     continue
-                if task not in texts:
-                    texts[task], _ = load_task(task, cut, device, data_root)
-                    info = folder / "tasks" / f"{task}.json"
-                    if not info.exists():
-                        info.parent.mkdir(parents=True, exist_ok=True)
-                        info.write_text(json.dumps(task_record(task, texts[task], cut)))
-                text = texts[task]
+                text = _task(texts, task, cut, device, data_root, folder)
                 recipe = dict(entry["recipe"])
-                start = time.perf_counter()
-                result = run_cell(text, recipe, seed, dev)
-                record = {
-                    "task": task,
-                    "recipe_index": index,
-                    "recipe_name": entry["name"],
-                    "recipe": recipe,
-                    "seed": seed,
-                    "cut": cut.key,
-                    "status": result["status"],
-                    "epochs": result["epochs"],
-                    "wall_seconds": time.perf_counter() - start,
-                    "machine": machine(),
-                    "pid": os.getpid(),
-                }
-                write_cell(folder / "cells", stem, record, result["probs"])
-                last = (
-                    result["epochs"][-1]["test"]["accuracy"] if result["epochs"] else float("nan")
-                )
-                print(
-                    f"[meta] {stem} {entry['name']} {result['status']} "
-                    f"test {last:.3f} {record['wall_seconds']:.0f}s",
-                    flush=True,
-                )
+                _record_cell(folder, stem, task, index, entry["name"], recipe, seed, cut, text, dev)
                 ran += 1
     return ran
