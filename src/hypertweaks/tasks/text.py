@@ -26,6 +26,7 @@ from hypertweaks.models import (
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
+from hypertweaks.train import resolve_device
 
 
 def drop_empty_texts(max_dropped_fraction: float, column: str):
@@ -200,13 +201,16 @@ class TextClassification(TaskBase):
         path = self.cache_dir / f"features-{digest.hexdigest()[:24]}.pt"
         if path.exists():
             return torch.load(path, weights_only=True)
-        pooling = MeanPooledClassifier(load_encoder(self.model_source), 1, 0.0).eval()
-        data = self._encode(split)
+        device = resolve_device(self.experiment.device)
+        pooling = MeanPooledClassifier(load_encoder(self.model_source), 1, 0.0).to(device).eval()
+        data = self.dataset(split, False)  # the cached tokens
         chunks = []
         for start in range(0, len(data), 64):
             inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
-            chunks.append(pooling.pool(inputs["input_ids"], inputs["attention_mask"]))
+            ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+            chunks.append(pooling.pool(ids, mask).float().cpu())
         features = torch.cat(chunks) if chunks else torch.zeros(0, pooling.head.in_features)
+        del pooling
         save_torch(features, path)
         return features
 
