@@ -31,7 +31,8 @@ def slow_experiment(text_experiment, tmp_path):
         "heartbeat_seconds": 1,
         "pruner": "none",
         "patience": 100,
-        "space": {"epochs": 12, "batch_size": 8, "learning_rate": 1e-4},
+        # freezing fixed: no head-only candidate, whose trial takes no time to hit
+        "space": {"epochs": 12, "batch_size": 8, "learning_rate": 1e-4, "freeze_layers": 0},
     }
     path = tmp_path / "faults.yaml"
     path.write_text(yaml.safe_dump(exp))

@@ -128,3 +128,31 @@ def test_a_space_that_sets_freezing_gets_no_head_only_candidate(text_experiment,
     tune({**text_experiment, "trials": 2, "space": space})
     trials = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())["trials"]
     assert "head-only" not in [t.get("tag") for t in trials]
+
+
+def test_an_interrupted_head_only_trial_is_retried_as_the_head_only_recipe(
+    text_experiment, tmp_path, monkeypatch
+):
+    import optuna
+    from conftest import patch_fit
+
+    import hypertweaks.trial
+
+    real_fit = hypertweaks.trial.fit
+
+    def interrupt_head_only(task, model, layers, recipe, *args, **kwargs):
+        if isinstance(model, MeanPooledClassifier):
+            raise KeyboardInterrupt
+        return real_fit(task, model, layers, recipe, *args, **kwargs)
+
+    patch_fit(monkeypatch, interrupt_head_only)
+    with pytest.raises(KeyboardInterrupt):
+        tune({**text_experiment, "trials": 3})
+    patch_fit(monkeypatch, real_fit)
+    tune({**text_experiment, "trials": 3})
+    run_dir = tmp_path / "runs" / "tiny"
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 1)
+    assert retry.user_attrs["tag"] == "head-only" and retry.params == {}
+    assert retry.user_attrs["recipe"] == study.trials[1].user_attrs["fixed_recipe"]
+    assert retry.state == optuna.trial.TrialState.COMPLETE
