@@ -547,13 +547,18 @@ def headroom(table: Table, budgets=(1.0, 3.0), repeats: int = 20) -> list[dict[s
             "best_by_validation": float(by_val.test_acc[int(np.argmax(by_val.val_acc))]),
             "reference": by_recipe[0],
             "top3_ensemble": float((probs.argmax(axis=1) == labels).mean()),
-            # the head-only candidate (bench meta probe), whatever validation says
+            # a logistic regression on frozen features (bench meta probe), and the product's
+            # head-only candidate (bench meta candidates), whatever validation says
             "linear_probe": table.tasks[task]
             .get("probe_test_accuracy", {})
             .get("linear_probe_layer6", float("nan")),
-        }
+            "head_only": np.mean([_chosen_test(table.run(task, HEAD_ONLY, s))
+                                  for s in table.seeds])
+            if all((task, HEAD_ONLY, s) in table.runs for s in table.seeds)
+            else float("nan"),
+        }  # fmt: skip
         for budget in budgets:
-            for name in ("random", "onepoch_topk"):
+            for name in ("random", "onepoch_topk", "hypertweaks"):
                 single = Table(table.cut, {task: table.tasks[task]}, table.runs, table.recipes,
                                table.seeds, table.reference_cost)  # fmt: skip
                 row[f"{name}@{budget:g}x"] = float(
@@ -576,7 +581,9 @@ def write_headroom(table: Table, cut) -> str:
         "best_by_validation: the run with the best validation accuracy over the whole design; "
         "random / onepoch_topk: simulated at the budget (mean of 20 replays); top3_ensemble: "
         "the average probabilities of the three best runs by validation; linear_probe: a logistic "
-        "regression on the frozen model's mean-pooled features (`bench meta probe`).",
+        "regression on the frozen model's mean-pooled features (`bench meta probe`); head_only: "
+        "the product's head-only candidate (`bench meta candidates`), at its best validation "
+        "epoch; hypertweaks: the product's strategy, simulated (defaults, head-only, random).",
         "",
         "| task | classes | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
