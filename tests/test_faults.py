@@ -170,7 +170,7 @@ def test_a_crash_while_writing_a_new_best_keeps_the_previous_one(tmp_path):
 
     with pytest.raises(OSError):
         best.offer(1, 0.9, crash_midway)
-    assert best.meta() == {"trial": 0, "value": 0.5}
+    assert best.meta() == {"trial": 0, "value": 0.5, "tag": ""}
     assert (tmp_path / "best" / "model.bin").read_text() == "trial 0"
     best.remove_orphans(running=set())  # the next start cleans the half-written one
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["trial-0"]

@@ -1,6 +1,10 @@
+import json
+
 import pytest
 
-from hypertweaks.noise import describe, standard_error, within_noise
+from hypertweaks import tune
+from hypertweaks.checkpoints import BestCheckpoint
+from hypertweaks.noise import describe, keep_defaults_margin, standard_error, within_noise
 
 
 def rows(*values):
@@ -25,3 +29,48 @@ def test_a_clear_winner_is_not_called_noise():
 
 def test_metrics_without_a_binomial_error_say_nothing():
     assert within_noise(rows(0.4, 0.41), "loss", "minimize", 200) is None
+
+
+def offer(best, trial, value, tag=""):
+    return best.offer(trial, value, lambda folder: (folder / "m").write_text(str(trial)), tag=tag)
+
+
+def test_the_defaults_trial_yields_only_to_a_lead_beyond_one_standard_error(tmp_path):
+    margin = keep_defaults_margin("accuracy", 200)
+    assert margin(0.8) == pytest.approx(0.02828, abs=1e-4)
+    best = BestCheckpoint(tmp_path, "maximize", margin)
+    assert offer(best, 0, 0.80, tag="defaults")
+    assert not offer(best, 1, 0.82)  # +0.02: inside the noise, the recommended recipe stays
+    assert offer(best, 2, 0.84)  # +0.04: beyond it
+    assert offer(best, 3, 0.845)  # between searched trials, any lead counts as before
+    assert best.meta()["trial"] == 3
+
+
+def test_losses_have_no_margin(tmp_path):
+    best = BestCheckpoint(tmp_path, "minimize", keep_defaults_margin("loss", 200))
+    offer(best, 0, 0.50, tag="defaults")
+    assert offer(best, 1, 0.499)
+
+
+def test_a_study_says_when_it_kept_the_defaults_over_a_lead_inside_the_noise(
+    text_experiment, tmp_path, monkeypatch
+):
+    import hypertweaks.trial
+
+    real = hypertweaks.trial.fit_trial
+    values = iter([0.50, 0.55])  # 30 validation rows: one standard error is about 0.09
+
+    def scored(*args, **kwargs):
+        model, result = real(*args, **kwargs)
+        result.best_value = next(values)
+        return model, result
+
+    monkeypatch.setattr(hypertweaks.trial, "fit_trial", scored)
+    space = {**text_experiment["space"], "freeze_layers": 0}
+    result = tune({**text_experiment, "trials": 2, "space": space, "smoke": False})
+    run_dir = tmp_path / "runs" / "tiny"
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["best_trial"] == 0 and result.best_value == 0.50
+    kept = results["defaults_kept"]
+    assert kept["trial"] == 1 and kept["lead"] == pytest.approx(0.05) and kept["margin"] > 0.05
+    assert "the recommended recipe was kept" in (run_dir / "report.html").read_text()

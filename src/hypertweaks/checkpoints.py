@@ -21,10 +21,17 @@ META = "trial.json"
 
 
 class BestCheckpoint:
-    def __init__(self, run_dir: Path, direction: str):
+    def __init__(
+        self,
+        run_dir: Path,
+        direction: str,
+        defaults_margin: Callable[[float], float] | None = None,
+    ):
         self.run_dir, self.direction = run_dir, direction
         self.link = run_dir / "best"
         self.checkpoints = run_dir / "checkpoints"
+        # the defaults trial's value -> the lead another trial needs to replace it
+        self.defaults_margin = defaults_margin
 
     def meta(self) -> dict | None:
         """{'trial': N, 'value': v} of the best checkpoint, or None (also when its trial.json
@@ -39,7 +46,13 @@ class BestCheckpoint:
 
     def beats_current(self, value: float) -> bool:
         current = self.meta()
-        return is_better(value, None if current is None else current["value"], self.direction)
+        if current is None:
+            return True
+        bar = current["value"]
+        if current.get("tag") == "defaults" and self.defaults_margin is not None:
+            margin = self.defaults_margin(bar)
+            bar = bar + margin if self.direction == "maximize" else bar - margin
+        return is_better(value, bar, self.direction)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -51,15 +64,16 @@ class BestCheckpoint:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def offer(self, trial: int, value: float, write: Callable[[Path], None]) -> bool:
-        """Keep this trial's model if it beats the best on disk; `write(folder)` saves it."""
+    def offer(self, trial: int, value: float, write: Callable[[Path], None], tag: str = "") -> bool:
+        """Keep this trial's model if it beats the best on disk (the defaults trial by more
+        than `defaults_margin`); `write(folder)` saves it."""
         if not self.beats_current(value):
             return False
         target = self.checkpoints / f"trial-{trial}"
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         write(target)
-        (target / META).write_text(json.dumps({"trial": trial, "value": value}))
+        (target / META).write_text(json.dumps({"trial": trial, "value": value, "tag": tag}))
         with self._locked():
             if not self.beats_current(value):  # another worker saved a better one meanwhile
                 shutil.rmtree(target)

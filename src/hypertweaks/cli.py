@@ -16,7 +16,7 @@ from hypertweaks.config import ConfigError, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
 from hypertweaks.models import ModelError
-from hypertweaks.noise import describe
+from hypertweaks.noise import describe, describe_kept
 from hypertweaks.report import render
 from hypertweaks.search import Result, tune
 from hypertweaks.study import StudyError, sqlite_url
@@ -337,6 +337,8 @@ def print_result(result: Result, console: Console) -> None:
         console.print(f"test, default recipe: {shown}")
     console.print(f"{result.trials} trials in {result.seconds:.0f}s")
     if note := describe(result.within_noise):
+        console.print(f"note: {note}")
+    if note := describe_kept(result.defaults_kept):
         console.print(f"note: {note}")
     console.print(
         f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})"

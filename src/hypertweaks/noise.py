@@ -5,6 +5,7 @@ recipes within that band picks noise, and the user should be told so."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from hypertweaks.objective import best_of
@@ -54,4 +55,32 @@ def describe(noise: dict[str, Any] | None) -> str | None:
         f"validation noise of the best: {noise['metric']} on {noise['validation_examples']} "
         f"validation examples is measured to +-{noise['band']:.3f} (95%), so the choice among "
         "them is not reliable; more validation data would separate them"
+    )
+
+
+# The recommended recipe is a prior that holds across tasks; a trial that beats it on validation
+# by less than this many standard errors has not shown it is better (bench/results/meta:
+# keeping it then cost nothing and gained on the tasks where the lead was noise).
+KEEP_DEFAULTS_ERRORS = 1.0
+
+
+def keep_defaults_margin(metric: str, examples: int) -> Callable[[float], float]:
+    """value of the defaults trial -> by how much another trial must beat it to replace it as
+    the study's best (0 for metrics without a binomial error)."""
+
+    def margin(value: float) -> float:
+        error = standard_error(metric, value, examples)
+        return 0.0 if error is None else KEEP_DEFAULTS_ERRORS * error
+
+    return margin
+
+
+def describe_kept(kept: dict[str, Any] | None) -> str | None:
+    """One sentence when the recommended recipe was kept over a trial that led it in noise."""
+    if not kept:
+        return None
+    return (
+        f"trial {kept['trial']} led the recommended recipe by {kept['lead']:.4f} validation "
+        f"{kept['metric']}, less than the noise margin of {kept['margin']:.4f} (one standard "
+        "error), so the recommended recipe was kept"
     )

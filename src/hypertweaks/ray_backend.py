@@ -29,7 +29,6 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.fingerprint import check_saved_fingerprint
 from hypertweaks.space import KNOBS, fit_into, max_epochs, suggest, tunable
@@ -37,7 +36,7 @@ from hypertweaks.strategies import make_sampler, ray_scheduler, starting_recipes
 from hypertweaks.study import discard_study, storage_url
 from hypertweaks.tasks import make_task
 from hypertweaks.train import resolve_device
-from hypertweaks.trial import StudyContext, TrialRecord, run_trial
+from hypertweaks.trial import StudyContext, TrialRecord, run_trial, study_checkpoint
 
 RAY_DIR = "ray"  # Ray's experiment state, under RUN_DIR
 NUMBER = "trial_number"  # added to each trial's config: its place in the study, and its seed
@@ -120,7 +119,7 @@ def ray_trial(
         number=number,
         seed=seed,
         device=device,
-        best=BestCheckpoint(exp.run_dir, exp.direction),
+        best=study_checkpoint(exp, task),
         tag=tag,
         on_epoch=on_epoch,
     )

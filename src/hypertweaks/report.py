@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hypertweaks.noise import describe
+from hypertweaks.noise import describe, describe_kept
 from hypertweaks.objective import best_of, is_better
 
 KNOB_SLICES = ("learning_rate", "batch_size", "dropout", "weight_decay", "freeze_layers")
@@ -150,6 +150,8 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
             f"The best recipe (trial {best['number']}) reached validation {metric} "
             f"{best['value']:.4f} against {default['value']:.4f} for the default recipe."
         )
+    elif kept := describe_kept(results.get("defaults_kept")):
+        lines.append(kept[0].upper() + kept[1:] + ".")
     elif best and default:
         lines.append("No searched recipe beat the default recipe on validation.")
     if line := describe(results.get("within_noise")):

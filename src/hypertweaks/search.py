@@ -17,13 +17,13 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.embedded import EmbeddedBackend
 from hypertweaks.noise import within_noise
+from hypertweaks.objective import is_better
 from hypertweaks.recipes import default_recipe, default_space, task_knobs
 from hypertweaks.report import render as render_report
 from hypertweaks.results import trial_row, write_results
@@ -31,7 +31,7 @@ from hypertweaks.space import Recipe, resolve_space
 from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, fit, release_memory, resolve_device
-from hypertweaks.trial import StudyContext
+from hypertweaks.trial import StudyContext, study_checkpoint
 
 log = logging.getLogger("hypertweaks")
 
@@ -51,6 +51,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     report_path: Path | None = None
     within_noise: dict[str, Any] | None = None  # trials validation cannot tell from the best
+    defaults_kept: dict[str, Any] | None = None  # the defaults kept over a lead inside the noise
 
 
 class Search:
@@ -61,11 +62,11 @@ class Search:
         self.run_dir = exp.run_dir
         self.device = resolve_device(exp.device)
         self.task = make_task(exp, self.run_dir / "cache")
-        self.best = BestCheckpoint(self.run_dir, exp.direction)
 
     def prepare(self) -> None:
         """Everything that can fail on bad input, before any training."""
         self.task.prepare()
+        self.best = study_checkpoint(self.exp, self.task)  # its noise margin needs the data
         try:
             self.space = resolve_space(
                 default_space(self.exp.task, self.exp.space, len(self.task.splits.train)),
@@ -178,6 +179,7 @@ class Search:
             "best_value": best_value,
             "test_metrics": test_metrics,
             "within_noise": noise,  # the trials validation cannot tell apart from the best
+            "defaults_kept": self._defaults_kept(best, complete),
         }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
@@ -192,7 +194,27 @@ class Search:
             results_path=path,
             notes=self.task.splits.notes,
             within_noise=noise,
+            defaults_kept=summary["defaults_kept"],
         )
+
+    def _defaults_kept(self, best, complete) -> dict[str, Any] | None:
+        """When the defaults trial is the best on disk although a trial led it on validation
+        by less than the noise margin: which trial, by how much, and the margin."""
+        if best.user_attrs.get("tag") != "defaults" or best.value is None:
+            return None
+        rival = best
+        for trial in complete:
+            if trial.value is not None and is_better(trial.value, rival.value, self.exp.direction):
+                rival = trial
+        if rival is best:
+            return None
+        margin = self.best.defaults_margin(best.value) if self.best.defaults_margin else 0.0
+        return {
+            "trial": rival.number,
+            "metric": self.exp.metric,
+            "lead": round(abs(rival.value - best.value), 6),
+            "margin": round(margin, 6),
+        }
 
 
 def make_backend(ctx: StudyContext):

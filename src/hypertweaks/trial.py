@@ -15,6 +15,7 @@ import yaml
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
+from hypertweaks.noise import keep_defaults_margin
 from hypertweaks.space import Recipe
 from hypertweaks.train import Diverged, EpochReport, evaluate, fit, release_memory
 
@@ -79,6 +80,13 @@ class StudyContext:
         return self.exp.run_dir
 
 
+def study_checkpoint(exp: Experiment, task) -> BestCheckpoint:
+    """The study's best model on disk, where the defaults trial yields only to a trial that beats
+    it by more than the validation noise (noise.KEEP_DEFAULTS_ERRORS)."""
+    margin = keep_defaults_margin(exp.metric, len(task.splits.validation))
+    return BestCheckpoint(exp.run_dir, exp.direction, margin)
+
+
 def fit_trial(exp: Experiment, task, recipe: Recipe, device, seed: int, on_epoch=None):
     """One trial's model, trained on the task's train split and scored on its validation split:
     the same for every backend."""
@@ -134,6 +142,7 @@ def run_trial(
             number,
             result.best_value,
             lambda folder: write_model(exp, task, model, folder, number, recipe, result),
+            tag=tag,
         )
         return record
     finally:
