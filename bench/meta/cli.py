@@ -40,6 +40,7 @@ def add_parser(sub) -> None:
     simulate.add_argument("--budget", default="1x,2x,3x,5x")
     simulate.add_argument("--repeats", type=int, default=20, help="replays per task and budget")
     simulate.add_argument("--profile", default="standard")
+    simulate.add_argument("--baseline", default="reference", help="paired differences to this")
     msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md").add_argument(
         "--profile", default="standard"
     )
@@ -103,5 +104,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     names = list(simulate.STRATEGIES) if args.strategies == "all" else _csv(args.strategies)
     budgets = [float(b.rstrip("x")) for b in _csv(args.budget)]
-    print(simulate.compare(table, names, budgets, repeats=args.repeats))
+    print(simulate.compare(table, names, budgets, args.repeats, args.baseline))
     return 0

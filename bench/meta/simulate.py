@@ -483,9 +483,16 @@ def paired_interval(a: np.ndarray, b: np.ndarray, rng_seed: int = 0) -> tuple[fl
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def compare(table: Table, names: list[str], budgets: list[float], repeats: int = 20) -> str:
+def compare(
+    table: Table,
+    names: list[str],
+    budgets: list[float],
+    repeats: int = 20,
+    baseline: str = "reference",
+) -> str:
     """Mean test accuracy per strategy and budget over the table's tasks (leave-one-task-out
-    for the learned ones), with each strategy's paired difference to 'reference'."""
+    for the learned ones), with each strategy's paired difference to the baseline strategy at
+    the same budget, and on how many tasks it wins and loses."""
     tasks = list(table.tasks)
     if len(tasks) < 2 or not table.recipes:
         return (
@@ -501,23 +508,30 @@ def compare(table: Table, names: list[str], budgets: list[float], repeats: int =
         "|---|" + "---|" * len(budgets),
     ]
     means: dict[tuple[str, float], np.ndarray] = {}
-    for name in dict.fromkeys(["reference", *names]):
+    order = list(dict.fromkeys([baseline, *names]))
+    for name in order:
         for budget in budgets:
             per_task = replay(table, name, budget, repeats)
             means[(name, budget)] = np.array([np.mean(per_task[t]) for t in tasks])
-    for name in dict.fromkeys(["reference", *names]):
+    for name in order:
         cells = []
         for budget in budgets:
             value = means[(name, budget)].mean() * 100
-            if name == "reference":
+            if name == baseline:
                 cells.append(f"{value:.1f}")
                 continue
-            d, low, high = paired_interval(means[(name, budget)], means[("reference", budget)])
-            cells.append(f"{value:.1f} ({d * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}])")
+            ours, theirs = means[(name, budget)], means[(baseline, budget)]
+            d, low, high = paired_interval(ours, theirs)
+            wins, losses = int((ours > theirs + 1e-9).sum()), int((ours < theirs - 1e-9).sum())
+            cells.append(
+                f"{value:.1f} ({d * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}], "
+                f"{wins}-{losses})"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("In brackets: the paired difference to the reference recipe over tasks, in "
-                 "points, with its bootstrap 95% interval.")  # fmt: skip
+    lines.append(f"In brackets: the paired difference to {baseline} at the same budget over "
+                 "tasks, in points, with its bootstrap 95% interval, then the tasks it wins and "
+                 "loses.")  # fmt: skip
     return "\n".join(lines)
 
 
