@@ -121,6 +121,9 @@ def test_text_studies_run_the_head_only_candidate_after_the_defaults(text_experi
     # outside the search space: the sampler and the pruner never see it
     assert frozen.params == {} and frozen.intermediate_values == {}
     assert study.trials[2].params  # the sampler's trials go on as before
+    # the report says what the frozen features reached against the default recipe
+    report = (run_dir / "report.html").read_text()
+    assert "A linear head on the frozen model" in report and "features (trial 1) reached" in report
 
 
 def test_a_space_that_sets_freezing_gets_no_head_only_candidate(text_experiment, tmp_path):

@@ -137,6 +137,26 @@ def _default_trial(results: dict) -> dict | None:
     return next((t for t in results["trials"] if t.get("tag") == "defaults"), None)
 
 
+def head_only_reading(results: dict) -> str | None:
+    """What the head-only candidate measured: how far the frozen model's features already go."""
+    head = next((t for t in results["trials"] if t.get("tag") == "head-only"), None)
+    default = _default_trial(results)
+    if not head or not default or head.get("value") is None or default.get("value") is None:
+        return None
+    metric = results["metric"]
+    ahead = is_better(head["value"], default["value"], results.get("direction", "maximize"))
+    verdict = (
+        "the pretrained features already separate these classes better than fine-tuning did"
+        if ahead
+        else "fine-tuning the model adds to what its frozen features give"
+    )
+    return (
+        f"A linear head on the frozen model's features (trial {head['number']}) reached "
+        f"validation {metric} {head['value']:.4f} against {default['value']:.4f} for the "
+        f"default recipe: {verdict}."
+    )
+
+
 def reading(results: dict, importances: dict[str, float]) -> list[str]:
     """Plain-language observations, each computed from the numbers above."""
     lines = []
@@ -156,6 +176,8 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
         lines.append("No searched recipe beat the default recipe on validation.")
     if line := describe(results.get("within_noise")):
         lines.append(line[0].upper() + line[1:] + ".")
+    if line := head_only_reading(results):
+        lines.append(line)
     if pruned:
         epochs_run = sum(len(t["curve"]) for t in pruned)
         epochs_planned = sum(t["recipe"]["epochs"] for t in pruned)
