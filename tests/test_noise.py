@@ -67,7 +67,8 @@ def test_a_study_says_when_it_kept_the_defaults_over_a_lead_inside_the_noise(
 
     monkeypatch.setattr(hypertweaks.trial, "fit_trial", scored)
     space = {**text_experiment["space"], "freeze_layers": 0}
-    result = tune({**text_experiment, "trials": 2, "space": space, "smoke": False})
+    exp = {**text_experiment, "trials": 2, "space": space, "smoke": False, "pruner": "none"}
+    result = tune(exp)
     run_dir = tmp_path / "runs" / "tiny"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["best_trial"] == 0 and result.best_value == 0.50
