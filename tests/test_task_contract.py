@@ -97,7 +97,7 @@ def test_a_trial_trains_reports_each_epoch_frees_its_model_and_reloads(prepared,
     assert record.stopped == "completed" and record.examples > 0
     gc.collect()
     assert len(built) == 1 and built[0]() is None  # the model's memory went back
-    assert best.meta() == {"trial": 0, "value": record.value}
+    assert best.meta() == {"trial": 0, "value": record.value, "tag": ""}
     model = task.load(best.link)
     score = evaluate(task, model, task.dataset(task.splits.validation, False), CPU)
     assert score[exp.metric] == pytest.approx(record.value, rel=1e-4, abs=1e-5)
