@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench.meta import META_DIR
+from hypertweaks.noise import standard_error
 
 NUM_LAYERS = 6  # MiniLM-L6
 PATIENCE = 2  # hypertweaks' default, and what bench peers train with
@@ -320,9 +321,15 @@ def _keep_first_unless_beaten(ctx: Context, errors: float) -> float:
     r = ctx.replay
     best = _first_then_random(ctx, DEFAULTS)
     first = r.trials[0]
+    return r.score(_kept_or_best(first, best, errors))
+
+
+def _kept_or_best(first: Trial, best: Trial, errors: float) -> Trial:
+    """The product's rule (hypertweaks.noise): the first (default) trial unless the best leads
+    it on validation by more than `errors` binomial standard errors."""
     examples = first.run.probs("validation").shape[1]
-    error = np.sqrt(max(first.value * (1 - first.value), 1e-4) / examples)
-    return r.score(best if best.value - first.value > errors * error else first)
+    error = standard_error("accuracy", first.value, examples) or 0.0
+    return best if best.value - first.value > errors * error else first
 
 
 @strategy("defaults_keep_1se")
@@ -354,9 +361,7 @@ def _product(ctx: Context, keep_errors: float | None = None) -> float:
     best, first = _best(r.trials), r.trials[0]
     if keep_errors is None:
         return r.score(best)
-    examples = first.run.probs("validation").shape[1]
-    error = np.sqrt(max(first.value * (1 - first.value), 1e-4) / examples)
-    return r.score(best if best.value - first.value > keep_errors * error else first)
+    return r.score(_kept_or_best(first, best, keep_errors))
 
 
 @strategy("hypertweaks")
