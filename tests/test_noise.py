@@ -46,6 +46,19 @@ def test_the_defaults_trial_yields_only_to_a_lead_beyond_one_standard_error(tmp_
     assert best.meta()["trial"] == 3
 
 
+def test_the_defaults_trial_finishing_second_takes_the_place_of_a_lead_inside_the_noise(tmp_path):
+    # the head-only candidate runs before the defaults trial: the rule must not depend on order
+    best = BestCheckpoint(tmp_path, "maximize", keep_defaults_margin("accuracy", 200))
+    assert offer(best, 0, 0.82, tag="head-only")
+    assert offer(best, 1, 0.80, tag="defaults")  # 0.82 leads by less than one error
+    assert best.meta()["trial"] == 1
+    assert not offer(best, 2, 0.82)  # and it stays the choice, as if it had come first
+
+    other = BestCheckpoint(tmp_path / "b", "maximize", keep_defaults_margin("accuracy", 200))
+    assert offer(other, 0, 0.84, tag="head-only")
+    assert not offer(other, 1, 0.80, tag="defaults")  # a lead beyond the noise stands
+
+
 def test_losses_have_no_margin(tmp_path):
     best = BestCheckpoint(tmp_path, "minimize", keep_defaults_margin("loss", 200))
     offer(best, 0, 0.50, tag="defaults")

@@ -29,7 +29,8 @@ def test_tune_returns_the_best_model_its_recipe_and_a_test_score(text_experiment
 
     results = json.loads((run_dir / "results.json").read_text())
     assert [t["number"] for t in results["trials"]] == [0, 1, 2]
-    assert results["trials"][0]["tag"] == "defaults"  # the recommended recipe goes first
+    # the head-only candidate (seconds) goes first, then the recommended recipe
+    assert [t["tag"] for t in results["trials"][:2]] == ["head-only", "defaults"]
     for trial in results["trials"]:
         assert trial["state"] in ("complete", "pruned")
         assert trial["curve"] and trial["seconds"] > 0 and trial["examples"] > 0
@@ -114,14 +115,14 @@ def test_smoke_run_fails_fast_before_any_trial(text_experiment, monkeypatch):
     # nothing trained: only the starting trials wait, queued for the run after the fix
     trials = study_trials(text_experiment)
     assert [(t.state, t.user_attrs["tag"]) for t in trials] == [
-        (optuna.trial.TrialState.WAITING, "defaults"),
         (optuna.trial.TrialState.WAITING, "head-only"),
+        (optuna.trial.TrialState.WAITING, "defaults"),
     ]
 
     monkeypatch.undo()
     result = tune({**text_experiment, "trials": 2})
     trials = study_trials(text_experiment)
-    assert result.trials == 2 and trials[0].user_attrs["tag"] == "defaults"
+    assert result.trials == 2 and trials[1].user_attrs["tag"] == "defaults"
     assert sum(t.user_attrs.get("tag") == "defaults" for t in trials) == 1
 
 

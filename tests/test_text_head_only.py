@@ -106,24 +106,31 @@ def test_a_head_only_study_saves_a_model_that_loads_and_scores_what_the_study_sc
     )
 
 
-def test_text_studies_run_the_head_only_candidate_after_the_defaults(text_experiment, tmp_path):
+def test_text_studies_run_the_head_only_candidate_before_the_defaults(text_experiment, tmp_path):
     import optuna
 
     tune({**text_experiment, "trials": 3})
     run_dir = tmp_path / "runs" / "tiny"
     trials = json.loads((run_dir / "results.json").read_text())["trials"]
-    assert [t["tag"] for t in trials[:2]] == ["defaults", "head-only"]
-    head_only = trials[1]
+    # it costs seconds: even a budget of about one default run measures both
+    assert [t["tag"] for t in trials[:2]] == ["head-only", "defaults"]
+    head_only = trials[0]
     assert head_only["recipe"]["freeze_layers"] == 2 and head_only["recipe"]["epochs"] == 30
     assert head_only["state"] == "complete"  # never pruned
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
-    frozen = study.trials[1]
+    frozen = study.trials[0]
     # outside the search space: the sampler and the pruner never see it
     assert frozen.params == {} and frozen.intermediate_values == {}
     assert study.trials[2].params  # the sampler's trials go on as before
     # the report says what the frozen features reached against the default recipe
     report = (run_dir / "report.html").read_text()
-    assert "A linear head on the frozen model" in report and "features (trial 1) reached" in report
+    assert "A linear head on the frozen model" in report and "features (trial 0) reached" in report
+
+
+def test_a_single_trial_study_runs_the_recommended_recipe(text_experiment, tmp_path):
+    tune({**text_experiment, "trials": 1})
+    trials = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())["trials"]
+    assert [t["tag"] for t in trials] == ["defaults"]
 
 
 def test_a_space_that_sets_freezing_gets_no_head_only_candidate(text_experiment, tmp_path):
@@ -155,7 +162,7 @@ def test_an_interrupted_head_only_trial_is_retried_as_the_head_only_recipe(
     tune({**text_experiment, "trials": 3})
     run_dir = tmp_path / "runs" / "tiny"
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{run_dir / 'study.db'}")
-    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 1)
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
     assert retry.user_attrs["tag"] == "head-only" and retry.params == {}
-    assert retry.user_attrs["recipe"] == study.trials[1].user_attrs["fixed_recipe"]
+    assert retry.user_attrs["recipe"] == study.trials[0].user_attrs["fixed_recipe"]
     assert retry.state == optuna.trial.TrialState.COMPLETE

@@ -346,32 +346,49 @@ def defaults_keep_2se(ctx: Context) -> float:
 HEAD_ONLY = -1
 
 
-def _product(ctx: Context, keep_errors: float | None = None) -> float:
+def _product(ctx: Context, keep_errors: float | None = None, head_first: bool = False) -> float:
     """hypertweaks today: the default recipe, the head-only candidate when it was recorded, then
     random design recipes; the best on validation, or with `keep_errors`, the default unless
-    another trial beats it by more than that many validation standard errors."""
+    another trial beats it by more than that many validation standard errors. `head_first` runs
+    the (cheap) head-only candidate before the default."""
     r = ctx.replay
-    r.start(DEFAULTS)
-    if (r.task, HEAD_ONLY, ctx.table.seeds[0]) in ctx.table.runs and r.can_start():
+    recorded = (r.task, HEAD_ONLY, ctx.table.seeds[0]) in ctx.table.runs
+    if head_first and recorded:
+        r.start(HEAD_ONLY)
+    default = r.start(DEFAULTS)
+    if not head_first and recorded and r.can_start():
         r.start(HEAD_ONLY)
     for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
         if not r.can_start():
             break
         r.start(int(recipe))
-    best, first = _best(r.trials), r.trials[0]
+    best = _best(r.trials)
     if keep_errors is None:
         return r.score(best)
-    return r.score(_kept_or_best(first, best, keep_errors))
+    return r.score(_kept_or_best(default, best, keep_errors))
+
+
+@strategy("defaults_then_head")
+def defaults_then_head(ctx: Context) -> float:
+    """hypertweaks of session 6: the default recipe, then the head-only candidate, then random."""
+    return _product(ctx)
+
+
+@strategy("defaults_then_head_keep_1se")
+def defaults_then_head_keep_1se(ctx: Context) -> float:
+    return _product(ctx, keep_errors=1.0)
 
 
 @strategy("hypertweaks")
 def hypertweaks(ctx: Context) -> float:
-    return _product(ctx)
+    """The head-only candidate first (it costs seconds), then the default recipe, then random."""
+    return _product(ctx, head_first=True)
 
 
 @strategy("hypertweaks_keep_1se")
 def hypertweaks_keep_1se(ctx: Context) -> float:
-    return _product(ctx, keep_errors=1.0)
+    """hypertweaks now: as `hypertweaks`, keeping the default unless beaten beyond the noise."""
+    return _product(ctx, keep_errors=1.0, head_first=True)
 
 
 def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:

@@ -44,15 +44,24 @@ class BestCheckpoint:
         ok = isinstance(meta, dict) and isinstance(meta.get("trial"), int) and "value" in meta
         return meta if ok else None
 
-    def beats_current(self, value: float) -> bool:
+    def beats_current(self, value: float, tag: str = "") -> bool:
+        """Whether a trial's value should replace the best on disk. The defaults trial keeps
+        its place unless another trial leads it by more than `defaults_margin`, whichever of
+        the two finished first."""
         current = self.meta()
         if current is None:
             return True
-        bar = current["value"]
-        if current.get("tag") == "defaults" and self.defaults_margin is not None:
-            margin = self.defaults_margin(bar)
-            bar = bar + margin if self.direction == "maximize" else bar - margin
-        return is_better(value, bar, self.direction)
+        tags = (tag, current.get("tag"))
+        if self.defaults_margin is None or "defaults" not in tags or tags[0] == tags[1]:
+            return is_better(value, current["value"], self.direction)
+        if tag == "defaults":
+            defaults, other = value, current["value"]
+        else:
+            defaults, other = current["value"], value
+        margin = self.defaults_margin(defaults)
+        bar = defaults + margin if self.direction == "maximize" else defaults - margin
+        other_leads = is_better(other, bar, self.direction)
+        return not other_leads if tag == "defaults" else other_leads
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -67,7 +76,7 @@ class BestCheckpoint:
     def offer(self, trial: int, value: float, write: Callable[[Path], None], tag: str = "") -> bool:
         """Keep this trial's model if it beats the best on disk (the defaults trial by more
         than `defaults_margin`); `write(folder)` saves it."""
-        if not self.beats_current(value):
+        if not self.beats_current(value, tag):
             return False
         target = self.checkpoints / f"trial-{trial}"
         shutil.rmtree(target, ignore_errors=True)
@@ -75,7 +84,7 @@ class BestCheckpoint:
         write(target)
         (target / META).write_text(json.dumps({"trial": trial, "value": value, "tag": tag}))
         with self._locked():
-            if not self.beats_current(value):  # another worker saved a better one meanwhile
+            if not self.beats_current(value, tag):  # another worker saved a better one meanwhile
                 shutil.rmtree(target)
                 return False
             previous = self.link.resolve() if self.link.is_symlink() else None

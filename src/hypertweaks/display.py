@@ -68,7 +68,9 @@ class LogDisplay:
             report["seconds"],
         )
 
-    def trial_finished(self, row: dict[str, Any]) -> None:
+    def trial_finished(self, row: dict[str, Any], best: int | None = None) -> None:
+        """`best`: the number of the study's best model on disk (the keep-the-defaults rule
+        may hold it against a higher value), when known."""
         if row["state"] == "complete":
             shown = f"best val {self.metric}={row['value']:.4f}"
         elif row["state"] == "pruned":
@@ -85,6 +87,7 @@ class LiveDisplay(LogDisplay):
         super().__init__(metric)
         self.console = console or Console()
         self.rows: list[dict[str, Any]] = []
+        self.best: int | None = None  # the trial whose model is the best on disk
         self.current = ""
         self.live = Live(self._render(), console=self.console, refresh_per_second=4)
 
@@ -107,7 +110,11 @@ class LiveDisplay(LogDisplay):
         best = best_of((r.get("value") for r in self.rows), self.direction)
         for row in self.rows[-15:]:
             value = row.get("value")
-            style = "bold green" if value is not None and value == best else None
+            if self.best is not None:
+                chosen = row["number"] == self.best
+            else:
+                chosen = value is not None and value == best
+            style = "bold green" if chosen else None
             table.add_row(
                 str(row["number"]),
                 row["state"],
@@ -132,7 +139,8 @@ class LiveDisplay(LogDisplay):
         )
         self.live.update(self._render())
 
-    def trial_finished(self, row: dict[str, Any]) -> None:
+    def trial_finished(self, row: dict[str, Any], best: int | None = None) -> None:
         self.rows.append(row)
+        self.best = best
         self.current = ""
         self.live.update(self._render())

@@ -129,7 +129,8 @@ class EmbeddedBackend:
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if not trial.user_attrs.get("surplus"):
-            self.ctx.display.trial_finished(trial_row(trial))
+            saved = self.ctx.best.meta()
+            self.ctx.display.trial_finished(trial_row(trial), saved["trial"] if saved else None)
         write_results(self.ctx.run_dir / "results.json", study, exp=self.exp, task=self.ctx.task)
         if self._budget_spent(study):
             study.stop()
