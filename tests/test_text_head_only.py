@@ -69,6 +69,32 @@ def test_partial_freezing_and_gradual_unfreezing_keep_the_full_model(text_experi
         assert "input_ids" in task.dataset(task.splits.train, True, kept).collate([0])[0]
 
 
+def test_fine_tuning_can_start_from_a_linear_probe_head(text_experiment, tmp_path):
+    # LP-FT: the mean-pooled classifier, all layers trainable, its head from a trained probe
+    from hypertweaks.train import evaluate as scores
+
+    task = TextClassification(make_experiment(text_experiment), tmp_path / "cache")
+    task.prepare()
+    fine_tune = recipe(freeze_layers=0, learning_rate=5e-5)
+    validation = task.dataset(task.splits.validation, False, recipe(freeze_layers=2))
+    losses = {}
+    for head in ("mean", "probe"):
+        task.fine_tune_head = head
+        torch.manual_seed(0)
+        model, layers = task.build(fine_tune)
+        assert isinstance(model, MeanPooledClassifier)
+        layers.set_trainable(fine_tune.freeze_layers, False, 0)
+        assert all(p.requires_grad for p in model.encoder.encoder.parameters())
+        losses[head] = scores(task, model, validation, "cpu")["loss"]
+    assert losses["probe"] < losses["mean"]  # the probe's head already fits the task
+    train = task.dataset(task.splits.train, True, fine_tune)
+    tokens = task.dataset(task.splits.validation, False, fine_tune)
+    fit(task, model, layers, fine_tune, train, tokens)
+    task.save(model, tmp_path / "saved")
+    loaded = task.load(tmp_path / "saved")
+    assert scores(task, loaded, tokens, "cpu") == scores(task, model, tokens, "cpu")
+
+
 def test_a_head_only_study_saves_a_model_that_loads_and_scores_what_the_study_scored(
     tiny_bert, tmp_path
 ):

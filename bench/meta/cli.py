@@ -35,12 +35,16 @@ def add_parser(sub) -> None:
     candidates.add_argument("--data-root", type=Path, help="folders of train/test CSVs")
     candidates.add_argument("--device", default="auto")
     candidates.add_argument("--threads", type=int, default=1)
+    candidates.add_argument(
+        "--which", default="-1", help="candidate indices (bench/meta/collect.py CANDIDATES)"
+    )
     simulate = msub.add_parser("simulate", help="replay strategies over the recorded cells")
     simulate.add_argument("strategies", help="comma-separated; 'all' for every registered one")
     simulate.add_argument("--budget", default="1x,2x,3x,5x")
     simulate.add_argument("--repeats", type=int, default=20, help="replays per task and budget")
     simulate.add_argument("--profile", default="standard")
     simulate.add_argument("--baseline", default="reference", help="paired differences to this")
+    simulate.add_argument("--seeds", help="only these recorded seeds (default: every seed)")
     msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md").add_argument(
         "--profile", default="standard"
     )
@@ -78,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
         seeds = [int(s) for s in _csv(args.seeds)]
-        ran = collect_candidates(_csv(args.tasks), cut, seeds, args.device, args.data_root)
+        which = [int(i) for i in _csv(args.which)]
+        ran = collect_candidates(
+            _csv(args.tasks), cut, seeds, args.device, args.data_root, which=which
+        )
         print(f"[meta] {ran} candidate cells run")
         return 0
     if args.meta_command == "probe":
@@ -89,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from bench.meta import simulate
 
-    table = simulate.load_table(cut)
+    seeds = getattr(args, "seeds", None)
+    table = simulate.load_table(cut, seeds=[int(s) for s in _csv(seeds)] if seeds else None)
     if args.meta_command == "headroom":
         print(simulate.write_headroom(table, cut))
         return 0

@@ -144,7 +144,10 @@ def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
 
 # Cells of the product's own candidates, beside the design: negative recipe indices, which the
 # simulator never counts in the design's balanced prefix but a strategy may run by index.
-CANDIDATES = {-1: "hypertweaks-head-only"}
+# -2 and -3 are the default recipe with another classifier (TextClassification.fine_tune_head):
+# mean-pooled with a fresh head, and mean-pooled with its head from a linear probe (LP-FT).
+CANDIDATES = {-1: "hypertweaks-head-only", -2: "defaults-mean-pooled", -3: "defaults-lp-ft"}
+FINE_TUNE_HEAD = {-2: "mean", -3: "probe"}
 HEAD_ONLY = -1
 
 
@@ -153,10 +156,11 @@ def candidate_recipe(index: int, text) -> dict[str, Any]:
     from hypertweaks.recipes import default_recipe
     from hypertweaks.strategies import head_only_candidate
 
-    assert CANDIDATES[index] == "hypertweaks-head-only"
     defaults = default_recipe(
         "text-classification", text.pretrained_dropout, len(text.splits.train)
     )
+    if index in FINE_TUNE_HEAD:
+        return defaults
     experiment = text.experiment.model_copy(update={"space": {}})
     return head_only_candidate(experiment, defaults, text.num_layers).recipe
 
@@ -203,12 +207,14 @@ def collect_candidates(
     device: str = "auto",
     data_root: Path | None = None,
     out: Path = META_DIR,
+    which: list[int] = (HEAD_ONLY,),
 ) -> int:
-    """Run the product's candidate recipes (CANDIDATES) on every task and seed; resumable."""
+    """Run the candidate recipes `which` (CANDIDATES) on every task and seed; resumable."""
     from hypertweaks.train import resolve_device
 
     dev, folder, texts, ran = resolve_device(device), out / cut.key, {}, 0
-    for index, name in CANDIDATES.items():
+    for index in which:
+        name = CANDIDATES[index]
         for seed in seeds:
             for task in tasks:
                 stem = f"{task}__{name}__s{seed}"
@@ -216,7 +222,11 @@ def collect_candidates(
                     continue
                 text = _task(texts, task, cut, device, data_root, folder)
                 recipe = candidate_recipe(index, text)
-                _record_cell(folder, stem, task, index, name, recipe, seed, cut, text, dev)
+                text.fine_tune_head = FINE_TUNE_HEAD.get(index, "hf")
+                try:
+                    _record_cell(folder, stem, task, index, name, recipe, seed, cut, text, dev)
+                finally:
+                    text.fine_tune_head = "hf"
                 ran += 1
     return ran
 

@@ -88,14 +88,15 @@ class Table:
         return self.runs[(task, recipe, seed)]
 
 
-def load_table(cut, folder: Path | None = None) -> Table:
+def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) -> Table:
+    """The recorded cells of a cut (only those of `seeds` when given)."""
     root = (folder or META_DIR) / (cut if isinstance(cut, str) else cut.key)
     tasks = {p.stem: json.loads(p.read_text()) for p in sorted((root / "tasks").glob("*.json"))}
     runs = {}
     for path in sorted((root / "cells").glob("*.json")):
         cell = json.loads(path.read_text())
         epochs = cell["epochs"]
-        if not epochs:
+        if not epochs or (seeds is not None and cell["seed"] not in seeds):
             continue
 
         def column(split: str, metric: str) -> np.ndarray:
@@ -346,16 +347,22 @@ def defaults_keep_2se(ctx: Context) -> float:
 HEAD_ONLY = -1
 
 
-def _product(ctx: Context, keep_errors: float | None = None, head_first: bool = False) -> float:
+def _product(
+    ctx: Context,
+    keep_errors: float | None = None,
+    head_first: bool = False,
+    default: int = DEFAULTS,
+) -> float:
     """hypertweaks today: the default recipe, the head-only candidate when it was recorded, then
     random design recipes; the best on validation, or with `keep_errors`, the default unless
     another trial beats it by more than that many validation standard errors. `head_first` runs
-    the (cheap) head-only candidate before the default."""
+    the (cheap) head-only candidate before the default; `default` is the cell the default recipe
+    replays (another classifier head: a candidate index)."""
     r = ctx.replay
     recorded = (r.task, HEAD_ONLY, ctx.table.seeds[0]) in ctx.table.runs
     if head_first and recorded:
         r.start(HEAD_ONLY)
-    default = r.start(DEFAULTS)
+    first = r.start(default)
     if not head_first and recorded and r.can_start():
         r.start(HEAD_ONLY)
     for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
@@ -365,7 +372,7 @@ def _product(ctx: Context, keep_errors: float | None = None, head_first: bool = 
     best = _best(r.trials)
     if keep_errors is None:
         return r.score(best)
-    return r.score(_kept_or_best(default, best, keep_errors))
+    return r.score(_kept_or_best(first, best, keep_errors))
 
 
 @strategy("defaults_then_head")
@@ -389,6 +396,28 @@ def hypertweaks(ctx: Context) -> float:
 def hypertweaks_keep_1se(ctx: Context) -> float:
     """hypertweaks now: as `hypertweaks`, keeping the default unless beaten beyond the noise."""
     return _product(ctx, keep_errors=1.0, head_first=True)
+
+
+# The default recipe with another classifier (bench meta candidates --which -2,-3): mean-pooled
+# with a fresh head, and mean-pooled with its head from a linear probe (LP-FT).
+DEFAULTS_MEAN_POOLED, DEFAULTS_LP_FT = -2, -3
+
+
+@strategy("defaults_mean_pooled")
+def defaults_mean_pooled(ctx: Context) -> float:
+    return ctx.replay.score(ctx.replay.start(DEFAULTS_MEAN_POOLED))
+
+
+@strategy("defaults_lp_ft")
+def defaults_lp_ft(ctx: Context) -> float:
+    return ctx.replay.score(ctx.replay.start(DEFAULTS_LP_FT))
+
+
+@strategy("hypertweaks_lp_ft")
+def hypertweaks_lp_ft(ctx: Context) -> float:
+    """As hypertweaks_keep_1se, the default recipe's head starting from the linear probe. The
+    random design recipes after it replay their recorded (fresh-head) cells."""
+    return _product(ctx, keep_errors=1.0, head_first=True, default=DEFAULTS_LP_FT)
 
 
 def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:

@@ -16,12 +16,14 @@ from hypertweaks.atomic import save_torch
 from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
+    LayerStack,
     check_max_length,
     default_dropout,
     layer_stack,
     load_hf_config,
     load_text_classifier,
     looks_like_path,
+    with_dropout,
 )
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
@@ -79,10 +81,22 @@ class MeanPooledClassifier(nn.Module):
         return SequenceClassifierOutput(logits=self.classify(self.pool(input_ids, attention_mask)))
 
 
-def load_encoder(source: str | Path) -> nn.Module:
+class LinearProbe(nn.Module):
+    """The head of a MeanPooledClassifier alone, trained on cached features."""
+
+    def __init__(self, hidden_size: int, num_labels: int):
+        super().__init__()
+        self.head = nn.Linear(hidden_size, num_labels)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+def load_encoder(source: str | Path, dropout: float | None = None) -> nn.Module:
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(source)
+    overrides = with_dropout(load_hf_config(str(source)), dropout) if dropout is not None else {}
+    return AutoModel.from_pretrained(source, **overrides)
 
 
 def load_saved(directory: Path) -> nn.Module:
@@ -116,6 +130,13 @@ class EncodedTexts(IndexedExamples):
 
 
 class TextClassification(TaskBase):
+    # How a recipe that trains some layers builds its classifier, under measurement on the
+    # meta-dataset (bench meta candidates): "hf", the HF sequence classifier (its CLS pooler and
+    # a fresh head); "mean", the mean-pooled classifier with a fresh head; "probe", the
+    # mean-pooled classifier whose head starts from a linear probe on the frozen features
+    # (LP-FT, Kumar et al. 2022).
+    fine_tune_head = "hf"
+
     def __init__(self, experiment: Experiment, cache_dir: Path):
         super().__init__(experiment, cache_dir)
         self.model_source = experiment.model
@@ -179,10 +200,34 @@ class TextClassification(TaskBase):
             encoder = load_encoder(self.model_source)
             model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
             return model, layer_stack(model, body=encoder)
-        model = load_text_classifier(
-            self.model_source, len(self.splits.classes), self.id2label, recipe.dropout
-        )
-        return model, layer_stack(model)
+        if self.fine_tune_head == "hf":
+            model = load_text_classifier(
+                self.model_source, len(self.splits.classes), self.id2label, recipe.dropout
+            )
+            return model, layer_stack(model)
+        encoder = load_encoder(self.model_source, recipe.dropout)
+        model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
+        if self.fine_tune_head == "probe":
+            model.head.load_state_dict(self._probe_head().state_dict())
+        return model, layer_stack(model, body=encoder)
+
+    def _probe_head(self) -> nn.Linear:
+        """A linear probe on the frozen encoder's cached features, trained as the head-only
+        candidate is (seconds, on the CPU): the head that fine-tuning starts from."""
+        from hypertweaks.strategies import HEAD_ONLY_TEXT
+        from hypertweaks.train import fit
+
+        frozen = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": self.num_layers})
+        train = self.dataset(self.splits.train, True, frozen)  # the cached features
+        val = self.dataset(self.splits.validation, False, frozen)
+        probe = LinearProbe(train.features.shape[1], len(self.splits.classes))
+        recipe = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": 0})
+        stack = LayerStack([], [], list(probe.parameters()))
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows the trial's seed
+        exp = self.experiment
+        fit(self, probe, stack, recipe, train, val, metric=exp.metric, direction=exp.direction,
+            patience=exp.patience, seed=seed)  # fmt: skip
+        return probe.head
 
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
         if recipe is not None and self.trains_head_only(recipe):
