@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
     candidates.add_argument("--device", default="auto")
     candidates.add_argument("--threads", type=int, default=1)
     candidates.add_argument(
-        "--which", default="-1", help="candidate indices (bench/meta/collect.py CANDIDATES)"
+        "--which", default="-1", help="candidate indices, as --which=-3,-2 (collect.CANDIDATES)"
     )
     simulate = msub.add_parser("simulate", help="replay strategies over the recorded cells")
     simulate.add_argument("strategies", help="comma-separated; 'all' for every registered one")

@@ -403,21 +403,29 @@ def hypertweaks_keep_1se(ctx: Context) -> float:
 DEFAULTS_MEAN_POOLED, DEFAULTS_LP_FT = -2, -3
 
 
+def _recorded(ctx: Context, index: int, fallback: int = DEFAULTS) -> int:
+    """A candidate's index where its cells exist at every replayed seed, else `fallback` (run
+    these strategies with --seeds limited to the seeds the candidate was recorded at)."""
+    seeds = ctx.table.seeds
+    return index if all((ctx.replay.task, index, s) in ctx.table.runs for s in seeds) else fallback
+
+
 @strategy("defaults_mean_pooled")
 def defaults_mean_pooled(ctx: Context) -> float:
-    return ctx.replay.score(ctx.replay.start(DEFAULTS_MEAN_POOLED))
+    return ctx.replay.score(ctx.replay.start(_recorded(ctx, DEFAULTS_MEAN_POOLED)))
 
 
 @strategy("defaults_lp_ft")
 def defaults_lp_ft(ctx: Context) -> float:
-    return ctx.replay.score(ctx.replay.start(DEFAULTS_LP_FT))
+    return ctx.replay.score(ctx.replay.start(_recorded(ctx, DEFAULTS_LP_FT)))
 
 
 @strategy("hypertweaks_lp_ft")
 def hypertweaks_lp_ft(ctx: Context) -> float:
     """As hypertweaks_keep_1se, the default recipe's head starting from the linear probe. The
     random design recipes after it replay their recorded (fresh-head) cells."""
-    return _product(ctx, keep_errors=1.0, head_first=True, default=DEFAULTS_LP_FT)
+    default = _recorded(ctx, DEFAULTS_LP_FT)
+    return _product(ctx, keep_errors=1.0, head_first=True, default=default)
 
 
 def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:
