@@ -206,5 +206,9 @@ def load_task(
         }
     )
     text = TextClassification(exp, WORK_DIR / "cache" / table_key(cut, model) / task)
+    # The peers and the reference recipe train the HF sequence classifier (a fresh head on the
+    # CLS pooler), as plain Optuna or transformers users do and as the committed cells were
+    # recorded; hypertweaks' own method builds its own task, with its LP-FT head.
+    text.fine_tune_head = "hf"
     text.prepare()
     return text, exp

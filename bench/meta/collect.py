@@ -226,7 +226,7 @@ def collect_candidates(
                 try:
                     _record_cell(folder, stem, task, index, name, recipe, seed, cut, text, dev)
                 finally:
-                    text.fine_tune_head = "hf"
+                    text.fine_tune_head = "hf"  # the design's classifier (bench/tasks.load_task)
                 ran += 1
     return ran
 
