@@ -222,13 +222,16 @@ class TextClassification(TaskBase):
         from hypertweaks.strategies import HEAD_ONLY_TEXT
         from hypertweaks.train import fit
 
+        # drawn from the trial's seed before anything else, so that the probe is the same
+        # whether the features were cached or had to be computed
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
         frozen = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": self.num_layers})
         train = self.dataset(self.splits.train, True, frozen)  # the cached features
         val = self.dataset(self.splits.validation, False, frozen)
+        torch.manual_seed(seed)
         probe = LinearProbe(train.features.shape[1], len(self.splits.classes))
         recipe = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": 0})
         stack = LayerStack([], [], list(probe.parameters()))
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # follows the trial's seed
         exp = self.experiment
         fit(self, probe, stack, recipe, train, val, metric=exp.metric, direction=exp.direction,
             patience=exp.patience, seed=seed)  # fmt: skip
