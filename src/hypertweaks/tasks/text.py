@@ -53,7 +53,7 @@ def drop_empty_texts(max_dropped_fraction: float, column: str):
     return clean
 
 
-HEAD_FILE = "head.safetensors"  # a head-only model's classifier, beside its encoder's folder
+HEAD_FILE = "head.safetensors"  # a MeanPooledClassifier's head, beside its encoder's folder
 
 
 class MeanPooledClassifier(nn.Module):
@@ -106,8 +106,8 @@ def load_encoder(source: str | Path, dropout: float | None = None) -> nn.Module:
 
 def load_saved(directory: Path) -> nn.Module:
     """A classifier written by `TextClassification.save` (its tokenizer is in the same folder):
-    a Hugging Face sequence classifier, or a head-only model (the encoder's folder plus
-    head.safetensors)."""
+    a mean-pooled classifier (the encoder's folder plus head.safetensors), or a Hugging Face
+    sequence classifier (models saved before LP-FT, or built with fine_tune_head "hf")."""
     if (directory / HEAD_FILE).is_file():
         from safetensors.torch import load_file
 
