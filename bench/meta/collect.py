@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def collect_candidates(
     device: str = "auto",
     data_root: Path | None = None,
     out: Path = META_DIR,
-    which: list[int] = (HEAD_ONLY,),
+    which: Sequence[int] = (HEAD_ONLY,),
 ) -> int:
     """Run the candidate recipes `which` (CANDIDATES) on every task and seed; resumable."""
     from hypertweaks.train import resolve_device
