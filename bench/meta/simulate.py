@@ -398,9 +398,10 @@ def hypertweaks_keep_1se(ctx: Context) -> float:
     return _product(ctx, keep_errors=1.0, head_first=True)
 
 
-# The default recipe with another classifier (bench meta candidates --which=-2,-3): mean-pooled
-# with a fresh head, and mean-pooled with its head from a linear probe (LP-FT).
-DEFAULTS_MEAN_POOLED, DEFAULTS_LP_FT = -2, -3
+# The default recipe as the product trains it (bench meta candidates --which=-3): mean-pooled,
+# its head from a linear probe (LP-FT). Candidate -2 (a fresh head) has no cells yet, so no
+# strategy replays it.
+DEFAULTS_LP_FT = -3
 PRODUCT = "hypertweaks_lp_ft"  # the strategy hypertweaks runs today
 
 
@@ -409,11 +410,6 @@ def _recorded(ctx: Context, index: int, fallback: int = DEFAULTS) -> int:
     these strategies with --seeds limited to the seeds the candidate was recorded at)."""
     seeds = ctx.table.seeds
     return index if all((ctx.replay.task, index, s) in ctx.table.runs for s in seeds) else fallback
-
-
-@strategy("defaults_mean_pooled")
-def defaults_mean_pooled(ctx: Context) -> float:
-    return ctx.replay.score(ctx.replay.start(_recorded(ctx, DEFAULTS_MEAN_POOLED)))
 
 
 @strategy("defaults_lp_ft")
