@@ -34,15 +34,25 @@ def cell(root: Path, task: str, method: str, seed: str, budget: str = "3x") -> P
     return root / "cells" / CUT / f"{task}__{method}__{middle}{seed}.json"
 
 
+def _maybe(path: Path) -> float | None:
+    return test_accuracy(path) if path.exists() else None
+
+
 def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str:
+    """hypertweaks' new cells against the committed peers of the same task and seed, with the
+    earlier hypertweaks (the committed bench cells, and session 6's confirm cells where kept in
+    `new_root/session6`), and the paired difference to each peer with its bootstrap interval
+    over task/seed pairs."""
+    from bench.meta.simulate import paired_interval
+
+    earlier = ("hypertweaks before", "hypertweaks session 6")
     lines = [
         "# hypertweaks now against the committed peers (3x, test accuracy %)",
         "",
-        "| task | seed | reference | " + " | ".join(HEADERS)
-        + " | hypertweaks before | hypertweaks now |",
-        "|---|---|---|" + "---|" * (len(PEERS) + 2),
+        "| task | seed | reference | " + " | ".join(HEADERS + earlier) + " | hypertweaks now |",
+        "|---|---|---|" + "---|" * (len(PEERS) + 3),
     ]  # fmt: skip
-    gaps = []
+    rows = []
     for path in sorted((new_root / "cells" / CUT).glob("*__hypertweaks__3x__s*.json")):
         task, _, _, seed = path.stem.split("__")
         reference = test_accuracy(cell(old_root, task, "defaults", seed))
@@ -51,21 +61,23 @@ def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str
             raise SystemExit(f"{task} {seed}: the reference recipe scored {here} here and "
                              f"{reference} in the committed cell: not the same runs")  # fmt: skip
         peers = [test_accuracy(cell(old_root, task, m, seed)) for m in PEERS]
-        before = test_accuracy(cell(old_root, task, "hypertweaks", seed))
+        before = [_maybe(cell(old_root, task, "hypertweaks", seed)),
+                  _maybe(cell(new_root / "session6", task, "hypertweaks", seed))]  # fmt: skip
         now = test_accuracy(path)
-        gaps.append((now - max(peers), now - float(np.mean(peers)), now - before))
-        values = [reference, *peers, before]
-        lines.append(f"| {task} | {seed[1:]} | " + " | ".join(f"{100 * v:.1f}" for v in values)
-                     + f" | **{100 * now:.1f}** |")  # fmt: skip
-    if gaps:
-        g = np.array(gaps) * 100
-        lines += [
-            "",
-            f"Over {len(g)} task/seed pairs, hypertweaks now minus: the best peer of each pair "
-            f"{g[:, 0].mean():+.1f}, the peers' mean {g[:, 1].mean():+.1f}, hypertweaks before "
-            f"{g[:, 2].mean():+.1f} points (wins-losses against the best peer: "
-            f"{int((g[:, 0] > 0).sum())}-{int((g[:, 0] < 0).sum())}).",
-        ]
+        rows.append((reference, peers, now))
+        shown = [f"{100 * v:.1f}" if v is not None else "-" for v in [reference, *peers, *before]]
+        lines.append(f"| {task} | {seed[1:]} | " + " | ".join(shown) + f" | **{100 * now:.1f}** |")
+    if rows:
+        now = np.array([r[2] for r in rows]) * 100
+        against = {name: np.array([r[1][i] for r in rows]) * 100 for i, name in enumerate(HEADERS)}
+        against["the best peer of each pair"] = np.array([max(r[1]) for r in rows]) * 100
+        against["reference"] = np.array([r[0] for r in rows]) * 100
+        lines += ["", f"hypertweaks now minus each, over {len(rows)} task/seed pairs (points, "
+                  "bootstrap 95% interval over pairs, pairs won-lost):", ""]  # fmt: skip
+        for name, other in against.items():
+            mean, low, high = paired_interval(now, other)
+            won, lost = int((now > other).sum()), int((now < other).sum())
+            lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
     return "\n".join(lines) + "\n"
 
 
