@@ -68,6 +68,22 @@ def experiment(paths: dict[str, Path], args: argparse.Namespace) -> dict:
     }
 
 
+def verdict(metric: str, default: float, tuned: float) -> str:
+    """What tuning bought on the held-out scans, in one plain sentence."""
+    change = tuned - default
+    if abs(change) < 5e-4:
+        return (
+            f"Tuning bought nothing here: held-out {metric} is {tuned:.3f} with the tuned and the "
+            "default recipe alike."
+        )
+    if change > 0:
+        return f"Tuning bought {change:+.3f} {metric} on held-out scans over the default recipe."
+    return (
+        f"Tuning cost {change:+.3f} {metric} on held-out scans: the recipe that led on the small "
+        "validation set did not hold up on the test scans."
+    )
+
+
 def compare(result, console: Console) -> None:
     if not (result.test_metrics and result.default_test_metrics):
         return
@@ -78,6 +94,8 @@ def compare(result, console: Console) -> None:
         before, after = result.default_test_metrics[name], result.test_metrics[name]
         table.add_row(name, f"{before:.3f}", f"{after:.3f}", f"{after - before:+.3f}")
     console.print(table)
+    metric = result.metric
+    console.print(verdict(metric, result.default_test_metrics[metric], result.test_metrics[metric]))
 
 
 def main(argv: list[str] | None = None) -> int:
