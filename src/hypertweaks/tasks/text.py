@@ -56,6 +56,13 @@ def drop_empty_texts(max_dropped_fraction: float, column: str):
 HEAD_FILE = "head.safetensors"  # a MeanPooledClassifier's head, beside its encoder's folder
 
 
+def mean_pool(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The mean of the encoder's last hidden states over the real (unpadded) tokens."""
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 class MeanPooledClassifier(nn.Module):
     """A linear classifier on the mean of the encoder's last hidden states over the real tokens:
     every text model hypertweaks trains. Mean pooling, not the CLS pooler: sentence encoders are
@@ -69,9 +76,7 @@ class MeanPooledClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return mean_pool(self.encoder, input_ids, attention_mask)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(features))
@@ -102,6 +107,16 @@ def load_encoder(source: str | Path, dropout: float | None = None) -> nn.Module:
     overrides = with_dropout(load_hf_config(source), dropout) if dropout is not None else {}
     path = str(Path(source).expanduser()) if looks_like_path(source) else source
     return AutoModel.from_pretrained(path, **overrides)
+
+
+def count_layers(config: Any) -> int:
+    """The encoder's freezable layers, from its architecture alone: built on the meta device,
+    no weights are read or allocated."""
+    from transformers import AutoModel
+
+    with torch.device("meta"):
+        encoder = AutoModel.from_config(config)
+    return len(layer_stack(encoder, body=encoder).blocks)
 
 
 def load_saved(directory: Path) -> nn.Module:
@@ -179,9 +194,7 @@ class TextClassification(TaskBase):
                 exp.max_length,
             ]
         )
-        encoder = load_encoder(self.model_source)
-        self.num_layers = len(layer_stack(encoder, body=encoder).blocks)
-        del encoder
+        self.num_layers = count_layers(config)
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -213,21 +226,21 @@ class TextClassification(TaskBase):
         encoder = load_encoder(self.model_source, recipe.dropout)
         model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
         if self.fine_tune_head == "probe":
-            model.head.load_state_dict(self._probe_head().state_dict())
+            model.head.load_state_dict(self._probe_head(encoder).state_dict())
         return model, layer_stack(model, body=encoder)
 
-    def _probe_head(self) -> nn.Linear:
+    def _probe_head(self, encoder: nn.Module) -> nn.Linear:
         """A linear probe on the frozen encoder's cached features, trained as the head-only
-        candidate is (seconds, on the CPU): the head that fine-tuning starts from."""
+        candidate is (seconds, on the CPU): the head that fine-tuning starts from. `encoder`
+        (pretrained, not trained yet) computes the features where they are not cached."""
         from hypertweaks.strategies import HEAD_ONLY_TEXT
         from hypertweaks.train import fit
 
         # drawn from the trial's seed before anything else, so that the probe is the same
         # whether the features were cached or had to be computed
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        frozen = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": self.num_layers})
-        train = self.dataset(self.splits.train, True, frozen)  # the cached features
-        val = self.dataset(self.splits.validation, False, frozen)
+        train = self._features(self.splits.train, encoder)
+        val = self._features(self.splits.validation, encoder)
         torch.manual_seed(seed)
         probe = LinearProbe(train.features.shape[1], len(self.splits.classes))
         recipe = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": 0})
@@ -239,14 +252,18 @@ class TextClassification(TaskBase):
 
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
         if recipe is not None and self.trains_head_only(recipe):
-            features = self.cached("features", split, lambda: self._pooled_features(split))
-            return Features(features, torch.as_tensor(split.labels))
+            return self._features(split)
         return self.cached("tokens", split, lambda: self._encode(split))
 
+    def _features(self, split: Split, encoder: nn.Module | None = None) -> Features:
+        features = self.cached("features", split, lambda: self._pooled_features(split, encoder))
+        return Features(features, torch.as_tensor(split.labels))
+
     @torch.no_grad()
-    def _pooled_features(self, split: Split) -> torch.Tensor:
+    def _pooled_features(self, split: Split, encoder: nn.Module | None = None) -> torch.Tensor:
         """The frozen encoder's mean-pooled features: one forward pass per study (never paying
-        twice), on disk beside the tokens."""
+        twice), on disk beside the tokens. `encoder`: the pretrained encoder already in memory,
+        if any (else it is loaded)."""
         digest = hashlib.sha256(json.dumps(["mean-pooled", self.tokenizer_key]).encode())
         digest.update(str(self.model_source).encode())
         for text in split.inputs:
@@ -255,15 +272,17 @@ class TextClassification(TaskBase):
         if path.exists():
             return torch.load(path, weights_only=True)
         device = resolve_device(self.experiment.device)
-        pooling = MeanPooledClassifier(load_encoder(self.model_source), 1, 0.0).to(device).eval()
+        encoder = (encoder or load_encoder(self.model_source)).to(device)
+        training = encoder.training
+        encoder.eval()  # no dropout: the features are the pretrained model's
         data = self.dataset(split, False)  # the cached tokens
         chunks = []
         for start in range(0, len(data), 64):
             inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
             ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
-            chunks.append(pooling.pool(ids, mask).float().cpu())
-        features = torch.cat(chunks) if chunks else torch.zeros(0, pooling.head.in_features)
-        del pooling
+            chunks.append(mean_pool(encoder, ids, mask).float().cpu())
+        encoder.train(training)
+        features = torch.cat(chunks) if chunks else torch.zeros(0, encoder.config.hidden_size)
         save_torch(features, path)
         return features
 
