@@ -64,7 +64,7 @@ def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str
         before = [_maybe(cell(old_root, task, "hypertweaks", seed)),
                   _maybe(cell(new_root / "session6", task, "hypertweaks", seed))]  # fmt: skip
         now = test_accuracy(path)
-        rows.append((reference, peers, now))
+        rows.append((reference, peers, now, task))
         shown = [f"{100 * v:.1f}" if v is not None else "-" for v in [reference, *peers, *before]]
         lines.append(f"| {task} | {seed[1:]} | " + " | ".join(shown) + f" | **{100 * now:.1f}** |")
     if rows:
@@ -78,6 +78,11 @@ def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str
             mean, low, high = paired_interval(now, other)
             won, lost = int((now > other).sum()), int((now < other).sum())
             lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
+        lines += ["", "Per task, hypertweaks now minus the best peer of each pair (mean over its "
+                  "seeds; the spread is the range over seeds):", ""]  # fmt: skip
+        for task in sorted({r[3] for r in rows}):
+            gaps = [100 * (r[2] - max(r[1])) for r in rows if r[3] == task]
+            lines.append(f"- {task}: {np.mean(gaps):+.1f} ({min(gaps):+.1f} to {max(gaps):+.1f})")
     return "\n".join(lines) + "\n"
 
 
