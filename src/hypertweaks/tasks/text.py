@@ -272,7 +272,7 @@ class TextClassification(TaskBase):
         if path.exists():
             return torch.load(path, weights_only=True)
         device = resolve_device(self.experiment.device)
-        encoder = (encoder or load_encoder(self.model_source)).to(device)
+        encoder = (encoder if encoder is not None else load_encoder(self.model_source)).to(device)
         training = encoder.training
         encoder.eval()  # no dropout: the features are the pretrained model's
         data = self.dataset(split, False)  # the cached tokens
