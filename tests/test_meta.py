@@ -183,7 +183,7 @@ def test_a_refit_on_train_and_validation_is_scored_at_the_kept_trials_epoch_when
         score = simulate.hypertweaks_lp_ft_refit(simulate.Context(r, table.recipes, [], table))
         return score, r.spent
 
-    # the default's 3 epochs, the reference while room for the refit remains, 2 refit epochs
+    # the default's 3 epochs, its refit to epoch 2, then the reference while budget is left
     assert product(3.0) == (0.9, pytest.approx(300 + 300 + 300))
     assert product(1.0) == (0.8, pytest.approx(300))  # no room left: the default as trained
 

@@ -436,32 +436,28 @@ def _refit_of(ctx: Context, trial: Trial) -> Run | None:
     return ctx.table.runs.get((ctx.replay.task, index, trial.run.seed)) if index else None
 
 
-def _refit_cost(ctx: Context, trial: Trial) -> float:
-    refit = _refit_of(ctx, trial)
-    return refit.cost(trial.best_epoch) if refit else 0.0
-
-
 @strategy("hypertweaks_lp_ft_refit")
 def hypertweaks_lp_ft_refit(ctx: Context) -> float:
-    """hypertweaks_lp_ft, then the kept model trained again on train + validation, for as many
-    epochs as the kept trial's best on validation (lever 5: a refit), when the refit fits in
-    what is left of the budget; the random trials leave room for it. Without a recorded refit,
-    or without room, the kept trial itself."""
+    """hypertweaks_lp_ft with a refit (lever 5): once the head-only and default trials have run,
+    the one kept is trained again on train + validation for as many epochs as its best on
+    validation, when that fits in the budget; then random design recipes with what is left.
+    The refit is the final model unless a random trial beats the kept one beyond the noise."""
     r = ctx.replay
     default = _recorded(ctx, DEFAULTS_LP_FT)
     if (r.task, HEAD_ONLY, ctx.table.seeds[0]) in ctx.table.runs:
         r.start(HEAD_ONLY)
     first = r.start(default)
+    kept = _kept_or_best(first, _best(r.trials), 1.0)
+    refit, refit_score = _refit_of(ctx, kept), None
+    if refit is not None and r.left >= refit.cost(kept.best_epoch) - 1e-9:
+        r.spent += refit.cost(kept.best_epoch)
+        refit_score = float(refit.test_acc[kept.best_epoch - 1])
     for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
-        if r.left <= _refit_cost(ctx, _kept_or_best(first, _best(r.trials), 1.0)):
+        if not r.can_start():
             break
         r.start(int(recipe))
-    kept = _kept_or_best(first, _best(r.trials), 1.0)
-    refit = _refit_of(ctx, kept)
-    if refit is None or r.left < refit.cost(kept.best_epoch) - 1e-9:
-        return r.score(kept)
-    r.spent += refit.cost(kept.best_epoch)
-    return float(refit.test_acc[kept.best_epoch - 1])
+    final = _kept_or_best(first, _best(r.trials), 1.0)
+    return refit_score if final is kept and refit_score is not None else r.score(final)
 
 
 def _normalised_scores(table: Table, tasks: list[str], recipes: list[int]) -> np.ndarray:
