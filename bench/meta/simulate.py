@@ -399,8 +399,7 @@ def hypertweaks_keep_1se(ctx: Context) -> float:
 
 
 # The default recipe as the product trains it (bench meta candidates --which=-3): mean-pooled,
-# its head from a linear probe (LP-FT). Candidate -2 (a fresh head) has no cells yet, so no
-# strategy replays it.
+# its head from a linear probe (LP-FT).
 DEFAULTS_LP_FT = -3
 PRODUCT = "hypertweaks_lp_ft"  # the strategy hypertweaks runs today
 
@@ -415,6 +414,17 @@ def _recorded(ctx: Context, index: int, fallback: int = DEFAULTS) -> int:
 @strategy("defaults_lp_ft")
 def defaults_lp_ft(ctx: Context) -> float:
     return ctx.replay.score(ctx.replay.start(_recorded(ctx, DEFAULTS_LP_FT)))
+
+
+DEFAULTS_MEAN_POOLED = -2  # the default recipe, mean-pooled classifier, fresh head
+
+
+@strategy("defaults_mean_pooled")
+def defaults_mean_pooled(ctx: Context) -> float:
+    """With `defaults` and `defaults_lp_ft`, splits LP-FT's gain between mean pooling and the
+    probe's head. Its cells exist at seed 0 only: replay it with --seeds 0 (elsewhere it falls
+    back to the HF default, as every candidate strategy does)."""
+    return ctx.replay.score(ctx.replay.start(_recorded(ctx, DEFAULTS_MEAN_POOLED)))
 
 
 @strategy("hypertweaks_lp_ft")
