@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from bench import RESULTS_DIR
@@ -32,15 +31,9 @@ METRICS = ("accuracy", "macro_f1", "roc_auc")
 def magnetic_tile_tables(out: Path, train_size: int, test_size: int) -> dict[str, Path]:
     """The class folders -> stratified train / test CSVs of image paths (the same for every
     seed: the study seed varies, the held-out rows do not)."""
-    root = DATA_ROOT / "magnetic-tile"
-    rows = [
-        {"image": str(p), "label": folder.name}
-        for folder in sorted(root.iterdir())
-        if folder.is_dir()
-        for p in sorted(folder.iterdir())
-        if p.suffix.lower() in (".jpg", ".png")
-    ]
-    table = pd.DataFrame(rows)
+    from hypertweaks.data.images import read_image_folder
+
+    table = read_image_folder(DATA_ROOT / "magnetic-tile", "magnetic-tile")
     train, rest = train_test_split(
         table, train_size=train_size, stratify=table["label"], random_state=0
     )
