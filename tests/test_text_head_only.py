@@ -160,6 +160,19 @@ def test_a_single_trial_study_runs_the_recommended_recipe(text_experiment, tmp_p
     assert [t["tag"] for t in trials] == ["defaults"]
 
 
+def test_a_single_trial_study_resumed_with_more_trials_runs_the_head_only_candidate(
+    text_experiment, tmp_path
+):
+    tune({**text_experiment, "trials": 1})
+    tune({**text_experiment, "trials": 3})  # the same study, resumed with a bigger budget
+    trials = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())["trials"]
+    assert [t["tag"] for t in trials[:2]] == ["defaults", "head-only"]
+    assert len(trials) == 3 and all(t["state"] == "complete" for t in trials[:2])
+    tune({**text_experiment, "trials": 3})  # spent: nothing more runs, nothing is enqueued
+    again = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())["trials"]
+    assert [t["tag"] for t in again] == [t["tag"] for t in trials]
+
+
 def test_a_space_that_sets_freezing_gets_no_head_only_candidate(text_experiment, tmp_path):
     space = {**text_experiment["space"], "freeze_layers": {"low": 0, "high": 1}}
     tune({**text_experiment, "trials": 2, "space": space})

@@ -31,16 +31,9 @@ class EmbeddedBackend:
     def optimize(self, smoke: Callable[[], None]) -> optuna.Study:
         ctx, exp = self.ctx, self.exp
         study, created = open_study(exp, max_epochs(ctx.space))
-        if created:
-            # Only the worker that created the study enqueues the starting recipes: workers that
-            # start together would otherwise all see an empty study and each enqueue them.
-            for start in starting_recipes(exp, ctx.defaults, ctx.task.num_layers):
-                if start.fixed:  # no Optuna parameters: the sampler and pruner never see it
-                    study.enqueue_trial({}, {"tag": start.tag, "fixed_recipe": start.recipe})
-                else:
-                    study.enqueue_trial(fit_into(ctx.space, start.recipe), {"tag": start.tag})
         same_experiment(study, exp)
         finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+        self._enqueue_starts(study, created, resumed=bool(finished))
         if finished:
             ctx.display.message(f"resuming study {exp.name!r}: {len(finished)} trials done")
         if exp.smoke:
@@ -60,6 +53,24 @@ class EmbeddedBackend:
                 gc_after_trial=True,
             )
         return study
+
+    def _enqueue_starts(self, study: optuna.Study, created: bool, resumed: bool) -> None:
+        """The starting recipes. Only the worker that created the study enqueues them: workers
+        that start together would otherwise all see an empty study and each enqueue them. A
+        resumed study gets the fixed (cheap) candidates it never ran, e.g. the head-only one
+        that a study started with `trials: 1` skipped and a resume with more trials can afford;
+        workers resuming at the same moment may each add one, which costs seconds."""
+        ctx, exp = self.ctx, self.exp
+        if not created and (not resumed or self._budget_spent(study)):
+            return
+        tags = {t.user_attrs.get("tag") for t in study.get_trials(deepcopy=False)}
+        for start in starting_recipes(exp, ctx.defaults, ctx.task.num_layers):
+            if start.tag in tags or (not created and not start.fixed):
+                continue
+            if start.fixed:  # no Optuna parameters: the sampler and pruner never see it
+                study.enqueue_trial({}, {"tag": start.tag, "fixed_recipe": start.recipe})
+            else:
+                study.enqueue_trial(fit_into(ctx.space, start.recipe), {"tag": start.tag})
 
     def objective(self, trial: optuna.Trial) -> float:
         """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
