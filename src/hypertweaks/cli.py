@@ -66,6 +66,11 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--max-length": ("max_length", int, "longest text in tokens"),
     "--image-size": ("image_size", int, "image side in pixels"),
     "--patience": ("patience", int, "epochs without improvement before stopping a trial"),
+    "--class-weights": (
+        "class_weights",
+        str,
+        "none (default) or balanced: rare classes weigh as much as common ones in the loss",
+    ),
     "--backend": ("backend", str, "optuna (embedded, default) or ray (a Ray Tune cluster)"),
     "--ray-address": ("ray_address", str, "Ray cluster to join, e.g. auto (default: local)"),
     "--cpus-per-trial": ("cpus_per_trial", float, "Ray backend: CPUs per trial (default 1)"),

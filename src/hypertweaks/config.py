@@ -89,6 +89,11 @@ class Experiment(BaseModel):
         | None
     ) = Field(None, description="default: accuracy, or loss for causal-lm")
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
+    class_weights: Literal["none", "balanced"] = Field(
+        "none",
+        description="balanced: each class's loss weighted by train rows / (classes x its rows), "
+        "so rare classes (defects) count as much as common ones",
+    )
     max_length: int | None = Field(
         None, ge=8, le=131072, description="tokens; default 128 (causal-lm: context, <= 512)"
     )
@@ -196,6 +201,10 @@ class Experiment(BaseModel):
                 )
         if self.gguf_file is not None and self.task != "causal-lm":
             raise ValueError("gguf_file is for causal-lm models only")
+        if self.class_weights != "none" and self.task == "causal-lm":
+            raise ValueError(
+                "class_weights is for classification; causal-lm trains on tokens: remove it"
+            )
         return self
 
     def seed_of(self, number: int) -> int:

@@ -24,6 +24,7 @@ KEY_FIELDS = {
     "seed",
     "validation_fraction",
     "max_dropped_fraction",
+    "class_weights",
 }
 _WHOLE_FILE = 8 << 20  # a data file up to 8 MiB is hashed whole; a larger one by 64 samples
 _WHOLE_MEMBER = 256 << 10  # a folder's files (e.g. images) up to 256 KiB whole; else 2 samples
@@ -78,8 +79,10 @@ def compare_fingerprints(stored: dict[str, Any], current: dict[str, Any]) -> lis
         if stored.get("data", {}).get(role) != digest:
             differences.append(f"{role} data (its content changed)")
     for field in sorted(KEY_FIELDS):
-        if stored.get(field) != current.get(field):
-            differences.append(f"{field} ({stored.get(field)!r}, now {current.get(field)!r})")
+        # a setting added after the study started: it ran with the setting's default
+        before = stored.get(field, Experiment.model_fields[field].default)
+        if before != current.get(field):
+            differences.append(f"{field} ({before!r}, now {current.get(field)!r})")
     return differences
 
 

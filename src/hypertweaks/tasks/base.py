@@ -101,7 +101,17 @@ class TaskBase:
     def loss_sum(self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor):
         """The summed training loss of a batch (divided by `count_targets` over the batch)."""
         logits = self.forward(model, inputs)
-        return nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        weight = self.class_weights()
+        weight = None if weight is None else weight.to(logits.device)
+        return nn.functional.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
+
+    def class_weights(self) -> torch.Tensor | None:
+        """Per-class loss weights (experiment `class_weights: balanced`): train rows / (classes x
+        the class's rows), so they average to 1 over the training rows; None: unweighted."""
+        if self.experiment.class_weights == "none":
+            return None
+        train, classes = self.splits.train, len(self.splits.classes)
+        return self.cached("class_weights", train, lambda: _balanced(train.labels, classes))
 
     def count_targets(self, labels: torch.Tensor) -> int:
         return len(labels)
@@ -112,6 +122,11 @@ class TaskBase:
         from hypertweaks.train import predict_logits
 
         return self.metrics(*predict_logits(self, model, data, device, batch_size))
+
+
+def _balanced(labels, classes: int) -> torch.Tensor:
+    counts = torch.bincount(torch.as_tensor(labels), minlength=classes).float()
+    return len(labels) / (classes * counts.clamp(min=1))
 
 
 Task = TaskBase  # the name the rest of the package uses for "a task"
