@@ -38,13 +38,35 @@ def _maybe(path: Path) -> float | None:
     return test_accuracy(path) if path.exists() else None
 
 
+def paired_lines(rows: list[tuple[float, list[float], float, str]]) -> list[str]:
+    """hypertweaks minus each peer, the best peer of each pair and the reference, over rows of
+    (reference, peers in PEERS order, hypertweaks, task): the mean with its bootstrap interval
+    over pairs and the pairs won-lost, then the gap to the best peer per task."""
+    from bench.meta.simulate import paired_interval
+
+    now = np.array([r[2] for r in rows]) * 100
+    against = {name: np.array([r[1][i] for r in rows]) * 100 for i, name in enumerate(HEADERS)}
+    against["the best peer of each pair"] = np.array([max(r[1]) for r in rows]) * 100
+    against["reference"] = np.array([r[0] for r in rows]) * 100
+    lines = ["", f"hypertweaks minus each, over {len(rows)} task/seed pairs (points, bootstrap "
+             "95% interval over pairs, pairs won-lost):", ""]  # fmt: skip
+    for name, other in against.items():
+        mean, low, high = paired_interval(now, other)
+        won, lost = int((now > other).sum()), int((now < other).sum())
+        lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
+    lines += ["", "Per task, hypertweaks minus the best peer of each pair (mean over its seeds; "
+              "the spread is the range over seeds):", ""]  # fmt: skip
+    for task in sorted({r[3] for r in rows}):
+        gaps = [100 * (r[2] - max(r[1])) for r in rows if r[3] == task]
+        lines.append(f"- {task}: {np.mean(gaps):+.1f} ({min(gaps):+.1f} to {max(gaps):+.1f})")
+    return lines
+
+
 def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str:
     """hypertweaks' new cells against the committed peers of the same task and seed, with the
     earlier hypertweaks (the committed bench cells, and session 6's confirm cells where kept in
     `new_root/session6`), and the paired difference to each peer with its bootstrap interval
     over task/seed pairs."""
-    from bench.meta.simulate import paired_interval
-
     earlier = ("hypertweaks before", "hypertweaks session 6")
     lines = [
         "# hypertweaks now against the committed peers (3x, test accuracy %)",
@@ -68,21 +90,7 @@ def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str
         shown = [f"{100 * v:.1f}" if v is not None else "-" for v in [reference, *peers, *before]]
         lines.append(f"| {task} | {seed[1:]} | " + " | ".join(shown) + f" | **{100 * now:.1f}** |")
     if rows:
-        now = np.array([r[2] for r in rows]) * 100
-        against = {name: np.array([r[1][i] for r in rows]) * 100 for i, name in enumerate(HEADERS)}
-        against["the best peer of each pair"] = np.array([max(r[1]) for r in rows]) * 100
-        against["reference"] = np.array([r[0] for r in rows]) * 100
-        lines += ["", f"hypertweaks now minus each, over {len(rows)} task/seed pairs (points, "
-                  "bootstrap 95% interval over pairs, pairs won-lost):", ""]  # fmt: skip
-        for name, other in against.items():
-            mean, low, high = paired_interval(now, other)
-            won, lost = int((now > other).sum()), int((now < other).sum())
-            lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
-        lines += ["", "Per task, hypertweaks now minus the best peer of each pair (mean over its "
-                  "seeds; the spread is the range over seeds):", ""]  # fmt: skip
-        for task in sorted({r[3] for r in rows}):
-            gaps = [100 * (r[2] - max(r[1])) for r in rows if r[3] == task]
-            lines.append(f"- {task}: {np.mean(gaps):+.1f} ({min(gaps):+.1f} to {max(gaps):+.1f})")
+        lines += paired_lines(rows)
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,74 @@
+"""hypertweaks against every peer run in the same run: same machine, same cut and seeds, each
+pair's budget unit (the reference recipe's `defaults` cell) measured beside them. Run the cells,
+one command per task and seed, two at a time on this 2-core machine:
+
+    HYPERTWEAKS_BENCH_RESULTS=bench/results/same_run python -m bench run --tasks T --seeds S \\
+        --methods hypertweaks,hf_search,random,tpe_median,onepoch_topk --budget 1x --threads 1
+
+then `python -m bench.same_run --budget 1x` writes bench/results/same_run/SAME_RUN_1x.md: every
+pair, the paired difference to each peer with its bootstrap interval, and the gap per task,
+with the trial hypertweaks chose (where it trails, the first place to look for why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.confirm import CUT, HEADERS, PEERS, RESULTS, cell, paired_lines, test_accuracy
+
+ROOT = RESULTS / "same_run"
+
+
+def _chosen_tag(path: Path) -> str:
+    """Which of hypertweaks' trials made the final model: head-only, defaults or a searched one."""
+    result = json.loads(path.read_text())["result"]
+    chosen = result["chosen_recipe"]
+    for trial in result["trials"]:
+        if trial.get("recipe") == chosen and trial.get("state") == "complete":
+            return trial.get("tag") or "searched"
+    return "?"
+
+
+def table(budget: str, root: Path = ROOT) -> str:
+    """Every task/seed pair of `root` where hypertweaks and every peer ran at `budget`."""
+    lines = [
+        f"# hypertweaks against every peer in the same run ({budget}, test accuracy %)",
+        "",
+        "| task | seed | reference | " + " | ".join(HEADERS) + " | hypertweaks | its choice |",
+        "|---|---|---|" + "---|" * (len(PEERS) + 2),
+    ]
+    rows, missing = [], []
+    for path in sorted((root / "cells" / CUT).glob(f"*__hypertweaks__{budget}__s*.json")):
+        task, _, _, seed = path.stem.split("__")
+        peers = [cell(root, task, m, seed, budget) for m in PEERS]
+        if not all(p.exists() for p in peers):
+            missing.append(f"{task} {seed}")
+            continue
+        reference = test_accuracy(cell(root, task, "defaults", seed))
+        scores = [test_accuracy(p) for p in peers]
+        now = test_accuracy(path)
+        rows.append((reference, scores, now, task))
+        shown = " | ".join(f"{100 * v:.1f}" for v in [reference, *scores])
+        choice = _chosen_tag(path)
+        lines.append(f"| {task} | {seed[1:]} | {shown} | **{100 * now:.1f}** | {choice} |")
+    if rows:
+        lines += paired_lines(rows)
+    if missing:
+        lines += ["", f"Pairs left out, a peer's cell missing: {', '.join(missing)}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", default="1x")
+    parser.add_argument("--root", type=Path, default=ROOT)
+    args = parser.parse_args()
+    text = table(args.budget, args.root)
+    (args.root / f"SAME_RUN_{args.budget}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
