@@ -202,3 +202,17 @@ def test_a_refit_candidate_trains_on_train_and_validation(tmp_path, monkeypatch)
     alone, refit = table.run("trec6", -1, 0), table.run("trec6", -5, 0)
     assert alone.examples[0] == cut.train and refit.examples[0] == cut.train + cut.validation
     assert refit.probs("test").shape[1] == cut.test
+
+
+def test_the_check_against_real_runs_compares_the_product_only_when_asked(table, tmp_path):
+    cells = tmp_path / "real"
+    cells.mkdir()
+    for method, suffix, accuracy in (("defaults", "", 0.7), ("hypertweaks", "__3x", 0.95)):
+        for seed in (0, 1):
+            result = {"result": {"test_metrics": {"accuracy": accuracy}}}
+            (cells / f"a__{method}{suffix}__s{seed}.json").write_text(json.dumps(result))
+    committed = simulate.against_real(table, cells, 3.0, repeats=2)
+    assert "| a | reference | 70.0 ± 0.0 (n=2) |" in committed and simulate.PRODUCT not in committed
+    shipped = simulate.against_real(table, cells, 3.0, repeats=2, product=True)
+    assert f"| a | {simulate.PRODUCT} | 95.0 ± 0.0 (n=2) |" in shipped
+    assert f"- {simulate.PRODUCT}: within spread on 0 of 1 tasks" in shipped  # replays 0.6-0.8

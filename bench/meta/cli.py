@@ -55,6 +55,12 @@ def add_parser(sub) -> None:
     check = msub.add_parser("check", help="simulated against the real bench cells at a budget")
     check.add_argument("--budget", default="3x")
     check.add_argument("--profile", default="standard")
+    check.add_argument(
+        "--results",
+        type=Path,
+        help="a results folder of the product as shipped (e.g. bench/results/same_run): its "
+        "hypertweaks cells are checked too; default: the committed bench cells",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,10 +110,17 @@ def run(args: argparse.Namespace) -> int:
     if args.meta_command == "check":
         from bench import RESULTS_DIR
 
+        results = args.results or RESULTS_DIR
+        budget = float(args.budget.rstrip("x"))
         text = simulate.against_real(
-            table, RESULTS_DIR / "cells" / cut.key, float(args.budget.rstrip("x"))
+            table, results / "cells" / cut.key, budget, product=args.results is not None
         )
-        (simulate.META_DIR / cut.key / "SIM_VS_REAL.md").write_text(text)
+        name = (
+            "SIM_VS_REAL.md"
+            if args.results is None
+            else f"SIM_VS_REAL_{results.name}_{budget:g}x.md"
+        )
+        (simulate.META_DIR / cut.key / name).write_text(text)
         print(text)
         return 0
     names = list(simulate.STRATEGIES) if args.strategies == "all" else _csv(args.strategies)

@@ -721,13 +721,18 @@ def write_headroom(table: Table, cut) -> str:
     return text
 
 
-def against_real(table: Table, cells: Path, budget: float = 3.0, repeats: int = 20) -> str:
+def against_real(
+    table: Table, cells: Path, budget: float = 3.0, repeats: int = 20, product: bool = False
+) -> str:
     """Simulated against real bench cells (bench/results/cells/<cut>/) for the methods both
     have, on the tasks both have: per task, the real mean and sd over seeds beside the
-    simulated mean and sd over replays."""
+    simulated mean and sd over replays. `product`: the cells' hypertweaks is the product as
+    shipped (PRODUCT), not an earlier one."""
     pairs = {"reference": "defaults", "random": "random", "onepoch_topk": "onepoch_topk"}
     if len(table.recipes) < MIN_RECIPES_TO_SEARCH:  # a search over a handful replays nothing real
         pairs = {"reference": "defaults"}
+    if product:
+        pairs[PRODUCT] = "hypertweaks"
     lines = [
         f"# Simulated against real runs at {budget:g}x ({table.cut})",
         "",
@@ -737,6 +742,7 @@ def against_real(table: Table, cells: Path, budget: float = 3.0, repeats: int = 
         "| task | strategy | real | simulated | difference | within spread |",
         "|---|---|---|---|---|---|",
     ]
+    agree: dict[str, list[bool]] = {}
     for task in table.tasks:
         for sim_name, method in pairs.items():
             suffix = "" if method == "defaults" else f"__{budget:g}x"
@@ -755,4 +761,8 @@ def against_real(table: Table, cells: Path, budget: float = 3.0, repeats: int = 
                 f"(n={len(real)}) | {np.mean(sim) * 100:.1f} ± {np.std(sim) * 100:.1f} | "
                 f"{diff * 100:+.1f} | {'yes' if abs(diff) <= spread else 'no'} |"
             )
+            agree.setdefault(sim_name, []).append(abs(diff) <= spread)
+    lines += [""] + [
+        f"- {name}: within spread on {sum(ok)} of {len(ok)} tasks" for name, ok in agree.items()
+    ]
     return "\n".join(lines) + "\n"
