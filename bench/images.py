@@ -48,12 +48,39 @@ def magnetic_tile_tables(out: Path, train_size: int, test_size: int) -> dict[str
     return paths
 
 
-def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **budget) -> dict:
+def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **fields) -> dict:
     from hypertweaks.demo import image_experiment
 
     return image_experiment(
-        paths, 128, seed=seed, runs_dir=str(runs_dir), name=name, quiet=True, **budget
+        paths, 128, seed=seed, runs_dir=str(runs_dir), name=name, quiet=True, **fields
     )
+
+
+def weighted_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path) -> dict:
+    """The default recipe alone with `class_weights: balanced`: on the same rows and seed as
+    the unweighted default of a `pair` (training on the CPU is deterministic)."""
+    from hypertweaks import tune
+
+    name = f"{dataset}-s{seed}-default-balanced"
+    alone = tune(experiment(paths, seed, runs, name, trials=1, class_weights="balanced"))
+    metrics = {k: alone.test_metrics.get(k) for k in METRICS}
+    return {"dataset": dataset, "seed": seed, "seconds": alone.seconds, "balanced": metrics}
+
+
+def weights_table(rows: list[dict], committed: list[dict]) -> str:
+    """Balanced against unweighted, the default recipe, per dataset and seed."""
+    plain = {(r["dataset"], r["seed"]): r["default"] for r in committed}
+    lines = [
+        "| dataset | seed | accuracy | balanced | macro-F1 | balanced |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d, b = plain[(r["dataset"], r["seed"])], r["balanced"]
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {d['accuracy']:.3f} | {b['accuracy']:.3f} | "
+            f"{d['macro_f1']:.3f} | {b['macro_f1']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: Path) -> dict:
@@ -109,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--datasets", default="magnetic-tile,elpv")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "images.json")
+    parser.add_argument(
+        "--class-weights",
+        action="store_true",
+        help="only the default recipe with class_weights: balanced, against the unweighted "
+        "default in --out (same rows and seeds); writes images_class_weights.json beside it",
+    )
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     rows = []
@@ -120,10 +153,22 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 paths = magnetic_tile_tables(data, args.train, args.test)
             for seed in (int(s) for s in args.seeds.split(",")):
-                rows.append(pair(dataset, paths, seed, args.budget, work / "runs"))
+                if args.class_weights:
+                    rows.append(weighted_default(dataset, paths, seed, work / "runs"))
+                else:
+                    rows.append(pair(dataset, paths, seed, args.budget, work / "runs"))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.class_weights:
+        committed = json.loads(args.out.read_text())
+        if (committed["train"], committed["test"]) != (args.train, args.test):
+            ran = f"--train {committed['train']} --test {committed['test']}"
+            raise SystemExit(f"{args.out} was run with {ran}: give the same, for the same rows")
+        out = args.out.with_name("images_class_weights.json")
+        out.write_text(json.dumps({"machine": machine("cpu"), "rows": rows}, indent=1))
+        print(weights_table(rows, committed["rows"]))
+        return 0
     args.out.write_text(
         json.dumps(
             {
