@@ -281,15 +281,21 @@ def onepoch_topk(ctx: Context) -> float:
 DEFAULTS = 1
 
 
+def _random_rest(ctx: Context, skip: int) -> None:
+    """The design's recipes but `skip`, in random order, while the budget lets one start."""
+    r = ctx.replay
+    for recipe in r.rng.permutation([x for x in ctx.recipes if x != skip]):
+        if not r.can_start():
+            break
+        r.start(int(recipe))
+
+
 def _first_then_random(ctx: Context, first: int) -> Trial:
     """One recipe, then the other design recipes in random order while the budget lasts (the
     reference among them: a point of the space like any other): the best."""
     r = ctx.replay
     r.start(first)
-    for recipe in r.rng.permutation([x for x in ctx.recipes if x != first]):
-        if not r.can_start():
-            break
-        r.start(int(recipe))
+    _random_rest(ctx, skip=first)
     return _best(r.trials)
 
 
@@ -365,10 +371,7 @@ def _product(
     first = r.start(default)
     if not head_first and recorded and r.can_start():
         r.start(HEAD_ONLY)
-    for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
-        if not r.can_start():
-            break
-        r.start(int(recipe))
+    _random_rest(ctx, skip=DEFAULTS)
     best = _best(r.trials)
     if keep_errors is None:
         return r.score(best)
@@ -462,10 +465,7 @@ def hypertweaks_lp_ft_refit(ctx: Context) -> float:
     if refit is not None and r.left >= refit.cost(kept.best_epoch) - 1e-9:
         r.spent += refit.cost(kept.best_epoch)
         refit_score = float(refit.test_acc[kept.best_epoch - 1])
-    for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
-        if not r.can_start():
-            break
-        r.start(int(recipe))
+    _random_rest(ctx, skip=DEFAULTS)
     final = _kept_or_best(first, _best(r.trials), 1.0)
     return refit_score if final is kept and refit_score is not None else r.score(final)
 
