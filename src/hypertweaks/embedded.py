@@ -32,13 +32,21 @@ class EmbeddedBackend:
         ctx, exp = self.ctx, self.exp
         study, created = open_study(exp, max_epochs(ctx.space))
         same_experiment(study, exp)
+        if created:
+            # Only the worker that created the study enqueues the starting recipes: workers that
+            # start together would otherwise all see an empty study and each enqueue them.
+            self._enqueue_starts(study, fixed_only=False)
         finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
-        self._enqueue_starts(study, created, resumed=bool(finished))
         if finished:
             ctx.display.message(f"resuming study {exp.name!r}: {len(finished)} trials done")
         if exp.smoke:
             smoke()
         enqueue_interrupted(study)
+        if finished and self._room_for_more(study):
+            # The fixed (cheap) candidates a resumed study never ran, e.g. the head-only one that
+            # `trials: 1` skipped, once a resume with more trials can afford them. Workers
+            # resuming at the same moment may each add one: that costs seconds.
+            self._enqueue_starts(study, fixed_only=True)
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         ctx.best.remove_orphans(running)
         if not self._budget_spent(study):
@@ -54,23 +62,26 @@ class EmbeddedBackend:
             )
         return study
 
-    def _enqueue_starts(self, study: optuna.Study, created: bool, resumed: bool) -> None:
-        """The starting recipes. Only the worker that created the study enqueues them: workers
-        that start together would otherwise all see an empty study and each enqueue them. A
-        resumed study gets the fixed (cheap) candidates it never ran, e.g. the head-only one
-        that a study started with `trials: 1` skipped and a resume with more trials can afford;
-        workers resuming at the same moment may each add one, which costs seconds."""
+    def _enqueue_starts(self, study: optuna.Study, fixed_only: bool) -> None:
+        """The starting recipes the study has not had yet (by tag)."""
         ctx, exp = self.ctx, self.exp
-        if not created and (not resumed or self._budget_spent(study)):
-            return
         tags = {t.user_attrs.get("tag") for t in study.get_trials(deepcopy=False)}
         for start in starting_recipes(exp, ctx.defaults, ctx.task.num_layers):
-            if start.tag in tags or (not created and not start.fixed):
+            if start.tag in tags or (fixed_only and not start.fixed):
                 continue
             if start.fixed:  # no Optuna parameters: the sampler and pruner never see it
                 study.enqueue_trial({}, {"tag": start.tag, "fixed_recipe": start.recipe})
             else:
                 study.enqueue_trial(fit_into(ctx.space, start.recipe), {"tag": start.tag})
+
+    def _room_for_more(self, study: optuna.Study) -> bool:
+        """Budget left beyond the trials done, running, and waiting (retries included)."""
+        if self._budget_spent(study):
+            return False
+        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        done = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return self.exp.trials is None or len(done) + len(running) + waiting < self.exp.trials
 
     def objective(self, trial: optuna.Trial) -> float:
         """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
