@@ -56,13 +56,19 @@ def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **f
     )
 
 
+def default_alone(dataset: str, paths: dict[str, Path], seed: int, runs: Path, **fields):
+    """A study of the default recipe alone (the budget unit of a `pair`)."""
+    from hypertweaks import tune
+
+    suffix = "".join(f"-{v}" for v in fields.values())
+    name = f"{dataset}-s{seed}-default{suffix}"
+    return tune(experiment(paths, seed, runs, name, trials=1, **fields))
+
+
 def weighted_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path) -> dict:
     """The default recipe alone with `class_weights: balanced`: on the same rows and seed as
     the unweighted default of a `pair` (training on the CPU is deterministic)."""
-    from hypertweaks import tune
-
-    name = f"{dataset}-s{seed}-default-balanced"
-    alone = tune(experiment(paths, seed, runs, name, trials=1, class_weights="balanced"))
+    alone = default_alone(dataset, paths, seed, runs, class_weights="balanced")
     metrics = {k: alone.test_metrics.get(k) for k in METRICS}
     return {"dataset": dataset, "seed": seed, "seconds": alone.seconds, "balanced": metrics}
 
@@ -86,7 +92,7 @@ def weights_table(rows: list[dict], committed: list[dict]) -> str:
 def pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: Path) -> dict:
     from hypertweaks import tune
 
-    alone = tune(experiment(paths, seed, runs, f"{dataset}-s{seed}-default", trials=1))
+    alone = default_alone(dataset, paths, seed, runs)
     tuned = tune(
         experiment(paths, seed, runs, f"{dataset}-s{seed}-{budget:g}x", trials=100,
                    timeout=budget * alone.seconds)

@@ -42,7 +42,7 @@ class EmbeddedBackend:
         if exp.smoke:
             smoke()
         enqueue_interrupted(study)
-        if finished and self._room_for_more(study):
+        if finished and not self._budget_spent(study, count_waiting=True):
             # The fixed (cheap) candidates a resumed study never ran, e.g. the head-only one that
             # `trials: 1` skipped, once a resume with more trials can afford them. Workers
             # resuming at the same moment may each add one: that costs seconds.
@@ -73,15 +73,6 @@ class EmbeddedBackend:
                 study.enqueue_trial({}, {"tag": start.tag, "fixed_recipe": start.recipe})
             else:
                 study.enqueue_trial(fit_into(ctx.space, start.recipe), {"tag": start.tag})
-
-    def _room_for_more(self, study: optuna.Study) -> bool:
-        """Budget left beyond the trials done, running, and waiting (retries included)."""
-        if self._budget_spent(study):
-            return False
-        waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        done = [t for t in study.get_trials(deepcopy=False) if counted(t)]
-        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return self.exp.trials is None or len(done) + len(running) + waiting < self.exp.trials
 
     def objective(self, trial: optuna.Trial) -> float:
         """One trial; records why it failed, or that Ctrl-C stopped it (so it is retried)."""
@@ -135,15 +126,21 @@ class EmbeddedBackend:
             raise optuna.TrialPruned(f"pruned at epoch {len(record.curve)}")
         return record.value
 
-    def _budget_spent(self, study: optuna.Study, before: int | None = None) -> bool:
-        """Trials counted, plus trials that other workers are running (they will count),
-        against trials; trial time against timeout."""
+    def _budget_spent(
+        self, study: optuna.Study, before: int | None = None, count_waiting: bool = False
+    ) -> bool:
+        """Trials counted, plus trials that other workers are running (they will count), and
+        with `count_waiting` the enqueued ones (retries included), against trials; trial time
+        against timeout."""
         fail_stale_trials(study)  # a dead worker's trial stops counting (and is retried)
         trials = study.get_trials(deepcopy=False)
         if before is not None:
             trials = [t for t in trials if t.number < before]
         done = [t for t in trials if counted(t)]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
+        pending = (
+            (TrialState.RUNNING, TrialState.WAITING) if count_waiting else (TrialState.RUNNING,)
+        )
+        running = [t for t in trials if t.state in pending]
         if self.exp.trials is not None and len(done) + len(running) >= self.exp.trials:
             return True
         used = sum(map(trial_seconds, done))

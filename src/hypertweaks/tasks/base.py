@@ -101,17 +101,18 @@ class TaskBase:
     def loss_sum(self, model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor):
         """The summed training loss of a batch (divided by `count_targets` over the batch)."""
         logits = self.forward(model, inputs)
-        weight = self.class_weights()
-        weight = None if weight is None else weight.to(logits.device)
+        weight = self.class_weights(logits.device)
         return nn.functional.cross_entropy(logits.float(), labels, weight=weight, reduction="sum")
 
-    def class_weights(self) -> torch.Tensor | None:
+    def class_weights(self, device: torch.device | str = "cpu") -> torch.Tensor | None:
         """Per-class loss weights (experiment `class_weights: balanced`): train rows / (classes x
-        the class's rows), so they average to 1 over the training rows; None: unweighted."""
+        the class's rows), so they average to 1 over the training rows; None: unweighted. Made
+        once per device, not at every step."""
         if self.experiment.class_weights == "none":
             return None
         train, classes = self.splits.train, len(self.splits.classes)
-        return self.cached("class_weights", train, lambda: _balanced(train.labels, classes))
+        key = f"class_weights:{device}"
+        return self.cached(key, train, lambda: _balanced(train.labels, classes).to(device))
 
     def count_targets(self, labels: torch.Tensor) -> int:
         return len(labels)
