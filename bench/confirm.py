@@ -54,12 +54,25 @@ def paired_lines(rows: list[tuple[float, list[float], float, str]]) -> list[str]
         mean, low, high = paired_interval(now, other)
         won, lost = int((now > other).sum()), int((now < other).sum())
         lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
-    lines += ["", "Per task, hypertweaks minus the best peer of each pair (mean over its seeds; "
-              "the spread is the range over seeds):", ""]  # fmt: skip
+    lines += ["", "Per task: mean ± standard deviation over its seeds (the spread), and "
+              "hypertweaks minus the best peer of each pair with its range over seeds:", "",
+              "| task | seeds | reference | " + " | ".join(HEADERS) + " | hypertweaks | "
+              "minus the best peer |", "|---|---|---|" + "---|" * (len(HEADERS) + 2)]  # fmt: skip
     for task in sorted({r[3] for r in rows}):
-        gaps = [100 * (r[2] - max(r[1])) for r in rows if r[3] == task]
-        lines.append(f"- {task}: {np.mean(gaps):+.1f} ({min(gaps):+.1f} to {max(gaps):+.1f})")
+        mine = [r for r in rows if r[3] == task]
+        columns = [[r[0] for r in mine]] + [[r[1][i] for r in mine] for i in range(len(HEADERS))]
+        columns.append([r[2] for r in mine])
+        spread = " | ".join(_mean_sd(100 * np.array(c)) for c in columns)
+        gaps = [100 * (r[2] - max(r[1])) for r in mine]
+        lines.append(f"| {task} | {len(mine)} | {spread} | {np.mean(gaps):+.1f} "
+                     f"({min(gaps):+.1f} to {max(gaps):+.1f}) |")  # fmt: skip
     return lines
+
+
+def _mean_sd(values: np.ndarray) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
 
 def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str:

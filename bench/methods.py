@@ -1,6 +1,7 @@
 """The methods compared: one function per method, `method(ctx, budget_seconds) -> dict` with
 
     chosen_recipe  the recipe the method picked (its own knob names for hf_search)
+    chosen_trial   hypertweaks only: the number of the trial it kept
     val_score      the validation accuracy it picked that recipe on
     test_metrics   the chosen model on the held-out test split (accuracy, macro_f1, loss)
     examples       training examples processed, the whole search
@@ -356,6 +357,7 @@ def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
         )
     return {
         "chosen_recipe": result.best_params,
+        "chosen_trial": data.get("best_trial"),
         "val_score": result.best_value,
         "test_metrics": {k: result.test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
         "examples": sum(t["examples"] for t in trials),

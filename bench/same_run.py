@@ -24,9 +24,13 @@ ROOT = RESULTS / "same_run"
 def _chosen_tag(path: Path) -> str:
     """Which of hypertweaks' trials made the final model: head-only, defaults or a searched one."""
     result = json.loads(path.read_text())["result"]
-    chosen = result["chosen_recipe"]
+    number = result.get("chosen_trial")
     for trial in result["trials"]:
-        if trial.get("recipe") == chosen and trial.get("state") == "complete":
+        if number is not None:
+            same = trial["number"] == number
+        else:  # cells written before `chosen_trial` was recorded: the first trial with the recipe
+            same = trial.get("recipe") == result["chosen_recipe"] and trial["state"] == "complete"
+        if same:
             return trial.get("tag") or "searched"
     return "?"
 

@@ -272,3 +272,33 @@ def test_every_method_runs_for_real_within_its_budget(tmp_path, monkeypatch, tin
     assert cells["tpe_median"]["result"]["n_startup_trials"] == 2
     kept = tmp_path / "work" / "runs" / folder.name  # the bench's best models, once tested
     assert not [p for m in methods.METHODS for p in kept.glob(f"moods-{m}-seed0/checkpoints/*")]
+
+
+def test_the_same_run_table_gives_each_tasks_spread_and_the_kept_trial(tmp_path):
+    from bench import same_run
+    from bench.confirm import CUT, PEERS
+
+    folder = tmp_path / "cells" / CUT
+    folder.mkdir(parents=True)
+
+    def write(task, method, seed, accuracy, result=None):
+        name = f"{task}__{method}__s{seed}.json" if method == "defaults" else (
+            f"{task}__{method}__1x__s{seed}.json")  # fmt: skip
+        body = {"result": {"test_metrics": {"accuracy": accuracy}, **(result or {})}}
+        (folder / name).write_text(json.dumps(body))
+
+    for seed, (ours, peer) in enumerate([(0.80, 0.70), (0.90, 0.74)]):
+        write("sst2", "defaults", seed, 0.60)
+        for method in PEERS:
+            write("sst2", method, seed, peer)
+        trials = [  # the same recipe twice: the kept one is the second
+            {"number": 0, "state": "complete", "tag": "defaults", "recipe": {"lr": 1}},
+            {"number": 1, "state": "complete", "tag": "", "recipe": {"lr": 1}},
+        ]
+        kept = {"chosen_recipe": {"lr": 1}, "chosen_trial": 1, "trials": trials}
+        write("sst2", "hypertweaks", seed, ours, kept)
+
+    text = same_run.table("1x", tmp_path)
+    assert "| sst2 | 0 | 60.0 |" in text and "| **80.0** | searched |" in text
+    assert "| sst2 | 2 | 60.0 ± 0.0 |" in text  # two seeds: mean ± sd
+    assert "85.0 ± 7.1 | +13.0 (+10.0 to +16.0) |" in text
