@@ -145,6 +145,9 @@ def main() -> None:
         "best_recipe": result.best_params,
         "best_validation_exact_match": result.best_value,
         "default_validation_exact_match": result.default_value,
+        # the product's rule: the default recipe stays the model unless beaten beyond the noise
+        "defaults_kept": result.defaults_kept,
+        "within_noise": result.within_noise,
         "test_untuned": untuned,
         "test_tuned": tuned,
         "tuned_examples": tuned_outputs[:5],

@@ -1,4 +1,5 @@
-"""python -m bench meta {collect,candidates,probe,simulate,headroom,check}: see bench/README.md."""
+"""python -m bench meta {collect,candidates,probe,simulate,headroom,combine,check}: see
+bench/README.md."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def add_parser(sub) -> None:
     msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md").add_argument(
         "--profile", default="standard"
     )
+    msub.add_parser(
+        "combine", help="what an ensemble of the default with other runs adds (COMBINE.md)"
+    ).add_argument("--profile", default="standard")
     probe = msub.add_parser("probe", help="LogME of the frozen model on each task (meta-features)")
     probe.add_argument("--tasks", default=META_TASKS)
     probe.add_argument("--profile", default="standard")
@@ -106,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     table = simulate.load_table(cut, seeds=[int(s) for s in _csv(seeds)] if seeds else None)
     if args.meta_command == "headroom":
         print(simulate.write_headroom(table, cut))
+        return 0
+    if args.meta_command == "combine":
+        from bench.meta.combine import combine
+
+        print(combine(table))
         return 0
     if args.meta_command == "check":
         from bench import RESULTS_DIR
