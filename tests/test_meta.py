@@ -216,3 +216,24 @@ def test_the_check_against_real_runs_compares_the_product_only_when_asked(table,
     shipped = simulate.against_real(table, cells, 3.0, repeats=2, product=True)
     assert f"| a | {simulate.PRODUCT} | 95.0 ± 0.0 (n=2) |" in shipped
     assert f"- {simulate.PRODUCT}: within spread on 0 of 1 tasks" in shipped  # replays 0.6-0.8
+
+
+def test_combine_scores_the_default_averaged_with_other_runs(tmp_path, monkeypatch):
+    from bench.meta import combine
+
+    def probs(rows):
+        return np.array([rows], dtype=np.float16)
+
+    # each seed of the default gets a different row wrong; averaged, both are right
+    s0 = probs([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.1, 0.9]])
+    s1 = probs([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.6, 0.4]])
+    for seed, default in ((0, s0), (1, s1)):
+        write_run(tmp_path, "a", simulate.DEFAULTS_LP_FT, seed, [0.75], [0.75], probs=default)
+        for other in (0, simulate.HEAD_ONLY):  # uninformative: they change no prediction
+            write_run(tmp_path, "a", other, seed, [0.5], [0.5])
+    monkeypatch.setattr(combine, "META_DIR", tmp_path)
+    text = combine.combine(load_table("cut", tmp_path))
+    assert "| the default at another seed (2 models) | +25.00 [+25.00, +25.00] | 1-0 |" in text
+    assert "| the head-only candidate, same seed | +0.00 [+0.00, +0.00] | 0-0 |" in text
+    assert "| design recipe 0, same seed | +0.00" in text
+    assert (tmp_path / "cut" / "COMBINE.md").read_text() == text

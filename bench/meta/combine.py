@@ -50,10 +50,11 @@ def combine(table: Table) -> str:
         ],
         "the head-only candidate, same seed": lambda s: [[(HEAD_ONLY, s)]],
         **{f"design recipe {r}, same seed": (lambda s, r=r: [[(r, s)]]) for r in table.recipes},
-        "two design recipes, same seed (3 models)": lambda s: [
-            [(a, s), (b, s)] for a, b in itertools.combinations(table.recipes, 2)
-        ],
     }
+    if len(table.recipes) > 1:
+        rows["two design recipes, same seed (3 models)"] = lambda s: [
+            [(a, s), (b, s)] for a, b in itertools.combinations(table.recipes, 2)
+        ]
     lines = [
         f"# Several trials in one final model ({table.cut})",
         "",
