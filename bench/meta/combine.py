@@ -45,7 +45,7 @@ def combine(table: Table) -> str:
         "the default at another seed (2 models)": lambda s: [
             [(DEFAULTS_LP_FT, o)] for o in seeds if o != s
         ],
-        "the default at every other seed (3 models)": lambda s: [
+        f"the default at every other seed ({len(seeds)} models)": lambda s: [
             [(DEFAULTS_LP_FT, o) for o in seeds if o != s]
         ],
         "the head-only candidate, same seed": lambda s: [[(HEAD_ONLY, s)]],
