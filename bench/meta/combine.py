@@ -12,27 +12,37 @@ import itertools
 
 import numpy as np
 
-from bench.meta.simulate import DEFAULTS_LP_FT, HEAD_ONLY, META_DIR, Table, paired_interval
-
-
-def _at_best_epoch(table: Table, task: str, recipe: int, seed: int) -> tuple[float, np.ndarray]:
-    """A run's test accuracy and test probabilities at its best validation epoch."""
-    run = table.run(task, recipe, seed)
-    epoch = int(np.argmax(run.val_acc))
-    return float(run.test_acc[epoch]), run.probs("test")[epoch].astype(np.float32)
+from bench.meta.simulate import (
+    DEFAULTS_LP_FT,
+    HEAD_ONLY,
+    META_DIR,
+    Table,
+    _chosen_test,
+    paired_interval,
+)
 
 
 def _gains(table: Table, partners) -> np.ndarray:
     """Per task: the ensemble of the default at a seed with `partners(seed)` (each a (recipe,
     seed) list) minus the default alone, mean over the seeds."""
+    probs: dict[tuple[str, int, int], np.ndarray] = {}  # each run's file is read once
+
+    def at_best_epoch(task: str, recipe: int, seed: int) -> np.ndarray:
+        if (task, recipe, seed) not in probs:
+            run = table.run(task, recipe, seed)
+            epoch = int(np.argmax(run.val_acc))
+            probs[(task, recipe, seed)] = run.probs("test")[epoch].astype(np.float32)
+        return probs[(task, recipe, seed)]
+
     out = []
     for task in table.tasks:
         labels = np.array(table.tasks[task]["test_labels"])
         diffs = []
         for seed in table.seeds:
-            alone, probs = _at_best_epoch(table, task, DEFAULTS_LP_FT, seed)
+            alone = _chosen_test(table.run(task, DEFAULTS_LP_FT, seed))
+            default = at_best_epoch(task, DEFAULTS_LP_FT, seed)
             for group in partners(seed):
-                total = probs + sum(_at_best_epoch(table, task, r, s)[1] for r, s in group)
+                total = default + sum(at_best_epoch(task, r, s) for r, s in group)
                 diffs.append(float((total.argmax(axis=1) == labels).mean()) - alone)
         out.append(np.mean(diffs))
     return np.array(out) * 100
