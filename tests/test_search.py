@@ -126,6 +126,25 @@ def test_smoke_run_fails_fast_before_any_trial(text_experiment, monkeypatch):
     assert sum(t.user_attrs.get("tag") == "defaults" for t in trials) == 1
 
 
+def test_a_candidate_enqueued_twice_by_workers_resuming_together_runs_once(text_experiment):
+    tune({**text_experiment, "trials": 2})
+    storage = f"sqlite:///{text_experiment['runs_dir']}/{text_experiment['name']}/study.db"
+    study = optuna.load_study(study_name=text_experiment["name"], storage=storage)
+    head_only = study.trials[0].user_attrs
+    assert head_only["tag"] == "head-only"
+    # what a second worker resuming at the same moment adds
+    study.enqueue_trial({}, {"tag": "head-only", "fixed_recipe": head_only["fixed_recipe"]})
+
+    result = tune({**text_experiment, "trials": 3})
+    trials = study_trials(text_experiment)
+    assert trials[2].user_attrs["duplicate_of"] == 0 and trials[2].user_attrs["surplus"]
+    ran = [t for t in trials if t.state.is_finished() and not t.user_attrs.get("surplus")]
+    assert [t.user_attrs.get("tag") for t in ran].count("head-only") == 1
+    assert result.trials == 3 and len(ran) == 3  # the duplicate's place went to a sampled trial
+    results = json.loads((result.best_model_dir.parent / "results.json").read_text())
+    assert [t["number"] for t in results["trials"]] == [0, 1, 3]  # the duplicate never ran
+
+
 def test_of_workers_opening_one_new_study_exactly_one_creates_it(text_experiment):
     # The creator alone enqueues the defaults trial, so workers that start together run it once.
     exp = load_experiment(overrides=text_experiment)

@@ -45,7 +45,7 @@ class EmbeddedBackend:
         if finished and not self._budget_spent(study, count_waiting=True):
             # The fixed (cheap) candidates a resumed study never ran, e.g. the head-only one that
             # `trials: 1` skipped, once a resume with more trials can afford them. Workers
-            # resuming at the same moment may each add one: that costs seconds.
+            # resuming at the same moment may each add one; only the first runs (_ran_before).
             self._enqueue_starts(study, fixed_only=True)
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         ctx.best.remove_orphans(running)
@@ -94,9 +94,14 @@ class EmbeddedBackend:
             trial.study.stop()
             raise optuna.TrialPruned("the study's budget is spent")
         fixed = trial.user_attrs.get("fixed_recipe")
+        tag = trial.user_attrs.get("tag", "")
+        if fixed and (first := _ran_before(trial, tag)) is not None:
+            # Workers that resumed together may each have enqueued this candidate: run it once.
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("duplicate_of", first)
+            raise optuna.TrialPruned(f"trial {first} already ran the {tag} candidate")
         recipe = Recipe(**fixed) if fixed else suggest(trial, ctx.space)
         seed = exp.seed_of(trial.number)
-        tag = trial.user_attrs.get("tag", "")
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())
         ctx.display.trial_started(trial.number, recipe.as_dict(), tag)
@@ -153,3 +158,13 @@ class EmbeddedBackend:
         write_results(self.ctx.run_dir / "results.json", study, exp=self.exp, task=self.ctx.task)
         if self._budget_spent(study):
             study.stop()
+
+
+def _ran_before(trial: optuna.Trial, tag: str) -> int | None:
+    """The earlier trial with this tag that ran or is running, if any."""
+    for other in trial.study.get_trials(deepcopy=False):
+        if other.number >= trial.number or other.user_attrs.get("tag") != tag:
+            continue
+        if counted(other) or other.state == TrialState.RUNNING:
+            return other.number
+    return None

@@ -57,7 +57,12 @@ def write_results(
     """Every trial's recipe, curve, state and cost; rewritten atomically after each trial."""
     # a corrupt or missing file is rebuilt: the study keeps a copy of everything but the trials
     previous = read_json(path) or study.user_attrs.get("results_header", {})
-    rows = [trial_row(t) for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    # a surplus trial never ran (the budget was spent, or it duplicated a candidate): not a row
+    rows = [
+        trial_row(t)
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and not t.user_attrs.get("surplus")
+    ]
     data = {
         "study": exp.name,
         "task": exp.task,
