@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +196,10 @@ def add_use_commands(commands) -> None:
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def progress_bar(console: Console, quiet: bool):
-    """A factory predict_file calls with the total: a bar on long inputs, nothing on short ones."""
+@contextmanager
+def progress_bar(console: Console, quiet: bool) -> Iterator[Callable[[int], Any]]:
+    """A factory predict_file calls with the total: a bar on long inputs, nothing on short ones.
+    Every bar is stopped on leaving, so an error is printed on a clean line."""
     from rich.progress import Progress
 
     bars: list[Progress] = []
@@ -209,13 +213,21 @@ def progress_bar(console: Console, quiet: bool):
         task = bar.add_task("predicting", total=total)
         return lambda done: bar.advance(task, done)
 
-    return start, bars
+    try:
+        yield start
+    finally:
+        for bar in bars:
+            bar.stop()
+
+
+def user_error(console: Console, error: Exception) -> int:
+    console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+    return 2
 
 
 def run_predict(args: argparse.Namespace, console: Console) -> int:
     from hypertweaks.predict import describe, predict_file
 
-    start, bars = progress_bar(console, args.quiet)
     generation = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -224,27 +236,24 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
         "seed": args.seed,
     }
     try:
-        info = describe(args.model)
-        images = info.task == "image-classification"
-        output, table, predictor = predict_file(
-            info,
-            args.input,
-            args.output,
-            column=args.image_column if images else args.text_column,
-            top_k=args.top_k,
-            threshold=args.threshold,
-            batch_size=args.batch_size,
-            skip_bad=args.skip_bad,
-            generation=generation,
-            progress=start,
-            device=args.device,
-        )
+        with progress_bar(console, args.quiet) as start:
+            info = describe(args.model)
+            images = info.task == "image-classification"
+            output, table, predictor = predict_file(
+                info,
+                args.input,
+                args.output,
+                column=args.image_column if images else args.text_column,
+                top_k=args.top_k,
+                threshold=args.threshold,
+                batch_size=args.batch_size,
+                skip_bad=args.skip_bad,
+                generation=generation,
+                progress=start,
+                device=args.device,
+            )
     except (ConfigError, DataError, ModelError) as error:
-        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
-        return 2
-    finally:
-        for bar in bars:
-            bar.stop()
+        return user_error(console, error)
     for note in predictor.notes:
         console.print(f"note: {note}", highlight=False)
     if "predicted_label" in table:
@@ -261,27 +270,23 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     from hypertweaks.evaluate import default_report_path, evaluate, report_tables, write_report
     from hypertweaks.predict import describe
 
-    start, bars = progress_bar(console, args.quiet)
     try:
-        info = describe(args.model)
-        images = info.task == "image-classification"
-        report = evaluate(
-            info,
-            args.labeled,
-            args.target_recall,
-            column=args.image_column if images else args.text_column,
-            label_column=args.label_column,
-            batch_size=args.batch_size,
-            skip_bad=args.skip_bad,
-            progress=start,
-            device=args.device,
-        )
+        with progress_bar(console, args.quiet) as start:
+            info = describe(args.model)
+            images = info.task == "image-classification"
+            report = evaluate(
+                info,
+                args.labeled,
+                args.target_recall,
+                column=args.image_column if images else args.text_column,
+                label_column=args.label_column,
+                batch_size=args.batch_size,
+                skip_bad=args.skip_bad,
+                progress=start,
+                device=args.device,
+            )
     except (ConfigError, DataError, ModelError) as error:
-        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
-        return 2
-    finally:
-        for bar in bars:
-            bar.stop()
+        return user_error(console, error)
     for note in report["notes"]:
         console.print(f"note: {note}", highlight=False)
     for title, header, rows in report_tables(report):
@@ -303,8 +308,7 @@ def run_merge(args: argparse.Namespace, console: Console) -> int:
     try:
         output = merge_adapter(args.adapter_dir, args.output)
     except ModelError as error:
-        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
-        return 2
+        return user_error(console, error)
     console.print(f"merged model: {output}")
     return 0
 
@@ -360,8 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             console.print(f"report: {render(args.run_dir, args.storage)}")
         except (FileNotFoundError, ConfigError) as error:
-            console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
-            return 2
+            return user_error(console, error)
         return 0
     if args.command == "dashboard":
         return run_dashboard(args, console)
@@ -378,8 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment = load_experiment(args.experiment, overrides)
         result = tune(experiment)
     except USER_ERRORS as error:
-        console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
-        return 2
+        return user_error(console, error)
     except KeyboardInterrupt:
         console.print("interrupted: finished trials are saved; run the same command to resume")
         return 130
