@@ -25,6 +25,13 @@ PEERS = ("hf_search", "random", "tpe_median", "onepoch_topk")
 HEADERS = ("HF search", "random", "TPE+median", "one-epoch top-K")
 
 
+def percents(scores: list[float | None]) -> list[str]:
+    """A table row's scores in %, the best of the row (ties included) in bold, "-" where absent."""
+    top = max(round(100 * v, 1) for v in scores if v is not None)
+    shown = [f"{100 * v:.1f}" if v is not None else "-" for v in scores]
+    return [f"**{text}**" if text == f"{top:.1f}" else text for text in shown]
+
+
 def test_accuracy(path: Path) -> float:
     return json.loads(path.read_text())["result"]["test_metrics"]["accuracy"]
 
@@ -100,8 +107,8 @@ def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str
                   _maybe(cell(new_root / "session6", task, "hypertweaks", seed))]  # fmt: skip
         now = test_accuracy(path)
         rows.append((reference, peers, now, task))
-        shown = [f"{100 * v:.1f}" if v is not None else "-" for v in [reference, *peers, *before]]
-        lines.append(f"| {task} | {seed[1:]} | " + " | ".join(shown) + f" | **{100 * now:.1f}** |")
+        shown = percents([reference, *peers, *before, now])
+        lines.append(f"| {task} | {seed[1:]} | " + " | ".join(shown) + " |")
     if rows:
         lines += paired_lines(rows)
     return "\n".join(lines) + "\n"

@@ -16,7 +16,16 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.confirm import CUT, HEADERS, PEERS, RESULTS, cell, paired_lines, test_accuracy
+from bench.confirm import (
+    CUT,
+    HEADERS,
+    PEERS,
+    RESULTS,
+    cell,
+    paired_lines,
+    percents,
+    test_accuracy,
+)
 
 ROOT = RESULTS / "same_run"
 
@@ -54,9 +63,8 @@ def table(budget: str, root: Path = ROOT) -> str:
         scores = [test_accuracy(p) for p in peers]
         now = test_accuracy(path)
         rows.append((reference, scores, now, task))
-        shown = " | ".join(f"{100 * v:.1f}" for v in [reference, *scores])
-        choice = _chosen_tag(path)
-        lines.append(f"| {task} | {seed[1:]} | {shown} | **{100 * now:.1f}** | {choice} |")
+        shown = " | ".join(percents([reference, *scores, now]))
+        lines.append(f"| {task} | {seed[1:]} | {shown} | {_chosen_tag(path)} |")
     if rows:
         lines += paired_lines(rows)
     if missing:

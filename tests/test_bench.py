@@ -298,7 +298,13 @@ def test_the_same_run_table_gives_each_tasks_spread_and_the_kept_trial(tmp_path)
         kept = {"chosen_recipe": {"lr": 1}, "chosen_trial": 1, "trials": trials}
         write("sst2", "hypertweaks", seed, ours, kept)
 
+    write("trec6", "defaults", 0, 0.60)  # a pair hypertweaks trails: the peer's score is bold
+    for method, accuracy in zip(PEERS, [0.75, 0.70, 0.70, 0.70], strict=True):
+        write("trec6", method, 0, accuracy)
+    write("trec6", "hypertweaks", 0, 0.72, {"chosen_trial": 0, "trials": trials})
+
     text = same_run.table("1x", tmp_path)
     assert "| sst2 | 0 | 60.0 |" in text and "| **80.0** | searched |" in text
+    assert "| trec6 | 0 | 60.0 | **75.0** | 70.0 | 70.0 | 70.0 | 72.0 | defaults |" in text
     assert "| sst2 | 2 | 60.0 ± 0.0 |" in text  # two seeds: mean ± sd
     assert "85.0 ± 7.1 | +13.0 (+10.0 to +16.0) |" in text
