@@ -17,7 +17,6 @@ from bench.meta.simulate import (
     HEAD_ONLY,
     META_DIR,
     Table,
-    _chosen_test,
     paired_interval,
 )
 
@@ -30,8 +29,7 @@ def _gains(table: Table, partners) -> np.ndarray:
     def at_best_epoch(task: str, recipe: int, seed: int) -> np.ndarray:
         if (task, recipe, seed) not in probs:
             run = table.run(task, recipe, seed)
-            epoch = int(np.argmax(run.val_acc))
-            probs[(task, recipe, seed)] = run.probs("test")[epoch].astype(np.float32)
+            probs[(task, recipe, seed)] = run.probs("test")[run.chosen_epoch].astype(np.float32)
         return probs[(task, recipe, seed)]
 
     out = []
@@ -39,7 +37,8 @@ def _gains(table: Table, partners) -> np.ndarray:
         labels = np.array(table.tasks[task]["test_labels"])
         diffs = []
         for seed in table.seeds:
-            alone = _chosen_test(table.run(task, DEFAULTS_LP_FT, seed))
+            run = table.run(task, DEFAULTS_LP_FT, seed)
+            alone = float(run.test_acc[run.chosen_epoch])
             default = at_best_epoch(task, DEFAULTS_LP_FT, seed)
             for group in partners(seed):
                 total = default + sum(at_best_epoch(task, r, s) for r, s in group)

@@ -59,6 +59,11 @@ class Run:
             return data[split]
 
     @property
+    def chosen_epoch(self) -> int:
+        """0-based index of the best validation epoch (the first of ties): the epoch kept."""
+        return int(np.argmax(self.val_acc))
+
+    @property
     def head_only(self) -> bool:
         """Every layer frozen throughout: the product trains the head on cached features."""
         frozen = self.recipe["freeze_layers"] >= NUM_LAYERS
@@ -638,7 +643,7 @@ def compare(
 
 def _chosen_test(run: Run) -> float:
     """Test accuracy at the run's best validation epoch."""
-    return float(run.test_acc[int(np.argmax(run.val_acc))])
+    return float(run.test_acc[run.chosen_epoch])
 
 
 def headroom(table: Table, budgets=(1.0, 3.0), repeats: int = 20) -> list[dict[str, Any]]:
