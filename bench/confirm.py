@@ -61,6 +61,7 @@ def paired_lines(rows: list[tuple[float, list[float], float, str]]) -> list[str]
         mean, low, high = paired_interval(now, other)
         won, lost = int((now > other).sum()), int((now < other).sum())
         lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
+    lines += _without_each_task(rows, now, against["the best peer of each pair"])
     lines += ["", "Per task: mean ± standard deviation over its seeds (the spread), and "
               "hypertweaks minus the best peer of each pair with its range over seeds:", "",
               "| task | seeds | reference | " + " | ".join(HEADERS) + " | hypertweaks | "
@@ -73,6 +74,27 @@ def paired_lines(rows: list[tuple[float, list[float], float, str]]) -> list[str]
         gaps = [100 * (r[2] - max(r[1])) for r in mine]
         lines.append(f"| {task} | {len(mine)} | {spread} | {np.mean(gaps):+.1f} "
                      f"({min(gaps):+.1f} to {max(gaps):+.1f}) |")  # fmt: skip
+    return lines
+
+
+def _without_each_task(rows, now: np.ndarray, best_peer: np.ndarray) -> list[str]:
+    """hypertweaks minus the best peer of each pair with one task's pairs left out at a time:
+    whether the lead is carried by a single task."""
+    from bench.meta.simulate import paired_interval
+
+    tasks = sorted({r[3] for r in rows})
+    if len(tasks) < 3:
+        return []
+    lines = ["", "The same against the best peer of each pair, leaving one task out at a time "
+             "(is the lead carried by one task?):", ""]  # fmt: skip
+    for task in tasks:
+        keep = np.array([r[3] != task for r in rows])
+        mean, low, high = paired_interval(now[keep], best_peer[keep])
+        won, lost = (
+            int((now[keep] > best_peer[keep]).sum()),
+            int((now[keep] < best_peer[keep]).sum()),
+        )
+        lines.append(f"- without {task}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
     return lines
 
 

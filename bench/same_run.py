@@ -16,6 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from bench.confirm import (
     CUT,
     HEADERS,
@@ -44,6 +46,27 @@ def _chosen_tag(path: Path) -> str:
     return "?"
 
 
+def _against_other_budget(budget: str, rows: list, seeds: list[str], root: Path) -> list[str]:
+    """What the extra budget bought: hypertweaks' and the best peer's mean on the pairs run at
+    both 1x and `budget`."""
+    if budget == "1x":
+        return []
+    now, best, then, best_then = [], [], [], []
+    for (_, scores, score, task), seed in zip(rows, seeds, strict=True):
+        cells = [cell(root, task, m, seed, "1x") for m in ("hypertweaks", *PEERS)]
+        if all(c.exists() for c in cells):
+            now.append(score)
+            best.append(max(scores))
+            then.append(test_accuracy(cells[0]))
+            best_then.append(max(test_accuracy(c) for c in cells[1:]))
+    if not now:
+        return []
+    return ["", f"What {budget} bought, on the {len(now)} pairs also run at 1x (mean test "
+            f"accuracy %, 1x -> {budget}): hypertweaks {100 * np.mean(then):.1f} -> "
+            f"{100 * np.mean(now):.1f}; the best peer of each pair {100 * np.mean(best_then):.1f}"
+            f" -> {100 * np.mean(best):.1f}."]  # fmt: skip
+
+
 def table(budget: str, root: Path = ROOT) -> str:
     """Every task/seed pair of `root` where hypertweaks and every peer ran at `budget`."""
     lines = [
@@ -52,7 +75,7 @@ def table(budget: str, root: Path = ROOT) -> str:
         "| task | seed | reference | " + " | ".join(HEADERS) + " | hypertweaks | its choice |",
         "|---|---|---|" + "---|" * (len(PEERS) + 2),
     ]
-    rows, missing = [], []
+    rows, seeds, missing = [], [], []
     for path in sorted((root / "cells" / CUT).glob(f"*__hypertweaks__{budget}__s*.json")):
         task, _, _, seed = path.stem.split("__")
         peers = [cell(root, task, m, seed, budget) for m in PEERS]
@@ -63,10 +86,12 @@ def table(budget: str, root: Path = ROOT) -> str:
         scores = [test_accuracy(p) for p in peers]
         now = test_accuracy(path)
         rows.append((reference, scores, now, task))
+        seeds.append(seed)
         shown = " | ".join(percents([reference, *scores, now]))
         lines.append(f"| {task} | {seed[1:]} | {shown} | {_chosen_tag(path)} |")
     if rows:
         lines += paired_lines(rows)
+        lines += _against_other_budget(budget, rows, seeds, root)
     if missing:
         lines += ["", f"Pairs left out, a peer's cell missing: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"

@@ -308,3 +308,34 @@ def test_the_same_run_table_gives_each_tasks_spread_and_the_kept_trial(tmp_path)
     assert "| trec6 | 0 | 60.0 | **75.0** | 70.0 | 70.0 | 70.0 | 72.0 | defaults |" in text
     assert "| sst2 | 2 | 60.0 ± 0.0 |" in text  # two seeds: mean ± sd
     assert "85.0 ± 7.1 | +13.0 (+10.0 to +16.0) |" in text
+
+
+def test_the_same_run_table_shows_one_task_carrying_the_lead_and_what_3x_bought(tmp_path):
+    from bench import same_run
+    from bench.confirm import CUT, PEERS
+
+    folder = tmp_path / "cells" / CUT
+    folder.mkdir(parents=True)
+
+    def write(task, method, accuracy, budget="3x"):
+        middle = "" if method == "defaults" else f"{budget}__"
+        body = {"result": {"test_metrics": {"accuracy": accuracy}, "trials": []}}
+        (folder / f"{task}__{method}__{middle}s0.json").write_text(json.dumps(body))
+
+    # hypertweaks leads banking77 by 40 points and trails the best peer by 1 on the others
+    for task, ours, peer in [
+        ("banking77", 0.80, 0.40),
+        ("sst2", 0.85, 0.86),
+        ("trec6", 0.90, 0.91),
+    ]:
+        write(task, "defaults", 0.5)
+        for budget, gain in [("1x", 0.0), ("3x", 0.02)]:
+            write(task, "hypertweaks", ours, budget)
+            for method in PEERS:
+                write(task, method, peer - 0.02 + gain, budget)
+
+    text = same_run.table("3x", tmp_path)
+    assert "- the best peer of each pair: +12.7" in text
+    assert "- without banking77: -1.0 [-1.0, -1.0], 0-2" in text
+    assert "- without sst2: +19.5" in text
+    assert "1x -> 3x): hypertweaks 85.0 -> 85.0; the best peer of each pair 70.3 -> 72.3." in text
