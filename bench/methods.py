@@ -212,6 +212,21 @@ def _fit(ctx: Context, recipe, seed: int, on_epoch: Callable | None = None):
     return fit_trial(ctx.exp, ctx.text, recipe, ctx.device, seed, on_epoch)
 
 
+def _search_result(best: Best, trials: list[dict], start: float, clock: Clock, **extra) -> dict:
+    """A searching method's cell result: its best model tested once, and every trial."""
+    return {
+        "chosen_recipe": best.recipe,
+        "val_score": best.value,
+        "test_metrics": best.test(),
+        "examples": sum(t.get("examples", 0) for t in trials),
+        "seconds": time.perf_counter() - start,
+        "search_seconds": clock.used,
+        "curve": anytime_curve(trials),
+        "trials": trials,
+        **extra,
+    }
+
+
 class Best:
     """The best completed model of a search, kept as hypertweaks keeps its own (on disk, one at
     a time, through hypertweaks.checkpoints.BestCheckpoint) so that keeping it costs every
@@ -422,16 +437,7 @@ def _optuna_search(
     study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
     study.optimize(objective, catch=(Diverged,), callbacks=[clock.stop_when_spent])
     clock.stop()
-    return {
-        "chosen_recipe": best.recipe,
-        "val_score": best.value,
-        "test_metrics": best.test(),
-        "examples": sum(t["examples"] for t in trials),
-        "seconds": time.perf_counter() - start,
-        "search_seconds": clock.used,
-        "curve": anytime_curve(trials),
-        "trials": trials,
-    }
+    return _search_result(best, trials, start, clock)
 
 
 def random_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
@@ -540,18 +546,7 @@ def onepoch_topk(ctx: Context, budget_seconds: float, k: int | None = None) -> d
         row = run(number, Recipe(**recipe), phase=2)
         _log(ctx, "onepoch_topk", f"full run of {number}: {row['value']}")
     clock.stop()
-    return {
-        "chosen_recipe": best.recipe,
-        "val_score": best.value,
-        "test_metrics": best.test(),
-        "examples": sum(t["examples"] for t in trials),
-        "seconds": time.perf_counter() - start,
-        "search_seconds": clock.used,
-        "curve": anytime_curve(trials),
-        "trials": trials,
-        "k": k,
-        "scouts": len(scouts),
-    }
+    return _search_result(best, trials, start, clock, k=k, scouts=len(scouts))
 
 
 # ---------------------------------------------------------------- Hugging Face Trainer
@@ -726,17 +721,8 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
         clock.stop()
     for row in trials:
         row.pop("evals", None)
-    return {
-        "chosen_recipe": best.recipe,
-        "val_score": best.value,
-        "test_metrics": best.test(),
-        "examples": sum(t.get("examples", 0) for t in trials),
-        "seconds": time.perf_counter() - start,
-        "search_seconds": clock.used,
-        "curve": anytime_curve(trials),
-        "trials": trials,
-        "hf_best_run": {"run_id": best_run.run_id, "objective": best_run.objective},
-    }
+    best_run = {"run_id": best_run.run_id, "objective": best_run.objective}
+    return _search_result(best, trials, start, clock, hf_best_run=best_run)
 
 
 def _tmp_root() -> str:
