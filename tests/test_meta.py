@@ -98,7 +98,8 @@ def test_an_ensemble_is_scored_from_the_stored_probabilities(tmp_path):
     assert r.ensemble_score([r.start(0), r.start(1)]) == 1.0  # 1.05 against 0.95: right wins
 
 
-def test_learned_strategies_never_see_the_task_they_are_scored_on(table, monkeypatch):
+@pytest.mark.parametrize("name", ["portfolio", "hypertweaks_lp_ft_portfolio"])
+def test_learned_strategies_never_see_the_task_they_are_scored_on(table, monkeypatch, name):
     seen = []
     real = simulate.greedy_portfolio
 
@@ -107,7 +108,7 @@ def test_learned_strategies_never_see_the_task_they_are_scored_on(table, monkeyp
         return real(table, tasks, recipes, size)
 
     monkeypatch.setattr(simulate, "greedy_portfolio", spy)
-    scores = replay(table, "portfolio", budget=3.0, repeats=2)
+    scores = replay(table, name, budget=3.0, repeats=2)
     assert set(scores) == {"a", "b"}
     assert seen and all(len(tasks) == 1 for tasks in seen)
     assert ["b"] in seen and ["a"] in seen

@@ -151,14 +151,21 @@ def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
 # recorded on test, so that the simulator can score a refit stopped at the epoch the candidate's
 # own run chose on validation (lever 5 of issue 16). Their validation columns are of examples
 # they trained on: they mean nothing.
+# -6 and -7 are the LP-FT default at a higher learning rate, the second with the lower two layers
+# frozen: where the product trailed a peer in the real 3x bench (tweeteval-offensive), the peer's
+# winning trial trained at about 1.8e-4 with one or two frozen layers. They are candidates for
+# the trials the product runs after its default.
 CANDIDATES = {
     -1: "hypertweaks-head-only",
     -2: "defaults-mean-pooled",
     -3: "defaults-lp-ft",
     -4: "defaults-lp-ft-refit",
     -5: "hypertweaks-head-only-refit",
+    -6: "lp-ft-lr1e-4",
+    -7: "lp-ft-lr1.5e-4-freeze2",
 }
-FINE_TUNE_HEAD = {-2: "mean", -3: "probe", -4: "probe"}
+FINE_TUNE_HEAD = {-2: "mean", -3: "probe", -4: "probe", -6: "probe", -7: "probe"}
+LP_FT_VARIANTS = {-6: {"learning_rate": 1e-4}, -7: {"learning_rate": 1.5e-4, "freeze_layers": 2}}
 REFIT_OF = {-4: -3, -5: -1}
 HEAD_ONLY = -1
 
@@ -184,7 +191,7 @@ def candidate_recipe(index: int, text) -> dict[str, Any]:
     )
     index = REFIT_OF.get(index, index)
     if index in FINE_TUNE_HEAD:
-        return defaults
+        return {**defaults, **LP_FT_VARIANTS.get(index, {})}
     experiment = text.experiment.model_copy(update={"space": {}})
     return head_only_candidate(experiment, defaults, text.num_layers).recipe
 

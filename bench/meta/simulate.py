@@ -363,12 +363,14 @@ def _product(
     keep_errors: float | None = None,
     head_first: bool = False,
     default: int = DEFAULTS,
+    after: tuple[int, ...] = (),
 ) -> float:
     """hypertweaks today: the default recipe, the head-only candidate when it was recorded, then
     random design recipes; the best on validation, or with `keep_errors`, the default unless
     another trial beats it by more than that many validation standard errors. `head_first` runs
     the (cheap) head-only candidate before the default; `default` is the cell the default recipe
-    replays (another classifier head: a candidate index)."""
+    replays (another classifier head: a candidate index); `after` are candidates run right after
+    the default, before the random recipes."""
     r = ctx.replay
     recorded = (r.task, HEAD_ONLY, ctx.table.seeds[0]) in ctx.table.runs
     if head_first and recorded:
@@ -376,6 +378,9 @@ def _product(
     first = r.start(default)
     if not head_first and recorded and r.can_start():
         r.start(HEAD_ONLY)
+    for index in after:
+        if r.can_start() and _has_cells(ctx, index):
+            r.start(index)
     _random_rest(ctx, skip=DEFAULTS)
     best = _best(r.trials)
     if keep_errors is None:
@@ -412,11 +417,15 @@ DEFAULTS_LP_FT = -3
 PRODUCT = "hypertweaks_lp_ft"  # the strategy hypertweaks runs today
 
 
+def _has_cells(ctx: Context, index: int) -> bool:
+    """Whether a candidate's cells exist for the replayed task at every replayed seed."""
+    return all((ctx.replay.task, index, s) in ctx.table.runs for s in ctx.table.seeds)
+
+
 def _recorded(ctx: Context, index: int, fallback: int = DEFAULTS) -> int:
     """A candidate's index where its cells exist at every replayed seed, else `fallback` (run
     these strategies with --seeds limited to the seeds the candidate was recorded at)."""
-    seeds = ctx.table.seeds
-    return index if all((ctx.replay.task, index, s) in ctx.table.runs for s in seeds) else fallback
+    return index if _has_cells(ctx, index) else fallback
 
 
 @strategy("defaults_lp_ft")
@@ -441,6 +450,54 @@ def hypertweaks_lp_ft(ctx: Context) -> float:
     random design recipes after it replay their recorded (fresh-head) cells."""
     default = _recorded(ctx, DEFAULTS_LP_FT)
     return _product(ctx, keep_errors=1.0, head_first=True, default=default)
+
+
+# The LP-FT default at a higher learning rate, and at a higher one still with the lower two
+# layers frozen (bench meta candidates --which=-6,-7): candidates for the trials after the
+# default, where the real 3x bench's peers won with such recipes (tweeteval-offensive).
+LP_FT_VARIANTS = (-6, -7)
+
+
+@strategy("hypertweaks_lp_ft_variants")
+def hypertweaks_lp_ft_variants(ctx: Context) -> float:
+    """hypertweaks_lp_ft with the LP-FT variants right after the default, then random; the
+    default kept unless beaten beyond one validation standard error."""
+    default = _recorded(ctx, DEFAULTS_LP_FT)
+    return _product(ctx, 1.0, head_first=True, default=default, after=LP_FT_VARIANTS)
+
+
+@strategy("hypertweaks_lp_ft_variants_half_se")
+def hypertweaks_lp_ft_variants_half_se(ctx: Context) -> float:
+    """As hypertweaks_lp_ft_variants, the default kept unless beaten by half a standard error."""
+    default = _recorded(ctx, DEFAULTS_LP_FT)
+    return _product(ctx, 0.5, head_first=True, default=default, after=LP_FT_VARIANTS)
+
+
+@strategy("hypertweaks_lp_ft_variants_best")
+def hypertweaks_lp_ft_variants_best(ctx: Context) -> float:
+    """As hypertweaks_lp_ft_variants, the best trial on validation whatever its lead."""
+    default = _recorded(ctx, DEFAULTS_LP_FT)
+    return _product(ctx, 0.0, head_first=True, default=default, after=LP_FT_VARIANTS)
+
+
+@strategy("hypertweaks_lp_ft_portfolio")
+def hypertweaks_lp_ft_portfolio(ctx: Context) -> float:
+    """Lever 1 over the product's own candidates: the head-only candidate, then a greedy
+    portfolio learned on the other tasks (leave-one-task-out) among the LP-FT default, its
+    variants and the design recipes, run in order while the budget lasts; its first member is
+    kept unless another trial beats it beyond one validation standard error. Replay it with
+    --seeds limited to the seeds the variants were recorded at."""
+    r = ctx.replay
+    pool = [i for i in (DEFAULTS_LP_FT, *LP_FT_VARIANTS) if _has_cells(ctx, i)] + ctx.recipes
+    if _has_cells(ctx, HEAD_ONLY):
+        r.start(HEAD_ONLY)
+    order = greedy_portfolio(ctx.table, ctx.others, pool, len(pool))
+    first = r.start(order[0])
+    for index in order[1:]:
+        if not r.can_start():
+            break
+        r.start(index)
+    return r.score(_kept_or_best(first, _best(r.trials), 1.0))
 
 
 # Refits on train + validation of the candidates above (bench meta candidates --which=-4,-5),
