@@ -165,7 +165,10 @@ CANDIDATES = {
     -7: "lp-ft-lr1.5e-4-freeze2",
 }
 FINE_TUNE_HEAD = {-2: "mean", -3: "probe", -4: "probe", -6: "probe", -7: "probe"}
-LP_FT_VARIANTS = {-6: {"learning_rate": 1e-4}, -7: {"learning_rate": 1.5e-4, "freeze_layers": 2}}
+LP_FT_VARIANT_CHANGES = {
+    -6: {"learning_rate": 1e-4},
+    -7: {"learning_rate": 1.5e-4, "freeze_layers": 2},
+}
 REFIT_OF = {-4: -3, -5: -1}
 HEAD_ONLY = -1
 
@@ -191,7 +194,7 @@ def candidate_recipe(index: int, text) -> dict[str, Any]:
     )
     index = REFIT_OF.get(index, index)
     if index in FINE_TUNE_HEAD:
-        return {**defaults, **LP_FT_VARIANTS.get(index, {})}
+        return {**defaults, **LP_FT_VARIANT_CHANGES.get(index, {})}
     experiment = text.experiment.model_copy(update={"space": {}})
     return head_only_candidate(experiment, defaults, text.num_layers).recipe
 
