@@ -65,6 +65,7 @@ def add_parser(sub) -> None:
         help="a results folder of the product as shipped (e.g. bench/results/same_run): its "
         "hypertweaks cells are checked too; default: the committed bench cells",
     )
+    check.add_argument("--seeds", help="only these recorded seeds (default: every seed)")
 
 
 def run(args: argparse.Namespace) -> int:

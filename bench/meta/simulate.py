@@ -799,7 +799,8 @@ def against_real(
         f"# Simulated against real runs at {budget:g}x ({table.cut})",
         "",
         "Test accuracy %, mean ± sd: real over the committed bench seeds, simulated over "
-        f"{repeats} replays. Agreement means |difference| within the larger sd.",
+        f"{repeats} replays of the meta-dataset's seeds {table.seeds} and its first "
+        f"{len(table.recipes)} design recipes. Agreement means |difference| within the larger sd.",
         "",
         "| task | strategy | real | simulated | difference | within spread |",
         "|---|---|---|---|---|---|",
