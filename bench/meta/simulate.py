@@ -27,7 +27,7 @@ import numpy as np
 from bench.meta import META_DIR
 from hypertweaks.noise import standard_error
 
-NUM_LAYERS = 6  # MiniLM-L6
+NUM_LAYERS = 6  # MiniLM-L6, the text table's model (task records before session 13 lack it)
 PATIENCE = 2  # hypertweaks' default, and what bench peers train with
 MIN_RECIPES_TO_SEARCH = 8  # below this, searches are not compared with real ones
 
@@ -48,6 +48,7 @@ class Run:
     seconds: np.ndarray  # cumulative wall time, per epoch
     diverged: bool
     probs_path: Path
+    num_layers: int = NUM_LAYERS  # the model's freezable blocks (the task record's meta-feature)
 
     @property
     def epochs(self) -> int:
@@ -66,7 +67,7 @@ class Run:
     @property
     def head_only(self) -> bool:
         """Every layer frozen throughout: the product trains the head on cached features."""
-        frozen = self.recipe["freeze_layers"] >= NUM_LAYERS
+        frozen = self.recipe["freeze_layers"] >= self.num_layers
         return frozen and not self.recipe.get("gradual_unfreeze", False)
 
     def cost(self, epochs: int) -> float:
@@ -76,7 +77,8 @@ class Run:
             return 0.0
         if self.head_only:  # one forward pass for the features; the head itself costs ~nothing
             return float(self.examples[0]) / 3
-        trained = (NUM_LAYERS - min(self.recipe["freeze_layers"], NUM_LAYERS)) / NUM_LAYERS
+        layers = self.num_layers
+        trained = (layers - min(self.recipe["freeze_layers"], layers)) / layers
         return float(self.examples[epochs - 1]) * (1 + 2 * trained) / 3
 
 
@@ -120,6 +122,9 @@ def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) 
             seconds=np.array([e["seconds"] for e in epochs], dtype=float),
             diverged=cell["status"] != "completed",
             probs_path=path.with_suffix(".npz"),
+            num_layers=tasks.get(cell["task"], {})
+            .get("meta_features", {})
+            .get("num_layers", NUM_LAYERS),
         )
     # the seeds every recorded reference run has, the tasks that have them, and the longest
     # prefix of the design recorded on all of those (a balanced design)

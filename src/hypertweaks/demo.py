@@ -21,20 +21,26 @@ from hypertweaks import tune
 from hypertweaks.cli import print_result
 
 
-def elpv_tables(out: Path, train_size: int, test_size: int, seed: int) -> dict[str, Path]:
-    """labels.csv of the elpv package -> stratified train / test CSVs of image paths."""
+def elpv_table() -> pd.DataFrame:
+    """labels.csv of the elpv package -> a table of image paths and labels (a cell is defective
+    when its defect probability is at least 0.5)."""
     import elpv_dataset
 
     root = Path(elpv_dataset.__file__).parent / "data"
     labels = pd.read_csv(
         root / "labels.csv", sep=r"\s+", header=None, names=["path", "probability", "type"]
     )
-    table = pd.DataFrame(
+    return pd.DataFrame(
         {
             "image": [str(root / p) for p in labels["path"]],
             "label": ["defective" if p >= 0.5 else "functional" for p in labels["probability"]],
         }
     )
+
+
+def elpv_tables(out: Path, train_size: int, test_size: int, seed: int) -> dict[str, Path]:
+    """The elpv table -> stratified train / test CSVs of image paths."""
+    table = elpv_table()
     train, rest = train_test_split(
         table, train_size=train_size, stratify=table["label"], random_state=seed
     )
