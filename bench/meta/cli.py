@@ -50,9 +50,9 @@ def add_parser(sub) -> None:
     simulate.add_argument("--baseline", default="reference", help="paired differences to this")
     simulate.add_argument("--seeds", help="only these recorded seeds (default: every seed)")
     simulate.add_argument("--images", action="store_true", help="the image table, not the text")
-    msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md").add_argument(
-        "--profile", default="standard"
-    )
+    headroom = msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md")
+    headroom.add_argument("--profile", default="standard")
+    headroom.add_argument("--seeds", help="only these recorded seeds (default: every seed)")
     msub.add_parser(
         "combine", help="what an ensemble of the default with other runs adds (COMBINE.md)"
     ).add_argument("--profile", default="standard")
