@@ -296,24 +296,12 @@ def collect(
     """Run the missing cells, prefix-balanced; returns how many ran."""
     from hypertweaks.train import resolve_device
 
-    dev = resolve_device(device)
-    folder = out / cut.key
-    plan = design(recipes)
-    texts: dict[str, Any] = {}
-    ran = 0
-    for index, entry in enumerate(plan):
-        for seed in seeds:
-            for task in tasks:
-                stem = cell_stem(task, index, seed)
-                if (folder / "cells" / f"{stem}.json").exists():
-                    continue
-                text = _task(texts, task, cut, device, data_root, folder)
-                recipe = dict(entry["recipe"])
-                _record_cell(
-                    folder, stem, task, index, entry["name"], recipe, seed, cut.key, text, dev
-                )
-                ran += 1
-    return ran
+    folder, texts, plan = out / cut.key, {}, design(recipes)
+
+    def load(task: str):
+        return _task(texts, task, cut, device, data_root, folder), plan
+
+    return _collect_design(folder, cut.key, tasks, recipes, seeds, load, resolve_device(device))
 
 
 def collect_images(
@@ -324,23 +312,35 @@ def collect_images(
     from bench.tasks import WORK_DIR
     from hypertweaks.train import resolve_device
 
-    dev, folder, images, ran = resolve_device(device), out / IMAGE_CUT, {}, 0
+    folder = out / IMAGE_CUT
+
+    def load(task: str):
+        image = load_image_task(task, device, WORK_DIR)
+        _write_task_record(folder, task_record(task, image, IMAGE_CUT, image_size=IMAGE_SIZE))
+        return image, image_design(recipes, image.num_layers, image.pretrained_dropout)
+
+    return _collect_design(folder, IMAGE_CUT, tasks, recipes, seeds, load, resolve_device(device))
+
+
+def _collect_design(folder: Path, cut_key: str, tasks: list[str], recipes: int,
+                    seeds: list[int], load, dev) -> int:  # fmt: skip
+    """Every missing (recipe, seed, task) cell, recipe by recipe so that any prefix is balanced;
+    `load(task)` gives the prepared task and its design, once per task and only when needed."""
+    loaded: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+    ran = 0
     for index in range(recipes):
         for seed in seeds:
             for task in tasks:
                 stem = cell_stem(task, index, seed)
                 if (folder / "cells" / f"{stem}.json").exists():
                     continue
-                if task not in images:
-                    images[task] = load_image_task(task, device, WORK_DIR)
-                    _write_task_record(
-                        folder, task_record(task, images[task], IMAGE_CUT, image_size=IMAGE_SIZE)
-                    )
-                image = images[task]
-                entry = image_design(recipes, image.num_layers, image.pretrained_dropout)[index]
+                if task not in loaded:
+                    loaded[task] = load(task)
+                data, plan = loaded[task]
+                entry = plan[index]
                 recipe = dict(entry["recipe"])
                 _record_cell(
-                    folder, stem, task, index, entry["name"], recipe, seed, IMAGE_CUT, image, dev
+                    folder, stem, task, index, entry["name"], recipe, seed, cut_key, data, dev
                 )
                 ran += 1
     return ran

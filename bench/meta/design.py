@@ -77,7 +77,7 @@ LITERATURE: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def _sobol_recipe(u, s: dict[str, Any] = WIDE_SPACE) -> dict[str, Any]:
+def sobol_recipe(u, s: dict[str, Any] = WIDE_SPACE) -> dict[str, Any]:
     """A point of the unit cube -> a recipe of the space `s` (ranges as in WIDE_SPACE)."""
 
     def pick(options: tuple, x: float):
@@ -112,5 +112,5 @@ def design(size: int = 71) -> list[dict[str, Any]]:
     sobol = qmc.Sobol(d=len(WIDE_SPACE), scramble=True, seed=SOBOL_SEED)
     points = sobol.random(64)  # a power of two keeps the sequence balanced
     for i, u in enumerate(points):
-        recipes.append({"name": f"sobol-{i:02d}", "source": "sobol", "recipe": _sobol_recipe(u)})
+        recipes.append({"name": f"sobol-{i:02d}", "source": "sobol", "recipe": sobol_recipe(u)})
     return recipes[:size]

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from bench.meta.design import SOBOL_SEED, WIDE_SPACE, _sobol_recipe
+from bench.meta.design import SOBOL_SEED, WIDE_SPACE, sobol_recipe
 
 IMAGE_TASKS = ("magnetic-tile", "elpv")
 IMAGE_SIZE = 128
@@ -61,7 +61,7 @@ def image_design(size: int, num_layers: int, dropout: float) -> list[dict[str, A
     space = {**IMAGE_WIDE_SPACE, "freeze_layers": (0, num_layers)}
     sobol = qmc.Sobol(d=len(space), scramble=True, seed=SOBOL_SEED + 1)
     for i, u in enumerate(sobol.random(64)):
-        recipe = _sobol_recipe(u, space)
+        recipe = sobol_recipe(u, space)
         recipes.append({"name": f"sobol-{i:02d}", "source": "sobol", "recipe": recipe})
     return recipes[:size]
 
