@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
     collect.add_argument("--data-root", type=Path, help="folders of train/test CSVs")
     collect.add_argument("--device", default="auto")
     collect.add_argument("--threads", type=int, default=1)
+    collect.add_argument(
+        "--out", type=Path, help="write the cells under this folder instead of bench/results/meta"
+    )
     candidates = msub.add_parser(
         "candidates", help="run the product's own candidate recipes (head-only) on every task"
     )
@@ -79,17 +82,19 @@ def run(args: argparse.Namespace) -> int:
 
     cut = PROFILES[args.profile]
     if args.meta_command == "collect":
+        from bench.meta import META_DIR
         from bench.meta.collect import collect, collect_images
         from bench.meta.images import IMAGE_TASKS
 
         torch.set_num_threads(args.threads)
         seeds = [int(s) for s in _csv(args.seeds)]
+        out = args.out or META_DIR
         if args.images:
             tasks = _csv(args.tasks) if args.tasks else list(IMAGE_TASKS)
-            ran = collect_images(tasks, args.recipes, seeds, args.device)
+            ran = collect_images(tasks, args.recipes, seeds, args.device, out)
         else:
             tasks = _csv(args.tasks or META_TASKS)
-            ran = collect(tasks, cut, args.recipes, seeds, args.device, args.data_root)
+            ran = collect(tasks, cut, args.recipes, seeds, args.device, args.data_root, out)
         print(f"[meta] {ran} cells run")
         return 0
     if args.meta_command == "candidates":
