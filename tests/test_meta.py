@@ -133,6 +133,24 @@ def test_every_strategy_replays_within_its_budget(table, name):
     assert all(0.0 <= s <= 1.0 for values in scores.values() for s in values)
 
 
+def test_in_space_replays_run_only_the_design_recipes_inside_the_real_peers_space(table):
+    from bench.methods import search_space
+
+    space = search_space(6)  # lr 2e-5..2e-4, batch 8/16/32, 2-5 epochs, 0-3 frozen layers
+    inside = {"learning_rate": 5e-5, "batch_size": 16, "epochs": 3, "dropout": 0.1,
+              "weight_decay": 0.01, "schedule": "linear", "warmup_ratio": 0.1,
+              "freeze_layers": 0, "gradual_unfreeze": False}  # fmt: skip
+    assert simulate.in_space(inside, space)
+    assert not simulate.in_space(inside | {"learning_rate": 2e-3, "freeze_layers": 6}, space)
+    assert not simulate.in_space(inside | {"gradual_unfreeze": True}, space)
+    for (_, recipe, _), run in table.runs.items():  # recipe 2 (the best) lies outside the space
+        run.recipe = inside | ({"freeze_layers": 6, "learning_rate": 2e-3} if recipe == 2 else {})
+    for name in ("random_in_space", "onepoch_topk_in_space"):
+        ctx = simulate.Context(replay_of(table, budget=10.0), table.recipes, ["b"], table)
+        simulate.STRATEGIES[name](ctx)
+        assert ctx.replay.trials and {t.run.recipe_index for t in ctx.replay.trials} <= {0, 1}
+
+
 def test_the_greedy_portfolio_starts_with_the_best_recipe_on_average(table):
     assert simulate.greedy_portfolio(table, ["a", "b"], table.recipes, 2)[0] == 2
 

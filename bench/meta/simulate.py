@@ -256,24 +256,62 @@ def reference(ctx: Context) -> float:
     return ctx.replay.score(ctx.replay.start(0))
 
 
-@strategy("random")
-def random_search(ctx: Context) -> float:
-    """Design recipes in random order while the budget lasts; the best by validation."""
+def in_space(recipe: dict[str, Any], space: dict[str, Any]) -> bool:
+    """Whether every knob of a recipe lies in a resolved search space (a range, a list of
+    values or a fixed value, as hypertweaks.space.resolve_space gives it)."""
+    for name, spec in space.items():
+        value = recipe.get(name)
+        if isinstance(spec, dict):
+            if value is None or not spec["low"] - 1e-12 <= value <= spec["high"] + 1e-12:
+                return False
+        elif isinstance(spec, list):
+            if value not in spec:
+                return False
+        elif value != spec:
+            return False
+    return True
+
+
+def _in_real_space(ctx: Context) -> list[int]:
+    """The design recipes inside the space the bench's real searching peers sample
+    (bench.methods.search_space: hypertweaks' default text space), the reference among them."""
+    from bench.methods import search_space
+
+    layers = ctx.table.tasks[ctx.replay.task].get("meta_features", {}).get("num_layers")
+    space = search_space(layers or NUM_LAYERS)
+    return [
+        i
+        for i in ctx.recipes
+        if in_space(ctx.table.run(ctx.replay.task, i, ctx.table.seeds[0]).recipe, space)
+    ]
+
+
+def _random(ctx: Context, pool: list[int]) -> float:
     r = ctx.replay
-    for recipe in r.rng.permutation(_sobol(ctx)):
+    for recipe in r.rng.permutation(pool):
         if not r.can_start():
             break
         r.start(int(recipe))
     return r.score(_best(r.trials))
 
 
-@strategy("onepoch_topk")
-def onepoch_topk(ctx: Context) -> float:
-    """One epoch of random recipes for half the budget, then the best K (1 below 4x, else 2)
-    trained again from the start (the bench peer: Egele et al. 2023)."""
+@strategy("random")
+def random_search(ctx: Context) -> float:
+    """Design recipes in random order while the budget lasts; the best by validation."""
+    return _random(ctx, _sobol(ctx))
+
+
+@strategy("random_in_space")
+def random_in_space(ctx: Context) -> float:
+    """As random, over the design recipes inside the real peers' search space only: the
+    like-for-like replay of the bench's `random` (the design is wider than that space)."""
+    return _random(ctx, _in_real_space(ctx) or _sobol(ctx))
+
+
+def _onepoch_topk(ctx: Context, pool: list[int]) -> float:
     r = ctx.replay
     k = 1 if r.budget < 4 * ctx.table.reference_cost[r.task] else 2
-    for recipe in r.rng.permutation(_sobol(ctx)):
+    for recipe in r.rng.permutation(pool):
         if r.spent >= r.budget / 2:
             break
         r.start(int(recipe), epochs=1)
@@ -284,6 +322,19 @@ def onepoch_topk(ctx: Context) -> float:
             break
         finals.append(r.start(scout.run.recipe_index))
     return r.score(_best(finals or r.trials))
+
+
+@strategy("onepoch_topk")
+def onepoch_topk(ctx: Context) -> float:
+    """One epoch of random recipes for half the budget, then the best K (1 below 4x, else 2)
+    trained again from the start (the bench peer: Egele et al. 2023)."""
+    return _onepoch_topk(ctx, _sobol(ctx))
+
+
+@strategy("onepoch_topk_in_space")
+def onepoch_topk_in_space(ctx: Context) -> float:
+    """As onepoch_topk, over the design recipes inside the real peers' search space only."""
+    return _onepoch_topk(ctx, _in_real_space(ctx) or _sobol(ctx))
 
 
 # The design's recipe 1 (the HF Trainer's defaults) is hypertweaks' text default since the
@@ -796,6 +847,7 @@ def against_real(
     simulated mean and sd over replays. `product`: the cells' hypertweaks is the product as
     shipped (PRODUCT), not an earlier one."""
     pairs = {"reference": "defaults", "random": "random", "onepoch_topk": "onepoch_topk"}
+    pairs |= {"random_in_space": "random", "onepoch_topk_in_space": "onepoch_topk"}
     if len(table.recipes) < MIN_RECIPES_TO_SEARCH:  # a search over a handful replays nothing real
         pairs = {"reference": "defaults"}
     if product:
@@ -811,6 +863,7 @@ def against_real(
         "|---|---|---|---|---|---|",
     ]
     agree: dict[str, list[bool]] = {}
+    diffs: dict[str, list[float]] = {}
     for task in table.tasks:
         for sim_name, method in pairs.items():
             suffix = "" if method == "defaults" else f"__{budget:g}x"
@@ -830,7 +883,10 @@ def against_real(
                 f"{diff * 100:+.1f} | {'yes' if abs(diff) <= spread else 'no'} |"
             )
             agree.setdefault(sim_name, []).append(abs(diff) <= spread)
+            diffs.setdefault(sim_name, []).append(diff * 100)
     lines += [""] + [
-        f"- {name}: within spread on {sum(ok)} of {len(ok)} tasks" for name, ok in agree.items()
+        f"- {name}: within spread on {sum(ok)} of {len(ok)} tasks; mean difference "
+        f"{np.mean(diffs[name]):+.1f} points, mean |difference| {np.mean(np.abs(diffs[name])):.1f}"
+        for name, ok in agree.items()
     ]
     return "\n".join(lines) + "\n"
