@@ -1,8 +1,9 @@
 #!/bin/bash
 # Collect text design cells on a lent GPU machine (the `device` tool), one process per task,
 # until a deadline; the cells come back as tarballs under $OUT. bench/README.md says how to
-# prepare .dev/ (bench/meta/device_prepare.sh: wheels, MiniLM in float16, a stand-in package), how
-# to keep the committed probabilities from travelling, and what to carry. Locally, for a dry run: PY=.venv/bin/python DEVICE=cpu SKIP_INSTALL=1 ...
+# prepare .dev/ (bench/meta/device_prepare.sh: wheels, MiniLM in float16, a stand-in
+# package), how to keep the committed probabilities from travelling, and what to carry.
+# Locally, for a dry run: PY=.venv/bin/python DEVICE=cpu SKIP_INSTALL=1 ...
 #   RECIPES      stages of the design's prefix to fill, in order (default "16 24")
 #   SEEDS        seeds of every stage (default 0,1,2)
 #   CALIBRATE    recipes re-run at seed 0 into a separate folder, to compare with the CPU cells
