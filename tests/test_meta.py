@@ -151,6 +151,17 @@ def test_in_space_replays_run_only_the_design_recipes_inside_the_real_peers_spac
         assert ctx.replay.trials and {t.run.recipe_index for t in ctx.replay.trials} <= {0, 1}
 
 
+def test_headroom_sets_the_oracle_beside_the_choice_that_validation_makes(table):
+    rows = simulate.headroom(table, budgets=(1.0,), repeats=2)
+    a = next(row for row in rows if row["task"] == "a")
+    # recipe 2 is best on test (0.8 at its best validation epoch); the best validation score
+    # of all (recipe 1's 0.9 at epoch 1) comes with a test score of 0.6
+    assert a["oracle"] == pytest.approx(0.8) and a["best_by_validation"] == pytest.approx(0.6)
+    assert a["reference"] == pytest.approx(0.7) and f"{simulate.PRODUCT}@1x" in a
+    image = simulate.headroom(table, budgets=(1.0,), repeats=2, images=True)[0]
+    assert "lp_ft_default" not in image and f"{simulate.IMAGE_PRODUCT}@1x" in image
+
+
 def test_the_greedy_portfolio_starts_with_the_best_recipe_on_average(table):
     assert simulate.greedy_portfolio(table, ["a", "b"], table.recipes, 2)[0] == 2
 

@@ -56,6 +56,7 @@ def add_parser(sub) -> None:
     headroom = msub.add_parser("headroom", help="bench/results/meta/<cut>/HEADROOM.md")
     headroom.add_argument("--profile", default="standard")
     headroom.add_argument("--seeds", help="only these recorded seeds (default: every seed)")
+    headroom.add_argument("--images", action="store_true", help="the image table, not the text")
     msub.add_parser(
         "combine", help="what an ensemble of the default with other runs adds (COMBINE.md)"
     ).add_argument("--profile", default="standard")
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = getattr(args, "seeds", None)
     table = simulate.load_table(cut, seeds=[int(s) for s in _csv(seeds)] if seeds else None)
     if args.meta_command == "headroom":
-        print(simulate.write_headroom(table, cut))
+        print(simulate.write_headroom(table, cut, images=args.images))
         return 0
     if args.meta_command == "combine":
         from bench.meta.combine import combine

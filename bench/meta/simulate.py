@@ -759,8 +759,17 @@ def _chosen_test(run: Run) -> float:
     return float(run.test_acc[run.chosen_epoch])
 
 
-def headroom(table: Table, budgets=(1.0, 3.0), repeats: int = 20) -> list[dict[str, Any]]:
-    """Per task: how much any search can gain over the whole recorded design."""
+# The image product's search in the image table: its default (the image design's recipe 0), then
+# random; the text product's candidates have no image cells.
+IMAGE_PRODUCT = "reference_then_random"
+
+
+def headroom(
+    table: Table, budgets=(1.0, 3.0), repeats: int = 20, images: bool = False
+) -> list[dict[str, Any]]:
+    """Per task: how much any search can gain over the whole recorded design. `images`: the
+    image table, where the text product's candidates and probe do not exist."""
+    product = IMAGE_PRODUCT if images else PRODUCT
     rows = []
     for task in table.tasks:
         runs = [table.run(task, r, s) for r in table.recipes for s in table.seeds]
@@ -780,16 +789,16 @@ def headroom(table: Table, budgets=(1.0, 3.0), repeats: int = 20) -> list[dict[s
             "best_by_validation": float(by_val.test_acc[int(np.argmax(by_val.val_acc))]),
             "reference": by_recipe[0],
             "top3_ensemble": float((probs.argmax(axis=1) == labels).mean()),
+        }
+        if not images:
             # a logistic regression on frozen features (bench meta probe), and the product's
             # head-only candidate (bench meta candidates), whatever validation says
-            "linear_probe": table.tasks[task]
-            .get("probe_test_accuracy", {})
-            .get("linear_probe_layer6", float("nan")),
-            "head_only": _candidate_test(table, task, HEAD_ONLY),
-            "lp_ft_default": _candidate_test(table, task, DEFAULTS_LP_FT),
-        }
+            probe = table.tasks[task].get("probe_test_accuracy", {})
+            row["linear_probe"] = probe.get("linear_probe_layer6", float("nan"))
+            row["head_only"] = _candidate_test(table, task, HEAD_ONLY)
+            row["lp_ft_default"] = _candidate_test(table, task, DEFAULTS_LP_FT)
         for budget in budgets:
-            for name in ("random", "onepoch_topk", PRODUCT):
+            for name in ("random", "onepoch_topk", product):
                 single = Table(table.cut, {task: table.tasks[task]}, table.runs, table.recipes,
                                table.seeds, table.reference_cost)  # fmt: skip
                 row[f"{name}@{budget:g}x"] = float(
@@ -807,11 +816,21 @@ def _candidate_test(table: Table, task: str, index: int) -> float:
     return float(np.mean([_chosen_test(table.run(task, index, s)) for s in table.seeds]))
 
 
-def write_headroom(table: Table, cut) -> str:
-    rows = headroom(table)
+def write_headroom(table: Table, cut, images: bool = False) -> str:
+    rows = headroom(table, images=images)
     if not rows:
         return "no complete tasks in the table yet"
     columns = [c for c in rows[0] if c not in ("task", "classes")]
+    legend = (
+        f"{IMAGE_PRODUCT}: the image product's search, simulated (its default, the design's "
+        "recipe 0, then random design recipes)."
+        if images
+        else "linear_probe: a logistic regression on the frozen model's mean-pooled features "
+        "(`bench meta probe`); head_only: the product's head-only candidate (`bench meta "
+        "candidates`), at its best validation epoch; lp_ft_default: the default recipe as the "
+        f"product trains it (LP-FT); {PRODUCT}: the product's strategy, simulated (head-only, "
+        "the LP-FT default, random)."
+    )
     lines = [
         f"# Headroom on the meta-dataset ({table.cut})",
         "",
@@ -819,11 +838,7 @@ def write_headroom(table: Table, cut) -> str:
         f"{table.seeds}; test accuracy %. oracle: the best recipe by test (mean over seeds); "
         "best_by_validation: the run with the best validation accuracy over the whole design; "
         "random / onepoch_topk: simulated at the budget (mean of 20 replays); top3_ensemble: "
-        "the average probabilities of the three best runs by validation; linear_probe: a logistic "
-        "regression on the frozen model's mean-pooled features (`bench meta probe`); head_only: "
-        "the product's head-only candidate (`bench meta candidates`), at its best validation "
-        "epoch; lp_ft_default: the default recipe as the product trains it (LP-FT); "
-        f"{PRODUCT}: the product's strategy, simulated (head-only, the LP-FT default, random).",
+        "the average probabilities of the three best runs by validation; " + legend,
         "",
         "| task | classes | " + " | ".join(columns) + " |",
         "|---|---|" + "---|" * len(columns),
