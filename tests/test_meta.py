@@ -315,3 +315,21 @@ def test_collect_images_writes_cells_the_simulator_reads(tmp_path, monkeypatch):
     probe = table.run("magnetic-tile", 1, 0)  # the linear probe: every block frozen
     assert probe.head_only and probe.num_layers == record["meta_features"]["num_layers"]
     assert probe.probs("validation").shape == (8, 6, len(record["classes"]))
+
+
+def test_calibrate_sets_cells_from_elsewhere_beside_the_committed_ones_and_their_seed_spread(
+    tmp_path,
+):
+    from bench.meta.calibrate import calibrate
+
+    committed, device = tmp_path / "committed", tmp_path / "device"
+    write_run(committed, "a", 1, 0, [0.5, 0.9], [0.5, 0.80])
+    write_run(committed, "a", 1, 1, [0.5, 0.9], [0.5, 0.70])  # seed sd of the chosen test: 5
+    write_run(device, "a", 1, 0, [0.9, 0.5], [0.76, 0.5])  # chosen at epoch 1 there
+    write_run(device, "b", 1, 0, [0.9], [0.9])  # no committed twin: left out
+    text = calibrate(device, "cut", reference=committed)
+    assert "| a | 1 | 0 | 80.0 | 76.0 | -4.0 | 40.0 | 30.0 |" in text
+    assert (
+        "1 cells: mean difference -4.00 points" in text
+        and "of the same recipes and tasks: 5.0" in text
+    )

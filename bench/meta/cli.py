@@ -1,5 +1,5 @@
-"""python -m bench meta {collect,candidates,probe,simulate,headroom,combine,check}: see
-bench/README.md."""
+"""python -m bench meta {collect,candidates,probe,simulate,headroom,combine,check,calibrate}:
+see bench/README.md."""
 
 from __future__ import annotations
 
@@ -64,6 +64,11 @@ def add_parser(sub) -> None:
     probe.add_argument("--tasks", default=META_TASKS)
     probe.add_argument("--profile", default="standard")
     probe.add_argument("--data-root", type=Path)
+    calibrate = msub.add_parser(
+        "calibrate", help="cells recorded elsewhere (a GPU) against the committed ones"
+    )
+    calibrate.add_argument("folder", type=Path, help="a collect --out folder: <folder>/<cut>/cells")
+    calibrate.add_argument("--profile", default="standard")
     check = msub.add_parser("check", help="simulated against the real bench cells at a budget")
     check.add_argument("--budget", default="3x")
     check.add_argument("--profile", default="standard")
@@ -114,6 +119,11 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(1)
         probe(_csv(args.tasks), cut, args.data_root)
+        return 0
+    if args.meta_command == "calibrate":
+        from bench.meta.calibrate import calibrate
+
+        print(calibrate(args.folder, cut.key))
         return 0
     from bench.meta import simulate
 
