@@ -9,11 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.meta.simulate import Run, load_table
-
-
-def _chosen(run: Run) -> float:
-    return float(run.test_acc[run.chosen_epoch])
+from bench.meta.simulate import load_table
 
 
 def calibrate(folder: Path, cut: str, reference: Path | None = None) -> str:
@@ -37,16 +33,17 @@ def calibrate(folder: Path, cut: str, reference: Path | None = None) -> str:
     for key in shared:
         a, b = committed.runs[key], other.runs[key]
         n = min(a.epochs, b.epochs)
-        diff = _chosen(b) - _chosen(a)
+        diff = b.chosen_test - a.chosen_test
         diffs.append(diff)
         lines.append(
-            f"| {key[0]} | {key[1]} | {key[2]} | {_chosen(a) * 100:.1f} | {_chosen(b) * 100:.1f} "
+            f"| {key[0]} | {key[1]} | {key[2]} | {a.chosen_test * 100:.1f} "
+            f"| {b.chosen_test * 100:.1f} "
             f"| {diff * 100:+.1f} | {np.abs(a.val_acc[:n] - b.val_acc[:n]).max() * 100:.1f} "
             f"| {np.abs(a.test_acc[:n] - b.test_acc[:n]).max() * 100:.1f} |"
         )
         twins = [run for k, run in committed.runs.items() if k[:2] == key[:2]]  # every seed
         if len(twins) > 1:
-            spreads.append(np.std([_chosen(run) for run in twins]))
+            spreads.append(np.std([run.chosen_test for run in twins]))
     spread = f"{np.mean(spreads) * 100:.1f} points" if spreads else "unknown (one seed)"
     lines += [
         "",

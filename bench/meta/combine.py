@@ -38,7 +38,7 @@ def _gains(table: Table, partners) -> np.ndarray:
         diffs = []
         for seed in table.seeds:
             run = table.run(task, DEFAULTS_LP_FT, seed)
-            alone = float(run.test_acc[run.chosen_epoch])
+            alone = run.chosen_test
             default = at_best_epoch(task, DEFAULTS_LP_FT, seed)
             for group in partners(seed):
                 total = default + sum(at_best_epoch(task, r, s) for r, s in group)

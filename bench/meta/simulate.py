@@ -65,6 +65,11 @@ class Run:
         return int(np.argmax(self.val_acc))
 
     @property
+    def chosen_test(self) -> float:
+        """Test accuracy at the kept (best validation) epoch."""
+        return float(self.test_acc[self.chosen_epoch])
+
+    @property
     def head_only(self) -> bool:
         """Every layer frozen throughout: the product trains the head on cached features."""
         frozen = self.recipe["freeze_layers"] >= self.num_layers
@@ -754,11 +759,6 @@ def compare(
     return "\n".join(lines)
 
 
-def _chosen_test(run: Run) -> float:
-    """Test accuracy at the run's best validation epoch."""
-    return float(run.test_acc[run.chosen_epoch])
-
-
 # The image product's search in the image table: its default (the image design's recipe 0), then
 # random; the text product's candidates have no image cells.
 IMAGE_PRODUCT = "reference_then_random"
@@ -774,7 +774,7 @@ def headroom(
     for task in table.tasks:
         runs = [table.run(task, r, s) for r in table.recipes for s in table.seeds]
         by_recipe = {
-            r: np.mean([_chosen_test(table.run(task, r, s)) for s in table.seeds])
+            r: np.mean([table.run(task, r, s).chosen_test for s in table.seeds])
             for r in table.recipes
         }
         by_val = max(runs, key=lambda run: run.val_acc.max())
@@ -813,7 +813,7 @@ def _candidate_test(table: Table, task: str, index: int) -> float:
     a seed was not recorded)."""
     if not all((task, index, s) in table.runs for s in table.seeds):
         return float("nan")
-    return float(np.mean([_chosen_test(table.run(task, index, s)) for s in table.seeds]))
+    return float(np.mean([table.run(task, index, s).chosen_test for s in table.seeds]))
 
 
 def write_headroom(table: Table, cut, images: bool = False) -> str:
