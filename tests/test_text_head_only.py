@@ -206,3 +206,14 @@ def test_an_interrupted_head_only_trial_is_retried_as_the_head_only_recipe(
     assert retry.user_attrs["tag"] == "head-only" and retry.params == {}
     assert retry.user_attrs["recipe"] == study.trials[0].user_attrs["fixed_recipe"]
     assert retry.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_the_head_only_candidate_keeps_the_knobs_the_user_fixed(text_experiment, tmp_path):
+    # the README: "a value fixes a knob"; the head-only candidate's own settings give way
+    space = {**text_experiment["space"], "epochs": 1, "batch_size": 16}
+    tune({**text_experiment, "trials": 2, "space": space})
+    trials = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())["trials"]
+    assert [t["tag"] for t in trials] == ["head-only", "defaults"]
+    for trial in trials:
+        assert trial["recipe"]["epochs"] == 1 and trial["recipe"]["batch_size"] == 16
+    assert trials[0]["recipe"]["learning_rate"] == 3e-3  # what the user left open stays its own

@@ -108,11 +108,18 @@ HEAD_ONLY_TEXT = {
 }
 
 
+def user_fixed(exp: Experiment) -> dict[str, Any]:
+    """The knobs the user fixed to one value in the space: every starting recipe keeps them."""
+    return {k: v for k, v in exp.space.items() if not isinstance(v, list | dict)}
+
+
 def head_only_candidate(exp: Experiment, defaults: dict[str, Any], num_layers: int) -> Start | None:
-    """The head-only candidate, for text studies whose space leaves freezing to hypertweaks."""
+    """The head-only candidate, for text studies whose space leaves freezing to hypertweaks. Its
+    optimiser settings give way to the knobs the user fixed (epochs: 1 stays 1 epoch)."""
     if exp.task != "text-classification" or "freeze_layers" in exp.space:
         return None
-    return Start("head-only", {**defaults, **HEAD_ONLY_TEXT, "freeze_layers": num_layers}, True)
+    recipe = {**defaults, **HEAD_ONLY_TEXT, **user_fixed(exp), "freeze_layers": num_layers}
+    return Start("head-only", recipe, True)
 
 
 def _defaults_first(exp: Experiment, defaults: dict[str, Any], num_layers: int) -> list[Start]:
