@@ -17,6 +17,8 @@ QUICK = {
     "budgets": ["3x"],
     "seeds": [0],
 }
+# Its own folder: bench/results/ holds the committed cells of the same cut, which `run` skips.
+QUICK_RESULTS = Path(__file__).resolve().parent / "work" / "quick"
 
 
 def _cut(args: argparse.Namespace) -> Cut:
@@ -91,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     data_options(quick, "standard")
     where_options(quick)
+    quick.add_argument(
+        "--results",
+        type=Path,
+        default=QUICK_RESULTS,
+        help=f"folder for its cells and RESULTS.md (default {QUICK_RESULTS}, not committed: the "
+        "committed cells would make it skip every cell; run it again to resume)",
+    )
 
     sub.add_parser("report", help="write bench/RESULTS.md and the anytime plots from the cells")
 
@@ -131,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
             QUICK[k] for k in ("tasks", "methods", "budgets", "seeds")
         )
         no_report = False
+        cells_dir, results_dir = args.results / "cells", args.results
     else:
         tasks, methods = _csv(args.tasks), _csv(args.methods)
         budgets, seeds = _csv(args.budget), [int(s) for s in _csv(args.seeds)]
         no_report = args.no_report
+        cells_dir = results_dir = None
     check_tasks(tasks, args.data_root)
     cut = _cut(args)
     start = time.perf_counter()
@@ -146,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds,
         cut,
         args.device,
+        cells_dir=cells_dir,
         data_root=args.data_root,
         model=args.model,
     )
@@ -153,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if not no_report:
         from bench.report import report
 
-        report()
+        print(f"report: {report(results_dir)}")
     return 1 if failures else 0
 
 

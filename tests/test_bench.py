@@ -339,3 +339,24 @@ def test_the_same_run_table_shows_one_task_carrying_the_lead_and_what_3x_bought(
     assert "- without banking77: -1.0 [-1.0, -1.0], 0-2" in text
     assert "- without sst2: +19.5" in text
     assert "1x -> 3x): hypertweaks 85.0 -> 85.0; the best peer of each pair 70.3 -> 72.3." in text
+
+
+def test_bench_quick_runs_its_cells_on_a_fresh_clone_not_the_committed_ones(tmp_path, monkeypatch):
+    # bench/results/ holds committed cells of the quick cut: run into them, quick skipped all
+    import bench.__main__ as bench_main
+    import bench.report
+
+    calls = {}
+
+    def fake_run(tasks_, methods_, budgets, seeds, cut, device, **kwargs):
+        calls.update(kwargs, tasks=tasks_, methods=methods_)
+        return 0
+
+    monkeypatch.setattr(run, "run", fake_run)
+    monkeypatch.setattr(
+        bench.report, "report", lambda results_dir=None: calls.setdefault("report", results_dir)
+    )
+    monkeypatch.setattr(bench_main, "check_tasks", lambda *a: None)
+    assert bench_main.main(["quick", "--results", str(tmp_path)]) == 0
+    assert calls["cells_dir"] == tmp_path / "cells" and calls["report"] == tmp_path
+    assert bench_main.QUICK_RESULTS.parent.name == "work"  # ignored by git: a fresh clone has none
