@@ -7,7 +7,6 @@ complete best model, and at rest there is exactly one checkpoint.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -15,7 +14,13 @@ from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hypertweaks.config import ConfigError
 from hypertweaks.objective import is_better
+
+try:  # POSIX file locks: workers may share RUN_DIR. Loading and predicting need none.
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 META = "trial.json"
 
@@ -27,6 +32,12 @@ class BestCheckpoint:
         direction: str,
         defaults_margin: Callable[[float], float] | None = None,
     ):
+        if fcntl is None:
+            raise ConfigError(
+                "tuning needs a POSIX system (Linux or macOS): the best model is swapped under "
+                "a POSIX file lock and a symbolic link. On Windows run it in WSL; load, predict "
+                "and evaluate work on a tuned model folder anywhere"
+            )
         self.run_dir, self.direction = run_dir, direction
         self.link = run_dir / "best"
         self.checkpoints = run_dir / "checkpoints"
