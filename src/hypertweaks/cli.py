@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,9 +14,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hypertweaks import __version__
-from hypertweaks.config import ConfigError, load_experiment
+from hypertweaks.config import ConfigError, Experiment, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
 from hypertweaks.models import ModelError
@@ -53,8 +56,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--label-column": ("label_column", str, "column holding the labels"),
     "--image-column": ("image_column", str, "column holding image paths"),
     "--name": ("name", str, "study name: results go to RUNS_DIR/NAME"),
-    "--runs-dir": ("runs_dir", str, "where studies live (default runs)"),
-    "--storage": ("storage", str, "Optuna storage URL (default: SQLite in RUNS_DIR/NAME)"),
+    "--runs-dir": ("runs_dir", str, "where studies live"),
+    "--storage": ("storage", str, "Optuna storage URL"),
     "--trials": ("trials", int, "number of trials for the whole study"),
     "--timeout": ("timeout", str, "wall-clock budget for the whole study, e.g. 30m, 2h"),
     "--metric": (
@@ -71,13 +74,78 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--class-weights": (
         "class_weights",
         str,
-        "none (default) or balanced: rare classes weigh as much as common ones in the loss",
+        "none or balanced: rare classes weigh as much as common ones in the loss",
     ),
-    "--backend": ("backend", str, "optuna (embedded, default) or ray (a Ray Tune cluster)"),
-    "--ray-address": ("ray_address", str, "Ray cluster to join, e.g. auto (default: local)"),
-    "--cpus-per-trial": ("cpus_per_trial", float, "Ray backend: CPUs per trial (default 1)"),
+    "--backend": ("backend", str, "optuna (embedded) or ray (a Ray Tune cluster)"),
+    "--ray-address": ("ray_address", str, "Ray cluster to join, e.g. auto"),
+    "--cpus-per-trial": ("cpus_per_trial", float, "Ray backend: CPUs per trial"),
     "--gpus-per-trial": ("gpus_per_trial", float, "Ray backend: GPUs per trial, may be 0.5"),
 }
+
+
+TUNE_DESCRIPTION = (
+    "Fine-tune a pretrained model on your data and search its fine-tuning hyperparameters.\n"
+    "Settings come from an experiment YAML file, from flags, or both (a flag overrides the\n"
+    "file). Run the same command again to resume the study.\n\n"
+    "examples:\n"
+    "  hypertweaks tune experiment.yaml\n"
+    "  hypertweaks tune --task text-classification "
+    "--model sentence-transformers/all-MiniLM-L6-v2 --train data.csv"
+)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def default_help(dest: str) -> str:
+    """The default of an experiment field, as `Experiment` declares it, for a flag's help."""
+    field = Experiment.model_fields[dest]
+    if field.is_required():
+        return "required, here or in the YAML file"
+    if field.default_factory is not None:
+        return ""
+    about = field.description or ""
+    if field.default is None and "default" in about:  # it says what None stands for
+        return "default: " + about[about.find("default") + len("default") :].lstrip(": ")
+    return f"default: {_shown(field.default)}"
+
+
+def with_default(help_text: str, dest: str) -> str:
+    if "default" in help_text or not (default := default_help(dest)):
+        return help_text
+    return f"{help_text} ({default})".replace("%", "%%")
+
+
+def yaml_only_epilog(dests: set[str]) -> str:
+    """The experiment fields that have no flag: set in the YAML file only."""
+    fields = {k: v for k, v in Experiment.model_fields.items() if k not in dests}
+    width = max(map(len, fields), default=0)
+    lines = [
+        "fields only in the YAML file (no flag); e.g. 'space:' maps each knob to a value (fixed),",
+        "a list or {low, high, log} (searched):",
+    ]
+    for name, field in fields.items():
+        about = field.description or ""
+        if "default" not in about:
+            about = "; ".join(part for part in (about, default_help(name)) if part)
+        lines.append(f"  {name.ljust(width)}  {about}".rstrip())
+    return "\n".join(lines)
+
+
+def port_number(text: str) -> int:
+    """argparse type of --port: 1-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"the port must be a number 1-65535, got {text!r}; pass e.g. --port 8080"
+        )
+    return port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,24 +156,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"hypertweaks {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    tune_cmd = commands.add_parser("tune", help="fine-tune a model and search its hyperparameters")
+    tune_cmd = commands.add_parser(
+        "tune",
+        help="fine-tune a model and search its hyperparameters",
+        description=TUNE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tune_cmd.add_argument("experiment", nargs="?", help="experiment YAML file")
     for flag, (dest, kind, help_text) in FLAGS.items():
-        tune_cmd.add_argument(flag, dest=dest, type=kind, help=help_text)
-    tune_cmd.add_argument("--quiet", action="store_true", default=None, help="log lines only")
+        tune_cmd.add_argument(flag, dest=dest, type=kind, help=with_default(help_text, dest))
+    tune_cmd.add_argument(
+        "--quiet",
+        action="store_true",
+        default=None,
+        help=with_default("log lines only, no live table", "quiet"),
+    )
     tune_cmd.add_argument(
         "--no-smoke",
         dest="smoke",
         action="store_false",
         default=None,
-        help="skip the smoke run on a tiny subset",
+        help="skip the smoke run on a tiny subset (default: the smoke run is "
+        f"{_shown(Experiment.model_fields['smoke'].default)})",
     )
     tune_cmd.add_argument(
         "--fresh",
         action="store_true",
         default=None,
-        help="discard the study of this name (trials, best model) and start it afresh",
+        help="DELETES the study of this name (its trials, best model and results) and starts "
+        "afresh",
     )
+    tune_cmd.epilog = yaml_only_epilog({action.dest for action in tune_cmd._actions})
     report_cmd = commands.add_parser("report", help="write RUN_DIR/report.html for a study")
     report_cmd.add_argument("run_dir", help="the study folder, e.g. runs/NAME")
     report_cmd.add_argument("--storage", help="the study's storage URL, if not RUN_DIR/study.db")
@@ -113,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard_cmd.add_argument("run_dir", help="the study folder, e.g. runs/NAME")
     dashboard_cmd.add_argument("--storage", help="the study's storage URL, if not RUN_DIR/study.db")
     dashboard_cmd.add_argument("--host", default="127.0.0.1", help="bind address (default local)")
-    dashboard_cmd.add_argument("--port", type=int, default=8080)
+    dashboard_cmd.add_argument(
+        "--port",
+        type=port_number,
+        default=8080,
+        help="port to serve on (default: %(default)s); pass another if it is in use",
+    )
     merge_cmd = commands.add_parser(
         "merge", help="merge a LoRA adapter (e.g. runs/NAME/best) into its base model"
     )
@@ -220,9 +306,24 @@ def progress_bar(console: Console, quiet: bool) -> Iterator[Callable[[int], Any]
             bar.stop()
 
 
-def user_error(console: Console, error: Exception) -> int:
-    console.print(f"[bold red]error:[/bold red] {error}", highlight=False)
+def say(console: Console, text: object) -> None:
+    """Print text as it is: brackets in paths, labels or recipes are not Rich markup."""
+    console.print(text, markup=False, highlight=False)
+
+
+def user_error(console: Console, error: Exception | str) -> int:
+    console.print(Text.assemble(("error:", "bold red"), f" {error}"), highlight=False)
     return 2
+
+
+def text_table(title: str, header: Any, rows: Any) -> Table:
+    """A table whose title, header and cells are shown as text, not Rich markup."""
+    table = Table(title=Text(title), title_justify="left")
+    for name in header:
+        table.add_column(Text(str(name)))
+    for row in rows:
+        table.add_row(*(Text(str(cell)) for cell in row))
+    return table
 
 
 def run_predict(args: argparse.Namespace, console: Console) -> int:
@@ -255,14 +356,14 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
     except (ConfigError, DataError, ModelError) as error:
         return user_error(console, error)
     for note in predictor.notes:
-        console.print(f"note: {note}", highlight=False)
+        say(console, f"note: {note}")
     if "predicted_label" in table:
         counts = table["predicted_label"].value_counts()
         shown = ", ".join(f"{label} {count}" for label, count in counts.items())
-        console.print(f"{len(table)} predicted: {shown}", highlight=False)
+        say(console, f"{len(table)} predicted: {shown}")
     else:
-        console.print(f"{len(table)} answers", highlight=False)
-    console.print(f"written: {output}", highlight=False)
+        say(console, f"{len(table)} answers")
+    say(console, f"written: {output}")
     return 0
 
 
@@ -288,17 +389,12 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     except (ConfigError, DataError, ModelError) as error:
         return user_error(console, error)
     for note in report["notes"]:
-        console.print(f"note: {note}", highlight=False)
+        say(console, f"note: {note}")
     for title, header, rows in report_tables(report):
-        table = Table(title=title, title_justify="left")
-        for name in header:
-            table.add_column(name)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        console.print(text_table(title, header, rows))
     output = args.output or default_report_path(info.directory, args.labeled)
     json_path, html_path = write_report(report, output)
-    console.print(f"written: {json_path} and {html_path}", highlight=False)
+    say(console, f"written: {json_path} and {html_path}")
     return 0
 
 
@@ -309,52 +405,74 @@ def run_merge(args: argparse.Namespace, console: Console) -> int:
         output = merge_adapter(args.adapter_dir, args.output)
     except ModelError as error:
         return user_error(console, error)
-    console.print(f"merged model: {output}")
+    say(console, f"merged model: {output}")
     return 0
+
+
+def port_problem(host: str, port: int, error: OSError | None = None) -> str | None:
+    """Why the dashboard cannot listen on host:port (trying to bind it when no error is
+    given), or None when it can."""
+    if error is None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                # as the server does: a closed connection's TIME_WAIT does not hold the port
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind((host, port))
+            return None
+        except OSError as failure:
+            error = failure
+    reason = error.strerror or str(error)
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is in use ({reason}); pass --port N with a free port"
+    return f"cannot serve on {host}:{port} ({reason}); pass --port N with a free port, or --host"
 
 
 def run_dashboard(args: argparse.Namespace, console: Console) -> int:
     try:
         from optuna_dashboard import run_server
     except ImportError:
-        console.print("the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
+        say(console, "the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
         return 2
     if args.storage is None and not (Path(args.run_dir) / "study.db").is_file():
-        console.print(f"[bold red]error:[/bold red] {args.run_dir} holds no study.db; pass a study "
-                      "folder (e.g. runs/NAME) or --storage URL", highlight=False)  # fmt: skip
-        return 2
+        return user_error(
+            console,
+            f"{args.run_dir} holds no study.db; pass a study folder (e.g. runs/NAME) or "
+            "--storage URL",
+        )
+    if problem := port_problem(args.host, args.port):
+        return user_error(console, problem)
     storage = args.storage or sqlite_url(Path(args.run_dir) / "study.db")
-    console.print(f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
-    run_server(storage, host=args.host, port=args.port)
+    say(console, f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    try:
+        run_server(storage, host=args.host, port=args.port)
+    except OSError as error:  # the port was taken since the check, or the host cannot be bound
+        return user_error(console, port_problem(args.host, args.port, error) or str(error))
     return 0
 
 
 def print_result(result: Result, console: Console) -> None:
-    table = Table(
-        title=f"best recipe (val {result.metric} {result.best_value:.4f})", title_justify="left"
-    )
-    table.add_column("knob")
-    table.add_column("value")
-    for knob, value in result.best_params.items():
-        table.add_row(knob, format_value(value))
-    console.print(table)
+    title = f"best recipe (val {result.metric} {result.best_value:.4f})"
+    rows = [(knob, format_value(value)) for knob, value in result.best_params.items()]
+    console.print(text_table(title, ("knob", "value"), rows))
     if result.test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-        console.print(f"test, best recipe:    {shown}")
+        say(console, f"test, best recipe:    {shown}")
     if result.default_test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.default_test_metrics.items())
-        console.print(f"test, default recipe: {shown}")
-    console.print(f"{result.trials} trials in {result.seconds:.0f}s")
+        say(console, f"test, default recipe: {shown}")
+    say(console, f"{result.trials} trials in {result.seconds:.0f}s")
     if note := describe(result.within_noise):
-        console.print(f"note: {note}")
+        say(console, f"note: {note}")
     if note := describe_kept(result.defaults_kept):
-        console.print(f"note: {note}")
-    console.print(
-        f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})"
+        say(console, f"note: {note}")
+    say(
+        console,
+        f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})",
     )
-    console.print(f"all trials: {result.results_path}")
+    say(console, f"all trials: {result.results_path}")
     if result.report_path:
-        console.print(f"report: {result.report_path}")
+        say(console, f"report: {result.report_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     if args.command == "report":
         try:
-            console.print(f"report: {render(args.run_dir, args.storage)}")
+            say(console, f"report: {render(args.run_dir, args.storage)}")
         except (FileNotFoundError, ConfigError) as error:
             return user_error(console, error)
         return 0
@@ -383,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         return user_error(console, error)
     except KeyboardInterrupt:
-        console.print("interrupted: finished trials are saved; run the same command to resume")
+        say(console, "interrupted: finished trials are saved; run the same command to resume")
         return 130
     print_result(result, console)
     return 0

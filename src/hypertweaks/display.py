@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from hypertweaks.objective import best_of, direction_of
 
@@ -88,7 +89,7 @@ class LiveDisplay(LogDisplay):
         self.console = console or Console()
         self.rows: list[dict[str, Any]] = []
         self.best: int | None = None  # the trial whose model is the best on disk
-        self.current = ""
+        self.current = Text()
         self.live = Live(self._render(), console=self.console, refresh_per_second=4)
 
     def __enter__(self) -> LiveDisplay:
@@ -101,7 +102,7 @@ class LiveDisplay(LogDisplay):
         self.live.__exit__(*exc)
 
     def message(self, text: str) -> None:
-        self.live.console.print(text)
+        self.live.console.print(text, markup=False, highlight=False)  # paths may hold [brackets]
 
     def _render(self) -> Group:
         table = Table(title="trials", title_justify="left", expand=False)
@@ -115,32 +116,34 @@ class LiveDisplay(LogDisplay):
             else:
                 chosen = value is not None and value == best
             style = "bold green" if chosen else None
-            table.add_row(
+            cells = (
                 str(row["number"]),
                 row["state"],
                 "-" if value is None else f"{value:.4f}",
                 str(row.get("best_epoch", "-")),
                 f"{row.get('seconds', 0):.0f}",
                 format_recipe(row["recipe"]),
-                style=style,
             )
+            table.add_row(*(Text(cell) for cell in cells), style=style)  # text, not markup
         return Group(table, self.current)
 
     def trial_started(self, number: int, recipe: dict[str, Any], tag: str) -> None:
         tagged = f" ({tag})" if tag else ""
-        self.current = f"[bold]trial {number}[/bold]{tagged} started: {format_recipe(recipe)}"
+        self.current = Text.assemble(
+            (f"trial {number}", "bold"), f"{tagged} started: {format_recipe(recipe)}"
+        )
         self.live.update(self._render())
 
     def epoch(self, number: int, report: dict[str, Any]) -> None:
-        self.current = (
-            f"[bold]trial {number}[/bold] epoch {report['epoch']}: "
-            f"val {self.metric} {report[self.metric]:.4f}, "
-            f"train loss {report['train_loss']:.4f}, {report['seconds']:.0f}s"
+        self.current = Text.assemble(
+            (f"trial {number}", "bold"),
+            f" epoch {report['epoch']}: val {self.metric} {report[self.metric]:.4f}, "
+            f"train loss {report['train_loss']:.4f}, {report['seconds']:.0f}s",
         )
         self.live.update(self._render())
 
     def trial_finished(self, row: dict[str, Any], best: int | None = None) -> None:
         self.rows.append(row)
         self.best = best
-        self.current = ""
+        self.current = Text()
         self.live.update(self._render())

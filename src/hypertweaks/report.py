@@ -10,10 +10,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from hypertweaks.atomic import write_text
 from hypertweaks.noise import describe, describe_kept
-from hypertweaks.objective import best_of, is_better
+from hypertweaks.objective import best_of, direction_of, is_better
 
 KNOB_SLICES = ("learning_rate", "batch_size", "dropout", "weight_decay", "freeze_layers")
+# Optuna's importances mean little on fewer trials, and nothing for a knob that never varied.
+MIN_IMPORTANCE_TRIALS = 4
 
 
 def _figure(width: float = 6.4, height: float = 3.6, columns: int = 1, **kwargs):
@@ -34,6 +37,29 @@ def _svg(fig) -> str:
     plt.close(fig)
     text = buffer.getvalue()
     return text[text.index("<svg") :]
+
+
+def whole(results: dict, run_dir: Path) -> dict:
+    """results.json with what a partial one lacks (a study whose first trial has not finished,
+    a file written by an older version) filled in, so that every section can read it."""
+    results = dict(results)
+    results.setdefault("study", run_dir.name)
+    metric = results.setdefault("metric", "value")
+    results.setdefault("direction", direction_of(metric))
+    for key in ("task", "model"):
+        results.setdefault(key, "-")
+    results["data"] = results.get("data") or {}
+    results["budget"] = results.get("budget") or {}
+    trial_defaults = {"value": None, "recipe": {}, "curve": [], "examples": 0, "error": None}
+    results["trials"] = [
+        {**trial_defaults, "state": "fail", "best_epoch": None, **t}
+        for t in results.get("trials") or []
+        if isinstance(t, dict) and "number" in t
+    ]
+    for trial in results["trials"]:
+        trial["recipe"] = trial["recipe"] or {}
+        trial["curve"] = trial["curve"] or []
+    return results
 
 
 def _finished(results: dict) -> list[dict]:
@@ -110,9 +136,9 @@ def curve_plots(results: dict) -> str:
             continue
         epochs = [row["epoch"] for row in trial["curve"]]
         style = {"pruned": ":", "fail": "--"}.get(trial["state"], "-")
-        every.plot(epochs, [row[metric] for row in trial["curve"]], style, alpha=0.7)
+        every.plot(epochs, [row.get(metric, math.nan) for row in trial["curve"]], style, alpha=0.7)
         if trial["state"] == "pruned" or trial.get("stopped") == "early_stopped":
-            every.plot(epochs[-1], trial["curve"][-1][metric], "kx")
+            every.plot(epochs[-1], trial["curve"][-1].get(metric, math.nan), "kx")
     every.set(
         xlabel="epoch",
         ylabel=f"validation {metric}",
@@ -121,9 +147,12 @@ def curve_plots(results: dict) -> str:
     chosen = _best_trial(results)
     if chosen and chosen["curve"]:
         epochs = [row["epoch"] for row in chosen["curve"]]
-        best.plot(epochs, [row["train_loss"] for row in chosen["curve"]], "o-", label="train loss")
-        best.plot(epochs, [row["loss"] for row in chosen["curve"]], "o-", label="validation loss")
-        best.axvline(chosen["best_epoch"], color="grey", ls=":", label="epoch kept")
+        for key, label in (("train_loss", "train loss"), ("loss", "validation loss")):
+            best.plot(
+                epochs, [row.get(key, math.nan) for row in chosen["curve"]], "o-", label=label
+            )
+        if chosen["best_epoch"] is not None:
+            best.axvline(chosen["best_epoch"], color="grey", ls=":", label="epoch kept")
         best.set(xlabel="epoch", title=f"best trial ({chosen['number']}): the overfitting gap")
         best.legend(fontsize=8)
     return _svg(fig)
@@ -165,6 +194,18 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
     failed = [t for t in trials if t["state"] == "fail"]
     best, default = _best_trial(results), _default_trial(results)
     metric = results["metric"]
+    if not trials:
+        interrupted = ", ".join(str(t["number"]) for t in results["trials"] if t.get("interrupted"))
+        lines.append(
+            "No trial finished yet: "
+            + (
+                f"the study was interrupted (trial {interrupted}); run the same tune command to "
+                "resume it."
+                if interrupted
+                else "the first may still be running; run report again when one has finished."
+            )
+        )
+        return lines
     if best and default and best["number"] != default["number"] and default["value"] is not None:
         lines.append(
             f"The best recipe (trial {best['number']}) reached validation {metric} "
@@ -180,7 +221,7 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
         lines.append(line)
     if pruned:
         epochs_run = sum(len(t["curve"]) for t in pruned)
-        epochs_planned = sum(t["recipe"]["epochs"] for t in pruned)
+        epochs_planned = sum(t["recipe"].get("epochs", len(t["curve"])) for t in pruned)
         lines.append(
             f"{len(pruned)} of {len(trials)} trials were pruned, after {epochs_run} of "
             f"the {epochs_planned} epochs they asked for."
@@ -196,19 +237,25 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
             f"The knob that mattered most was {top} "
             f"({importances[top]:.0%} of the total importance)."
         )
+    elif any(t["value"] is not None for t in trials):
+        lines.append(
+            "No knob is named as the one that mattered most: that needs at least "
+            f"{MIN_IMPORTANCE_TRIALS} completed trials of the search in which the knob took "
+            "different values."
+        )
     ranked = sorted(
         (t for t in trials if t["value"] is not None),
         key=lambda t: t["value"],
         reverse=results["direction"] == "maximize",
     )[:3]
-    if ranked:
+    if ranked and all({"freeze_layers", "learning_rate"} <= set(t["recipe"]) for t in ranked):
         freezes = sorted(t["recipe"]["freeze_layers"] for t in ranked)
         lrs = sorted(t["recipe"]["learning_rate"] for t in ranked)
         lines.append(
             f"The best {len(ranked)} trials froze {freezes[0]} to {freezes[-1]} layers "
             f"and used learning rates {lrs[0]:.1e} to {lrs[-1]:.1e}."
         )
-    if best and best["curve"] and best["best_epoch"] < len(best["curve"]):
+    if best and best["curve"] and (best["best_epoch"] or len(best["curve"])) < len(best["curve"]):
         losses = [row["loss"] for row in best["curve"]]
         at_best = losses[best["best_epoch"] - 1]
         rose = losses[-1] > 1.05 * at_best
@@ -222,9 +269,11 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
 
 
 def load_importances(run_dir: Path, results: dict, storage: str | None = None) -> dict[str, float]:
-    """Importances of the searched knobs (Optuna's default evaluator), from the study; empty
-    when they cannot be computed (too few trials, nothing varied)."""
+    """Importances of the searched knobs (Optuna's default evaluator), from the study, of the
+    knobs that took at least two values over at least MIN_IMPORTANCE_TRIALS completed trials;
+    empty when there are none (too few trials, nothing varied)."""
     import optuna
+    from optuna.trial import TrialState
 
     from hypertweaks.study import normalise_storage, sqlite_url
 
@@ -233,9 +282,20 @@ def load_importances(run_dir: Path, results: dict, storage: str | None = None) -
     url = normalise_storage(storage) if storage else sqlite_url(run_dir / "study.db")
     try:
         study = optuna.load_study(study_name=results["study"], storage=url)
+        seen: dict[str, list[Any]] = {}
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            for name, value in trial.params.items():
+                seen.setdefault(name, []).append(value)
+        varied = [
+            name
+            for name, values in seen.items()
+            if len(values) >= MIN_IMPORTANCE_TRIALS and len(set(values)) >= 2
+        ]
+        if not varied:
+            return {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "too few trials" style notices: a plot, not a gate
-            return optuna.importance.get_param_importances(study)
+            return optuna.importance.get_param_importances(study, params=varied)
     except (RuntimeError, ValueError, KeyError):  # too few complete trials, or nothing varied
         return {}
 
@@ -257,23 +317,24 @@ def _fmt(value: Any) -> str:
 def summary_html(results: dict) -> str:
     best, default = _best_trial(results), _default_trial(results)
     data, budget = results["data"], results["budget"]
+    sizes = ", ".join(f"{role} {_fmt(data.get(role))}" for role in ("train", "validation", "test"))
     facts = [
         ("task", results["task"]),
         ("model", results["model"]),
-        ("data", f"train {data['train']}, validation {data['validation']}, test {data['test']}"),
+        ("data", sizes),
         (
             "budget",
-            f"{budget['used_trials']} of {budget['trials'] or '-'} trials, "
-            f"{budget['used_seconds']:.0f}s of trial time, "
-            f"{budget['used_examples']} training examples",
+            f"{budget.get('used_trials', 0)} of {budget.get('trials') or '-'} trials, "
+            f"{budget.get('used_seconds') or 0:.0f}s of trial time, "
+            f"{budget.get('used_examples', 0)} training examples",
         ),
     ]
     knobs = list((best or default or {"recipe": {}})["recipe"])
     recipe_rows = [
         (
             k,
-            _fmt(default["recipe"][k]) if default else "-",
-            _fmt(best["recipe"][k]) if best else "-",
+            _fmt(default["recipe"].get(k)) if default else "-",
+            _fmt(best["recipe"].get(k)) if best else "-",
         )
         for k in knobs
     ]
@@ -310,28 +371,29 @@ def render(run_dir: str | Path, storage: str | None = None) -> Path:
     from hypertweaks.recovery import load_results
 
     run_dir = Path(run_dir)
-    results = load_results(run_dir, storage)  # rebuilt from the study when missing or corrupt
+    # rebuilt from the study when missing or corrupt; keys a partial file lacks filled in
+    results = whole(load_results(run_dir, storage), run_dir)
     importances = load_importances(run_dir, results, storage)
     sections = [
-        f"<h1>hypertweaks study {html.escape(results['study'])}</h1>",
+        f"<h1>hypertweaks study {html.escape(str(results['study']))}</h1>",
         "<h2>summary</h2>",
         summary_html(results),
         "<h2>what the numbers say</h2><ul>"
         + "".join(f"<li>{html.escape(line)}</li>" for line in reading(results, importances))
         + "</ul>",
-        "<h2>optimisation history</h2>",
-        history_plot(results),
     ]
-    if importances:
-        sections += ["<h2>which knobs mattered</h2>", importance_plot(importances)]
-    sections += [
-        "<h2>score against each knob</h2>",
-        slice_plots(results),
-        "<h2>learning curves</h2>",
-        curve_plots(results),
-    ]
+    if _finished(results):  # nothing to plot before a trial has finished
+        sections += ["<h2>optimisation history</h2>", history_plot(results)]
+        if importances:
+            sections += ["<h2>which knobs mattered</h2>", importance_plot(importances)]
+        sections += [
+            "<h2>score against each knob</h2>",
+            slice_plots(results),
+            "<h2>learning curves</h2>",
+            curve_plots(results),
+        ]
     out = run_dir / "report.html"
-    out.write_text(page(results["study"], sections))
+    write_text(out, page(str(results["study"]), sections))  # a reader never sees half a page
     return out
 
 
