@@ -69,6 +69,7 @@ def test_report_of_a_study_whose_first_trial_is_still_running(tmp_path):
     page = render(run_dir).read_text()
     assert "no trial finished yet" in page.lower()
     assert "no trial finished yet" in render(run_dir).read_text().lower()  # and again
+    assert not (run_dir / "results.json").exists()  # no partial file left to outlive the trial
 
 
 def test_report_of_a_study_whose_first_trial_was_interrupted(tmp_path):

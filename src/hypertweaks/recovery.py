@@ -27,7 +27,8 @@ def _study_name(url: str, run_dir: Path) -> str:
 
 def rebuild_results(run_dir: Path, storage: str | None = None) -> dict[str, Any]:
     """results.json from the study: the header each write stored in the study, and every finished
-    trial. Written back atomically; FileNotFoundError when there is no study to rebuild from."""
+    trial. Written back atomically once the study has stored its header (a partial file would
+outlive the first trial); FileNotFoundError when there is no study to rebuild from."""
     import optuna
 
     from hypertweaks.results import trial_row
@@ -61,7 +62,8 @@ def rebuild_results(run_dir: Path, storage: str | None = None) -> dict[str, Any]
         used_examples=sum(r["examples"] for r in rows),
     )
     data = {**header, "budget": budget, "rebuilt_from_study": True, "trials": rows}
-    write_text(run_dir / "results.json", json.dumps(data, indent=2, default=str))
+    if study.user_attrs.get("results_header"):  # not before the study wrote its first whole one
+        write_text(run_dir / "results.json", json.dumps(data, indent=2, default=str))
     return data
 
 
