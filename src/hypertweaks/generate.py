@@ -3,6 +3,7 @@ prompts encoded as training encoded them, batched with left padding, greedy by d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,11 +21,16 @@ class Generator:
     batch_size = 8
 
     def __init__(self, info: ModelInfo, device: str = "auto"):
-        from hypertweaks.tasks.causal_lm import load_finetuned, load_tokenizer
+        from hypertweaks.tasks.causal_lm import META_FILE, load_finetuned, load_tokenizer
 
         self.info, directory = info, info.directory
         self.directory = directory
         self.device = device_of(device)
+        meta_file = directory / META_FILE
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        # the training data's format (messages, prompt-completion, text); None: a folder saved
+        # before it was recorded, whose plain prompts are encoded as they are
+        self.format: str | None = meta.get("format")
         self.model = load_finetuned(directory).to(self.device).eval()
         self.tokenizer = load_tokenizer(str(directory))
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)
@@ -32,12 +38,14 @@ class Generator:
 
     def encode(self, prompt: str | list[dict[str, str]] | dict[str, Any]) -> list[int]:
         """Token ids as training saw them: a prompt with the tokenizer's special tokens, a chat
-        rendered with its template and the assistant's turn opened. A conversation that ends
-        with an assistant turn is answered from the turns before it."""
-        if isinstance(prompt, dict):
-            prompt = prompt.get("messages", prompt.get("prompt", prompt.get("text")))
+        rendered with its template and the assistant's turn opened. A model trained on chat
+        messages gets a plain prompt as one user message. A conversation that ends with an
+        assistant turn is answered from the turns before it."""
+        prompt = _content(prompt)
         if isinstance(prompt, str):
-            return self.tokenizer(prompt)["input_ids"]
+            if not self.wraps(prompt):
+                return self.tokenizer(prompt)["input_ids"]
+            prompt = [{"role": "user", "content": prompt}]
         messages = list(prompt)
         while messages and messages[-1]["role"] == "assistant":
             messages.pop()
@@ -50,6 +58,11 @@ class Generator:
             messages, tokenize=False, add_generation_prompt=True
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def wraps(self, prompt: Any) -> bool:
+        """A plain prompt to a model trained on chat messages: sent as one user message through
+        its chat template (as raw text, it would continue the text, or end the turn at once)."""
+        return self.format == "messages" and isinstance(_content(prompt), str)
 
     @torch.inference_mode()
     def generate(
@@ -68,6 +81,13 @@ class Generator:
         prompts = as_list(prompts)
         ids = [self.encode(p) for p in prompts]
         self.notes = []
+        wrapped = sum(self.wraps(p) for p in prompts)
+        if wrapped:
+            self.notes.append(
+                f"{wrapped} plain prompt{' was' if wrapped == 1 else 's were'} sent as "
+                f"{'a user message' if wrapped == 1 else 'user messages'} through the chat "
+                "template the model was trained with (chat messages)"
+            )
         room = self.context - max_new_tokens if self.context else None
         if room is not None and room < 1:
             raise DataError(
@@ -112,3 +132,10 @@ class Generator:
             if progress is not None:
                 progress(len(rows))
         return out
+
+
+def _content(prompt: Any) -> Any:
+    """A JSONL row's prompt (its messages, prompt or text); a string or a chat as it is."""
+    if isinstance(prompt, dict):
+        return prompt.get("messages", prompt.get("prompt", prompt.get("text")))
+    return prompt

@@ -151,12 +151,21 @@ class TextClassifier(Classifier):
         inputs: str | Sequence[str],
         batch_size: int | None = None,
         progress: Progress | None = None,
+        skip_bad: bool = False,
     ) -> np.ndarray:
         """[n, classes] probabilities. Texts are tokenized at once and run shortest first, so a
-        batch pads only to its own longest text."""
-        texts = [str(t) for t in as_list(inputs)]
+        batch pads only to its own longest text. Texts training cannot use (empty, missing, a
+        list) are an error, or with `skip_bad` a row of NaN."""
+        values = as_list(inputs)
         self.notes = []
-        ids = self._tokenize(texts)
+        bad = set(check_texts(values, "predict", "input", 0, skip_bad))
+        kept = [i for i in range(len(values)) if i not in bad]
+        if bad:
+            self.notes.append(
+                f"skipped {len(bad)} of {len(values)} texts that are empty, missing or not a "
+                "single text"
+            )
+        ids = self._tokenize([str(values[i]) for i in kept])
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         size, pad = batch_size or self.batch_size, self.tokenizer.pad_token_id
 
@@ -171,8 +180,8 @@ class TextClassifier(Classifier):
                 yield {"input_ids": batch, "attention_mask": mask}, len(rows)
 
         proba = self._run(self.model, batches(), progress)
-        out = np.empty_like(proba)
-        out[order] = proba
+        out = np.full((len(values), proba.shape[1]), np.nan, dtype=proba.dtype)
+        out[[kept[i] for i in order]] = proba
         return out
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -199,6 +208,24 @@ class TextClassifier(Classifier):
                 "length the model was tuned on) and were truncated"
             )
         return ids
+
+
+def check_texts(
+    values: Sequence[Any], where: str, noun: str, base: int, skip_bad: bool = False
+) -> list[int]:
+    """Texts training cannot use (empty, missing, a list or object: its own check) are an error
+    naming them (as `noun`s counted from `base`), or with `skip_bad` returned, to be left out
+    and counted."""
+    from hypertweaks.tasks.text import unusable_message, unusable_texts
+
+    empty, nested = unusable_texts(values)
+    if (empty or nested) and not skip_bad:
+        raise DataError(
+            f"{where}: {unusable_message(values, empty, nested, noun, base)}; training cannot "
+            f"use such texts, so no label for them would mean anything: drop or fill those "
+            f"{noun}s, or pass --skip-bad (skip_bad=True) to skip and count them"
+        )
+    return sorted(empty + nested)
 
 
 def unreadable_images(paths: Sequence[str], skip_bad: bool = False) -> list[str]:
@@ -314,8 +341,9 @@ def predict_file(
         check_output,
         default_output,
         image_table,
+        read_input_table,
         read_prompts,
-        read_texts,
+        require_columns,
         write_atomically,
     )
 
@@ -341,8 +369,12 @@ def predict_file(
         unreadable_images(inputs, skip_bad)
         options = {"skip_bad": skip_bad}
     else:
-        table, inputs = read_texts(source, column or info.column("text_column"))
-        options = {}
+        column = column or info.column("text_column")
+        table = read_input_table(source)  # not read_texts: it turns a missing text into ""
+        require_columns(table, {"--text-column": column}, source)
+        inputs = table[column].tolist()
+        check_texts(inputs, f"input data {str(source)!r}", "row", 1, skip_bad)
+        options = {"skip_bad": skip_bad}
     predictor = _loaded(model, info, device)
     proba = predictor.predict_proba(inputs, batch_size, _start(progress, len(inputs)), **options)
     kept = ~np.isnan(proba).any(axis=1)

@@ -437,6 +437,8 @@ class CausalLM(TaskBase):
             "cached_base": self.base_source,
             "adapter": "lora" if (directory / "adapter_config.json").exists() else "full",
             "short_targets": self.short_targets,
+            # how prompts were encoded in training: "messages" ones through the chat template
+            "format": self.format,
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -17,6 +19,7 @@ from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
     LayerStack,
+    ModelError,
     check_max_length,
     default_dropout,
     layer_stack,
@@ -32,12 +35,55 @@ from hypertweaks.tasks.metrics import classification_metrics
 from hypertweaks.train import resolve_device
 
 
+def unusable_texts(values: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """Positions of the texts no model can use: (empty or missing, lists or objects). Training
+    drops the first kind and refuses the second; predict refuses (or skips) both."""
+    empty, nested = [], []
+    for i, value in enumerate(values):
+        if isinstance(value, list | tuple | dict | set | np.ndarray):
+            nested.append(i)
+        elif pd.isna(value) or not str(value).strip():
+            empty.append(i)
+    return empty, nested
+
+
+def unusable_message(
+    values: Sequence[Any], empty: list[int], nested: list[int], noun: str = "row", base: int = 0
+) -> str:
+    """What is wrong with the texts at these positions, naming them (from `base`) as `noun`s."""
+
+    def at(positions: list[int]) -> str:
+        shown = ", ".join(str(i + base) for i in positions[:5])
+        more = f", ... ({len(positions)} in all)" if len(positions) > 5 else ""
+        return f"{noun}{'s' if len(positions) > 1 else ''} {shown}{more}"
+
+    parts, total = [], len(values)
+    if empty:
+        verb = "is" if len(empty) == 1 else "are"
+        parts.append(f"{len(empty)} of {total} texts {verb} empty or missing ({at(empty)})")
+    if nested:
+        what = "is a list or object" if len(nested) == 1 else "are lists or objects"
+        count = str(len(nested)) if parts else f"{len(nested)} of {total} texts"
+        example = repr(values[nested[0]])
+        example = example if len(example) <= 60 else example[:57] + "..."
+        parts.append(f"{count} {what}, not a single text ({at(nested)}: {example})")
+    return " and ".join(parts) + f", counting {noun}s from {base}"
+
+
 def drop_empty_texts(max_dropped_fraction: float, column: str):
     def clean(table: pd.DataFrame, where: str) -> tuple[pd.DataFrame, str | None]:
         texts = table[column]
-        empty = texts.isna() | (texts.astype(str).str.strip() == "")
-        if not empty.any():
+        values = texts.tolist()
+        positions, nested = unusable_texts(values)
+        if nested:
+            raise DataError(
+                f"{where}: {unusable_message(values, [], nested)}; give each example a single "
+                f"text in the text column {column!r} (e.g. join a list into one string)"
+            )
+        if not positions:
             return table.assign(**{column: texts.astype(str)}), None
+        empty = np.zeros(len(table), dtype=bool)
+        empty[positions] = True
         fraction = float(empty.mean())
         if fraction > max_dropped_fraction:
             raise DataError(
@@ -119,20 +165,69 @@ def count_layers(config: Any) -> int:
     return len(layer_stack(encoder, body=encoder).blocks)
 
 
+REWRITE = (
+    "re-run `hypertweaks tune` to write the model again, or restore the file from where the "
+    "folder was copied"
+)
+
+
 def load_saved(directory: Path) -> nn.Module:
     """A classifier written by `TextClassification.save` (its tokenizer is in the same folder):
     a mean-pooled classifier (the encoder's folder plus head.safetensors), or a Hugging Face
-    sequence classifier (models saved before LP-FT, or built with fine_tune_head "hf")."""
-    if (directory / HEAD_FILE).is_file():
+    sequence classifier (models saved before LP-FT, or built with fine_tune_head "hf"). A folder
+    whose head is missing or unreadable is refused: a random head would answer in its place."""
+    from safetensors import SafetensorError
+
+    head_file = directory / HEAD_FILE
+    if head_file.is_file():
         from safetensors.torch import load_file
 
-        head = load_file(directory / HEAD_FILE)
-        model = MeanPooledClassifier(load_encoder(directory), head["head.weight"].shape[0], 0.0)
-        model.head.load_state_dict({k.removeprefix("head."): v for k, v in head.items()})
+        try:
+            head = {k.removeprefix("head."): v for k, v in load_file(head_file).items()}
+            num_labels = head["weight"].shape[0]
+        except (SafetensorError, OSError, KeyError, IndexError) as error:
+            raise ModelError(
+                f"{head_file} cannot be read ({_reason(error)}): it holds the classifier's "
+                f"head, without which the model cannot predict; {REWRITE}"
+            ) from None
+        model = MeanPooledClassifier(_loaded(load_encoder, directory), num_labels, 0.0)
+        try:
+            model.head.load_state_dict(head)
+        except RuntimeError as error:
+            raise ModelError(
+                f"{head_file} does not fit the encoder beside it ({_reason(error)}); {REWRITE}"
+            ) from None
         return model
+    config = directory / "config.json"
+    try:
+        architectures = json.loads(config.read_text()).get("architectures") or []
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelError(f"{config} cannot be read ({_reason(error)}); {REWRITE}") from None
+    if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
+        raise ModelError(
+            f"{head_file} is missing: {directory} holds the encoder of a classifier but not its "
+            f"head, so every prediction would come from a random head; {REWRITE}"
+        )
     from transformers import AutoModelForSequenceClassification
 
-    return AutoModelForSequenceClassification.from_pretrained(directory)
+    return _loaded(AutoModelForSequenceClassification.from_pretrained, directory)
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error).strip() else ""
+    return text or type(error).__name__
+
+
+def _loaded(loader, directory: Path) -> nn.Module:
+    """The weights in `directory`, or a ModelError saying they cannot be read."""
+    from safetensors import SafetensorError
+
+    try:
+        return loader(directory)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelError(
+            f"the model's weights in {directory} cannot be read ({_reason(error)}); {REWRITE}"
+        ) from None
 
 
 class EncodedTexts(IndexedExamples):
