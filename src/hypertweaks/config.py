@@ -74,7 +74,9 @@ class Experiment(BaseModel):
     image_column: str = "image"
 
     name: str = "study"
-    runs_dir: Path = Path("runs")
+    runs_dir: Path = Field(
+        Path("runs"), validate_default=True, description="default: runs in the current folder"
+    )
     storage: str | None = Field(None, description="Optuna storage URL; default runs/NAME/study.db")
     heartbeat_seconds: int = Field(
         30, ge=1, description="a trial whose worker is silent for twice this long is retried"
@@ -222,6 +224,41 @@ class Experiment(BaseModel):
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json", exclude_defaults=False)
         return yaml.safe_dump(data, sort_keys=False)
+
+
+def _study_outputs(folder: Path) -> Path | None:
+    """The study output `folder` is part of (a best/ model, a checkpoints/ folder or one of its
+    models), or None. Such folders are deleted when their study finds a better model or starts
+    afresh."""
+    model_files = ("trial.json", "labels.json", "hypertweaks.json")
+    if (folder / "best.yaml").is_file() and any((folder / m).is_file() for m in model_files):
+        return folder  # a saved model (best/ or checkpoints/trial-N), wherever it was copied
+    study = folder.parent
+    markers = ("study.db", "results.json", ".best.lock")
+    if folder.name in ("best", "checkpoints") and any((study / m).exists() for m in markers):
+        return folder
+    return None
+
+
+def check_run_dir_place(exp: Experiment) -> None:
+    """A study's folder must not lie inside another study's best model or checkpoints: that
+    study deletes them (a better trial, --fresh) and this one with them."""
+    run_dir = exp.run_dir
+    for path in (run_dir, run_dir.resolve()):
+        for folder in (path, *path.parents):
+            inside = _study_outputs(folder)
+            if inside is not None:
+                hint = (
+                    " (relative paths in an experiment file are relative to its folder)"
+                    if "runs_dir" in exp._relative_in_file
+                    else ""
+                )
+                raise ConfigError(
+                    f"runs folder: study {exp.name!r} would be written to {str(run_dir)!r}, "
+                    f"inside {str(folder)!r}, another study's saved model or checkpoints, which "
+                    f"that study replaces or deletes{hint}; pass --runs-dir (runs_dir=... in "
+                    "Python) with a folder outside it, e.g. --runs-dir runs"
+                )
 
 
 def _format_errors(error: ValidationError) -> str:

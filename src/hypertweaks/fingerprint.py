@@ -26,6 +26,11 @@ KEY_FIELDS = {
     "max_dropped_fraction",
     "class_weights",
 }
+# How to go on with a study whose fingerprint differs, for command-line and Python users alike.
+WAY_OUT = (
+    "give a new --name (name=... in Python) to start a new study, or pass --fresh to discard "
+    "this one and start it afresh (fresh=True in Python)"
+)
 _WHOLE_FILE = 8 << 20  # a data file up to 8 MiB is hashed whole; a larger one by 64 samples
 _WHOLE_MEMBER = 256 << 10  # a folder's files (e.g. images) up to 256 KiB whole; else 2 samples
 _SAMPLE = 64 << 10
@@ -62,9 +67,19 @@ def content_hash(path: Path | None) -> str | None:
     return digest.hexdigest()[:24]
 
 
+def model_key(model: Any) -> Any:
+    """A local model folder as one absolute path, however it was given (relative, absolute,
+    through a link); a hub id or timm name as it is."""
+    if not isinstance(model, str) or not model:
+        return model
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
 def experiment_fingerprint(exp: Experiment) -> dict[str, Any]:
     """What a study's trials depend on: the settings, and the content of the data and weights."""
     key = exp.model_dump(mode="json", include=KEY_FIELDS)
+    key["model"] = model_key(key["model"])
     key["data"] = {
         role: content_hash(getattr(exp, role)) for role in ("train", "validation", "weights")
     }
@@ -81,6 +96,8 @@ def compare_fingerprints(stored: dict[str, Any], current: dict[str, Any]) -> lis
     for field in sorted(KEY_FIELDS):
         # a setting added after the study started: it ran with the setting's default
         before = stored.get(field, Experiment.model_fields[field].default)
+        if field == "model" and model_key(before) == model_key(current.get(field)):
+            continue  # e.g. stored by an older version as the relative path it was given
         if before != current.get(field):
             differences.append(f"{field} ({before!r}, now {current.get(field)!r})")
     return differences
@@ -102,8 +119,7 @@ def check_saved_fingerprint(exp: Experiment, path: Path, resumable: bool = True)
         if differences:
             raise ConfigError(
                 f"study {exp.name!r} in {path.parent} was started with other "
-                f"{'; '.join(differences)}; give a new --name, or pass --fresh to discard it "
-                "and start it afresh"
+                f"{'; '.join(differences)}; {WAY_OUT}"
             )
         return
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,55 @@ def require_ray():
     return ray
 
 
+def cluster_address(address: str) -> str:
+    """host:port of the Ray cluster an address names: `auto` is RAY_ADDRESS, else the cluster
+    the last `ray start` on this machine wrote down; ray://host:port is a Ray Client address."""
+    given = address
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+        if not address:
+            try:
+                from ray._private.utils import read_ray_address
+
+                address = read_ray_address() or ""
+            except Exception:  # a Ray without it: no recorded cluster
+                address = ""
+        if not address:
+            raise ConfigError(
+                f"--ray-address {given}: no Ray cluster was started on this machine (and "
+                "RAY_ADDRESS is not set); start one with `ray start --head`, give its address, "
+                "or omit --ray-address to run on a private local Ray instance"
+            )
+    return address.split("://", 1)[-1].rstrip("/")
+
+
+def check_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """A cluster address must answer (its GCS port accepts a connection) before any compute:
+    Ray itself would retry a dead address for minutes. No address: nothing to check (a private
+    local instance is started)."""
+    import socket
+
+    if address is None or address == "local":
+        return
+    where = cluster_address(address)
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(
+            f"--ray-address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT "
+            "or auto"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        shown = where if where == address else f"{where} ({address})"
+        raise ConfigError(
+            f"the Ray cluster at {shown} does not answer ({error.strerror or error}); start it "
+            "with `ray start --head`, or omit --ray-address to run on a private local Ray "
+            "instance"
+        ) from None
+
+
 def distributions(space: dict[str, Any]) -> dict[str, Any]:
     """The Optuna distributions `space.suggest` samples from, for writing Ray's trials back."""
     out = {}
@@ -183,6 +232,7 @@ class RayBackend:
         from ray import tune
 
         ctx, exp = self.ctx, self.exp
+        check_ray_address(exp.ray_address)  # a dead cluster: refused before the smoke run
         if exp.fresh:  # the study, its Ray experiment and its best model go
             discard_study(exp)
         ray_dir = (ctx.run_dir / RAY_DIR).resolve()
@@ -192,7 +242,9 @@ class RayBackend:
             smoke()
         offline = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         ray.init(
-            address=exp.ray_address,
+            # no address: a private local instance, never a cluster RAY_ADDRESS or a stopped
+            # `ray start` left behind (ray.init(address=None) would join those)
+            address=exp.ray_address or "local",
             ignore_reinit_error=True,
             include_dashboard=False,
             log_to_driver=False,

@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from hypertweaks.checks import preflight
-from hypertweaks.config import ConfigError, Experiment, make_experiment
+from hypertweaks.config import ConfigError, Experiment, check_run_dir_place, make_experiment
 from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.embedded import EmbeddedBackend
@@ -229,7 +229,13 @@ def make_backend(ctx: StudyContext):
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:
     """Run (or resume) the study the experiment describes and return its best result."""
     exp = make_experiment(config)
+    check_run_dir_place(exp)  # not inside another study's best model (before it is created)
     preflight(exp)  # runs folder, device, storage: before any data is read
+    if exp.backend == "ray":
+        from hypertweaks.ray_backend import check_ray_address, require_ray
+
+        require_ray()
+        check_ray_address(exp.ray_address)  # a cluster that does not answer: before any data
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if display is None:
         display = LogDisplay(exp.metric) if exp.quiet else LiveDisplay(exp.metric)

@@ -9,12 +9,13 @@ import shutil
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.config import ConfigError, Experiment
-from hypertweaks.fingerprint import compare_fingerprints, experiment_fingerprint
+from hypertweaks.fingerprint import WAY_OUT, compare_fingerprints, experiment_fingerprint
 from hypertweaks.liveness import claim, fail_dead_trials  # noqa: F401 (claim: for embedded)
 from hypertweaks.strategies import make_pruner, make_sampler
 
@@ -35,10 +36,11 @@ def sqlite_url(path: Path) -> str:
     return URL.create("sqlite", database=str(Path(path).absolute())).render_as_string()
 
 
-def normalise_storage(url: str) -> str:
+def normalise_storage(url: str, name: str = "NAME") -> str:
     """A storage URL SQLAlchemy can open, with a driver that is installed: a plain
     postgresql:// (or postgres://) URL gets psycopg 3 or psycopg2, whichever is installed.
-    Unknown schemes and missing drivers are ConfigErrors that say what to install."""
+    Unknown schemes and missing drivers are ConfigErrors that say what to install; an in-memory
+    SQLite database (nothing saved, nothing to resume) is refused."""
     import importlib.util
 
     from sqlalchemy.engine import make_url
@@ -49,6 +51,12 @@ def normalise_storage(url: str) -> str:
     except ArgumentError:
         shown = redact(url) if "@" in url else url  # (redact shows only a URL's scheme)
         raise ConfigError(f"storage {shown!r} is not a database URL; {STORAGE_HELP}") from None
+    if parsed.drivername.startswith("sqlite") and in_memory(parsed.database, parsed.query):
+        raise ConfigError(
+            f"storage {url!r} is a SQLite database in memory: nothing would be saved and the "
+            f"study could not resume; give a file, e.g. --storage sqlite:///runs/{name}/study.db "
+            "(storage=... in Python), or omit --storage for RUNS_DIR/NAME/study.db"
+        )
     if parsed.drivername in ("postgresql", "postgres"):
         driver = next(
             (name for module, name in POSTGRES_DRIVERS if importlib.util.find_spec(module)), None
@@ -79,9 +87,35 @@ def normalise_storage(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def in_memory(database: str | None, query: Any = None) -> bool:
+    """Whether a SQLite URL's database lives in memory (sqlite://, sqlite:///, :memory:)."""
+    memory = database in (None, "", ":memory:") or str(database).startswith("file::memory:")
+    return memory or dict(query or {}).get("mode") == "memory"
+
+
+def sqlite_folder(url: str) -> None:
+    """The folder of a SQLite file is created, like the default runs folder."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite") or in_memory(parsed.database, parsed.query):
+        return
+    folder = Path(str(parsed.database)).expanduser().absolute().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = "a file is in the way" if isinstance(error, FileExistsError) else error.strerror
+        raise ConfigError(
+            f"storage {url!r}: the folder {str(folder)!r} of its SQLite file cannot be created "
+            f"({reason}); give a path in a folder you may write to"
+        ) from None
+
+
 def storage_url(exp: Experiment) -> str:
     if exp.storage:
-        return normalise_storage(exp.storage)
+        url = normalise_storage(exp.storage, exp.name)
+        sqlite_folder(url)
+        return url
     return sqlite_url(exp.run_dir / "study.db")
 
 
@@ -125,11 +159,27 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
 def storage_error(url: str, error: Exception) -> ConfigError:
     """Why a storage cannot be opened, and what to do."""
     reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
-    if url.startswith("sqlite"):
+    folder = _missing_sqlite_folder(url)
+    if folder is not None:
+        what = f"the folder {str(folder)!r} does not exist: create it, or fix the path"
+    elif url.startswith("sqlite"):
         what = "move the file away (or delete it) to start the study afresh, or restore a backup"
     else:
         what = "check that the server runs and is reachable, and the URL's user and password"
     return ConfigError(f"cannot open the study's storage {redact(url)!r} ({reason}); {what}")
+
+
+def _missing_sqlite_folder(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if not parsed.drivername.startswith("sqlite") or in_memory(parsed.database, parsed.query):
+        return None
+    folder = Path(str(parsed.database)).expanduser().absolute().parent
+    return None if folder.is_dir() else folder
 
 
 def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
@@ -152,9 +202,7 @@ def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
         done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
         raise ConfigError(
             f"study {exp.name!r} in {redact(storage_url(exp))} was started with other "
-            f"{'; '.join(differences)}. Its {done} finished trials were scored on that; give a "
-            "new --name to start a new study, or pass --fresh to discard this one and start "
-            "it afresh"
+            f"{'; '.join(differences)}. Its {done} finished trials were scored on that; {WAY_OUT}"
         )
     log.info("study %r had no trial yet: reconfigured (%s)", exp.name, "; ".join(differences))
     discard_study(exp)
@@ -213,7 +261,7 @@ def same_experiment(study: optuna.Study, exp: Experiment) -> None:
     if differences:
         raise ConfigError(
             f"study {exp.name!r} in {redact(storage_url(exp))} was started with other "
-            f"{'; '.join(differences)}; give a new --name, or pass --fresh to start it afresh"
+            f"{'; '.join(differences)}; {WAY_OUT}"
         )
 
 
