@@ -165,6 +165,13 @@ def test_the_timeout_counts_the_whole_study(text_experiment):
     used = sum(trial_seconds(t) for t in study_trials(text_experiment))
     result = tune({**text_experiment, "trials": 10, "timeout": used * 0.9, "smoke": False})
     assert result.trials == 2  # the budget was spent by the first run
+    # and the user is told that the clock, not the trials asked for, ended the search
+    assert result.stopped_early.startswith("the timeout") and "after 2 of 10 trials" in (
+        result.stopped_early
+    )
+    results = json.loads((result.results_path).read_text())
+    assert results["stopped_early"] == result.stopped_early
+    assert "ended the search after 2 of 10 trials" in result.report_path.read_text()
 
 
 def test_pruned_trials_are_recorded_with_their_curve(text_experiment):

@@ -217,6 +217,8 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
         lines.append("No searched recipe beat the default recipe on validation.")
     if line := describe(results.get("within_noise")):
         lines.append(line[0].upper() + line[1:] + ".")
+    if line := results.get("stopped_early"):
+        lines.append(line[0].upper() + line[1:] + ".")
     if line := head_only_reading(results):
         lines.append(line)
     if pruned:

@@ -52,6 +52,7 @@ class Result:
     report_path: Path | None = None
     within_noise: dict[str, Any] | None = None  # trials validation cannot tell from the best
     defaults_kept: dict[str, Any] | None = None  # the defaults kept over a lead inside the noise
+    stopped_early: str | None = None  # the timeout ended the search before its trials: why
 
 
 class Search:
@@ -180,6 +181,7 @@ class Search:
             "test_metrics": test_metrics,
             "within_noise": noise,  # the trials validation cannot tell apart from the best
             "defaults_kept": self._defaults_kept(best, complete),
+            "stopped_early": stopped_early(self.exp, study),
         }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
@@ -195,6 +197,7 @@ class Search:
             notes=self.task.splits.notes,
             within_noise=noise,
             defaults_kept=summary["defaults_kept"],
+            stopped_early=summary["stopped_early"],
         )
 
     def _defaults_kept(self, best, complete) -> dict[str, Any] | None:
@@ -215,6 +218,18 @@ class Search:
             "lead": round(abs(rival.value - best.value), 6),
             "margin": round(margin, 6),
         }
+
+
+def stopped_early(exp: Experiment, study: optuna.Study) -> str | None:
+    """When the wall-clock budget ended the search before the trials asked for: said to the user
+    wherever the result is shown, since fewer trials may be why tuning bought little."""
+    done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+    if exp.timeout is None or exp.trials is None or done >= exp.trials:
+        return None
+    return (
+        f"the timeout ({exp.timeout / 60:.3g} min) ended the search after {done} of {exp.trials} "
+        "trials: run the same command with a larger --timeout to resume it"
+    )
 
 
 def make_backend(ctx: StudyContext):
