@@ -277,7 +277,10 @@ def add_use_commands(commands) -> None:
         cmd.add_argument("--batch-size", type=int, help="examples per forward pass")
         cmd.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
         cmd.add_argument(
-            "--skip-bad", action="store_true", help="skip unreadable images and count them"
+            "--skip-bad",
+            action="store_true",
+            help="skip unreadable images, or texts that are empty, missing or not a single "
+            "text, and count them",
         )
         cmd.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -466,6 +469,8 @@ def print_result(result: Result, console: Console) -> None:
         say(console, f"note: {note}")
     if note := describe_kept(result.defaults_kept):
         say(console, f"note: {note}")
+    if result.stopped_early:
+        say(console, f"note: {result.stopped_early}")
     say(
         console,
         f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})",

@@ -23,7 +23,9 @@ from hypertweaks.predict import (
     ImageClassifier,
     ModelInfo,
     Progress,
+    TextClassifier,
     check_options,
+    check_texts,
     describe,
     device_of,
     is_loaded,
@@ -86,6 +88,7 @@ def labeled_inputs(
         unreadable_images(inputs, skip_bad)
     else:
         table, inputs = read_texts(path, column or info.column("text_column"), "evaluation")
+        check_texts(inputs, where, "row", 1, skip_bad)
     if label_column not in table.columns:
         raise DataError(
             f"{path}: no label column {label_column!r} (set by --label-column); the columns "
@@ -144,7 +147,9 @@ def evaluate(
         return _evaluate_generator(predictor, task, path, batch_size, progress)
     inputs, truth = labeled_inputs(info, path, column, label_column, skip_bad)
     predictor = model if loaded else load(info, device)
-    options = {"skip_bad": skip_bad} if isinstance(predictor, ImageClassifier) else {}
+    options = (
+        {"skip_bad": skip_bad} if isinstance(predictor, ImageClassifier | TextClassifier) else {}
+    )
     advance = progress(len(inputs)) if progress is not None else None
     proba = predictor.predict_proba(inputs, batch_size, advance, **options)
     kept = ~np.isnan(proba).any(axis=1)

@@ -44,12 +44,13 @@ def read_input_table(path: str | Path, role: str = "input") -> pd.DataFrame:
 
 def read_texts(
     path: str | Path, column: str, role: str = "input"
-) -> tuple[pd.DataFrame, list[str]]:
-    """The table and its texts; a missing text is read as an empty text."""
+) -> tuple[pd.DataFrame, list[Any]]:
+    """The table and its texts as they are in the file: a missing text stays missing and a
+    list stays a list, for the caller's check (`predict.check_texts`) to refuse or skip and
+    name by row; never silently turned into a text the model would answer."""
     table = read_input_table(path, role)
     require_columns(table, {"--text-column": column}, path)
-    texts = ["" if pd.isna(t) else str(t) for t in table[column]]
-    return table, texts
+    return table, table[column].tolist()
 
 
 def image_table(path: str | Path, column: str, role: str = "input") -> pd.DataFrame:

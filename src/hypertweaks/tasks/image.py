@@ -24,6 +24,7 @@ from hypertweaks.backbones import (
 )
 from hypertweaks.data import Split, load_splits
 from hypertweaks.data.images import load_images_cached, read_images_source
+from hypertweaks.models import ModelError
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
@@ -202,16 +203,85 @@ class ImageClassification(TaskBase):
         return load_saved(directory, self.experiment.model, len(self.splits.classes))
 
 
+RESAVE = "re-run `hypertweaks tune` to save the model again, or restore the file"
+
+
 def load_saved(directory: Path, model: str, num_classes: int) -> nn.Module:
     """A classifier written by `ImageClassification.save`: a Hugging Face folder, or timm weights
-    for the backbone `model` (labels.json names it)."""
-    if (directory / "config.json").is_file():
-        from transformers import AutoModelForImageClassification
+    for the backbone `model` (labels.json names it). Weights that are missing, unreadable or
+    incomplete are refused, naming the file: random weights would answer in their place."""
+    from safetensors import SafetensorError
 
-        return AutoModelForImageClassification.from_pretrained(directory)
+    unreadable = (SafetensorError, OSError, ValueError, RuntimeError, KeyError)
+    if (directory / "config.json").is_file():
+        from transformers import AutoConfig, AutoModelForImageClassification
+
+        try:
+            config = AutoConfig.from_pretrained(directory)
+        except unreadable as error:
+            config_file = directory / "config.json"
+            raise ModelError(f"{config_file} cannot be read ({_reason(error)}); {RESAVE}") from None
+        weights = _hf_weights(directory)
+        if weights is None:
+            raise ModelError(
+                f"{directory / 'model.safetensors'} is missing: {directory} holds the model's "
+                f"config but not its weights; {RESAVE}"
+            )
+        try:
+            net, info = AutoModelForImageClassification.from_pretrained(
+                directory, config=config, output_loading_info=True
+            )
+        except unreadable as error:
+            raise ModelError(f"{weights} cannot be read ({_reason(error)}); {RESAVE}") from None
+        missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
+        if missing:
+            raise ModelError(_incomplete(weights, [str(k) for k in missing]))
+        return net
     import timm
     from safetensors.torch import load_file
 
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing: it holds the model's weights; {RESAVE}")
+    try:
+        state = load_file(weights)
+    except unreadable as error:
+        raise ModelError(f"{weights} cannot be read ({_reason(error)}); {RESAVE}") from None
     net = timm.create_model(model, pretrained=False, num_classes=num_classes)
-    net.load_state_dict(load_file(directory / "model.safetensors"))
+    missing = [key for key in net.state_dict() if key not in state]
+    if missing:
+        raise ModelError(_incomplete(weights, missing))
+    try:
+        net.load_state_dict(state)  # strict: unexpected keys and other shapes are refused too
+    except RuntimeError as error:
+        raise ModelError(
+            f"{weights} does not fit {model!r} with {num_classes} classes (labels.json) "
+            f"({_reason(error)}); {RESAVE}"
+        ) from None
     return net
+
+
+def _hf_weights(directory: Path) -> Path | None:
+    """The weights file of a Hugging Face folder (sharded: its index), or None."""
+    for name in (
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _incomplete(weights: Path, missing: list[str]) -> str:
+    shown = ", ".join(missing[:4]) + (f", ... ({len(missing)} in all)" if len(missing) > 4 else "")
+    return (
+        f"{weights} cannot be read as this model: it lacks {shown}, which would be left "
+        f"random; {RESAVE}"
+    )
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return text or type(error).__name__
