@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.meta import simulate
+from bench.meta import simulate, store
 from bench.meta.simulate import Replay, load_table, replay
 
 TEST_LABELS = [0, 0, 1, 1]
@@ -32,7 +32,7 @@ def write_run(
     stem = f"{task}__r{recipe_index:03d}__s{seed}"
     if probs is None:
         probs = np.full((len(val), 4, 2), 0.5, dtype=np.float16)
-    np.savez_compressed(cells / f"{stem}.npz", test=probs, validation=probs)
+    store.write(cells / f"{stem}.json", {"test": probs, "validation": probs})
     recipe = {"freeze_layers": freeze, "epochs": len(val)}
     cell = {"task": task, "recipe_index": recipe_index, "seed": seed, "recipe": recipe}
     cell.update(status="completed", epochs=epochs)
@@ -333,3 +333,61 @@ def test_calibrate_sets_cells_from_elsewhere_beside_the_committed_ones_and_their
         "1 cells: mean difference -4.00 points" in text
         and "of the same recipes and tasks: 5.0" in text
     )
+
+
+def _softmax(rng, shape):
+    logits = rng.normal(scale=4.0, size=shape)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float16)
+
+
+def test_the_store_reads_back_each_cell_within_its_stated_error(tmp_path):
+    rng = np.random.default_rng(0)
+    cells = tmp_path / "cut" / "cells"
+    written = {}
+    for stem in ("t__r000__s0", "t__r001__s0", "u__r000__s1"):
+        written[stem] = {"validation": _softmax(rng, (3, 20, 7)), "test": _softmax(rng, (3, 30, 7))}
+        store.write(cells / f"{stem}.json", written[stem])
+    for stem, probs in written.items():
+        for split, array in probs.items():
+            back = store.read(cells / f"{stem}.json", split)
+            assert back.shape == array.shape and back.dtype == np.float32
+            assert np.abs(back - array.astype(np.float32)).max() <= store.ERROR
+    assert sorted(p.name for p in (tmp_path / "cut" / "probs").iterdir()) == ["t.npz", "u.npz"]
+    # the documented read: plain numpy, stored values are multiples of 1 / SCALE
+    with np.load(tmp_path / "cut" / "probs" / "t.npz") as data:
+        stored = data["t__r001__s0/test"]
+    assert np.array_equal(stored / store.SCALE, store.read(cells / "t__r001__s0.json", "test"))
+
+
+def test_a_rerun_cell_replaces_its_probabilities_and_keeps_the_others(tmp_path):
+    cells = tmp_path / "cut" / "cells"
+    ones = np.ones((2, 4, 2), dtype=np.float16) / 2
+    store.write(cells / "t__r000__s0.json", {"test": ones, "validation": ones})
+    store.write(cells / "t__r001__s0.json", {"test": ones, "validation": ones})
+    store.write(cells / "t__r000__s0.json", {"test": ones[:1] / 2, "validation": ones[:1] / 2})
+    assert store.read(cells / "t__r000__s0.json", "test").tolist() == [[[0.25, 0.25]] * 4]
+    assert store.read(cells / "t__r001__s0.json", "validation").shape == (2, 4, 2)
+    assert not list((tmp_path / "cut" / "probs").glob("*.tmp*"))
+
+
+def test_a_missing_cell_says_which_and_where(tmp_path):
+    cells = tmp_path / "cut" / "cells"
+    with pytest.raises(FileNotFoundError, match="t__r000__s0.json.*probs/t.npz"):
+        store.read(cells / "t__r000__s0.json", "test")
+    store.write(cells / "t__r001__s0.json", {"test": np.full((1, 2, 2), 0.5)})
+    with pytest.raises(KeyError, match="t__r000__s0/test"):
+        store.read(cells / "t__r000__s0.json", "test")
+    with pytest.raises(KeyError, match="t__r001__s0/validation"):
+        store.read(cells / "t__r001__s0.json", "validation")
+
+
+def test_pack_moves_old_npz_cells_into_the_task_files(tmp_path):
+    cells = tmp_path / "cut" / "cells"
+    cells.mkdir(parents=True)
+    probs = _softmax(np.random.default_rng(1), (2, 5, 3))
+    np.savez_compressed(cells / "t__r000__s0.npz", test=probs, validation=probs[:1])
+    assert store.pack(tmp_path) == 1
+    assert not list(cells.glob("*.npz"))
+    back = store.read(cells / "t__r000__s0.json", "validation")
+    assert np.abs(back - probs[:1].astype(np.float32)).max() <= store.ERROR

@@ -1,4 +1,4 @@
-"""python -m bench meta {collect,candidates,probe,simulate,headroom,combine,check,calibrate}:
+"""python -m bench meta {collect,candidates,probe,simulate,headroom,combine,check,calibrate,pack}:
 see bench/README.md."""
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
     msub.add_parser(
         "combine", help="what an ensemble of the default with other runs adds (COMBINE.md)"
     ).add_argument("--profile", default="standard")
+    msub.add_parser(
+        "pack", help="move old per-cell .npz probabilities into the task files (meta/README.md)"
+    )
     probe = msub.add_parser("probe", help="LogME of the frozen model on each task (meta-features)")
     probe.add_argument("--tasks", default=META_TASKS)
     probe.add_argument("--profile", default="standard")
@@ -82,6 +85,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.meta_command == "pack":
+        from bench.meta import META_DIR, store
+
+        print(f"[meta] {store.pack(META_DIR)} cells packed")
+        return 0
     import torch
 
     from bench.tasks import PROFILES

@@ -4,9 +4,9 @@ i + 1).
 
 A cell trains the recipe to its last epoch (no early stopping: the simulator applies patience
 itself by cutting the recorded curve) and records after every epoch the validation and test
-accuracy, macro-F1 and loss, the class probabilities of both splits (float16), the epoch's wall
-time (training and the trainer's own validation pass, not the extra recording passes) and the
-examples trained.
+accuracy, macro-F1 and loss, the class probabilities of both splits (bench/meta/store.py), the
+epoch's wall time (training and the trainer's own validation pass, not the extra recording
+passes) and the examples trained.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.meta import META_DIR
+from bench.meta import META_DIR, store
 from bench.meta.design import design
 from bench.tasks import Cut, load_task
 
@@ -140,16 +140,14 @@ def run_cell(text, recipe_dict: dict[str, Any], seed: int, device: torch.device)
 
 
 def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
-    """The metrics as JSON, the probabilities as compressed float16 arrays; the JSON is written
-    last, so a cell is present only when both are."""
+    """The probabilities into the task's file (bench/meta/store.py), then the metrics as JSON:
+    the JSON is written last, so a cell is present only when both are."""
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {k: np.stack(v) for k, v in probs.items() if v}
-    tmp = folder / f"{stem}.tmp.npz"
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(folder / f"{stem}.npz")
+    cell = folder / f"{stem}.json"
+    store.write(cell, {k: v for k, v in probs.items() if v})
     tmp = folder / f"{stem}.json.tmp"
     tmp.write_text(json.dumps(record, separators=(",", ":")))
-    tmp.replace(folder / f"{stem}.json")
+    tmp.replace(cell)
 
 
 # Cells of the product's own candidates, beside the design: negative recipe indices, which the

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.meta import META_DIR
+from bench.meta import META_DIR, store
 from hypertweaks.noise import standard_error
 
 NUM_LAYERS = 6  # MiniLM-L6, the text table's model (task records before session 13 lack it)
@@ -47,7 +47,7 @@ class Run:
     examples: np.ndarray  # cumulative, per epoch
     seconds: np.ndarray  # cumulative wall time, per epoch
     diverged: bool
-    probs_path: Path
+    cell: Path  # its .json; the probabilities are in its task's file (bench/meta/store.py)
     num_layers: int = NUM_LAYERS  # the model's freezable blocks (the task record's meta-feature)
 
     @property
@@ -55,9 +55,8 @@ class Run:
         return len(self.val_acc)
 
     def probs(self, split: str) -> np.ndarray:
-        """(epochs, rows, classes) float16."""
-        with np.load(self.probs_path) as data:
-            return data[split]
+        """(epochs, rows, classes) float32, within store.ERROR of what was recorded."""
+        return store.read(self.cell, split)
 
     @property
     def chosen_epoch(self) -> int:
@@ -126,7 +125,7 @@ def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) 
             examples=np.array([e["examples"] for e in epochs], dtype=float),
             seconds=np.array([e["seconds"] for e in epochs], dtype=float),
             diverged=cell["status"] != "completed",
-            probs_path=path.with_suffix(".npz"),
+            cell=path,
             num_layers=tasks.get(cell["task"], {})
             .get("meta_features", {})
             .get("num_layers", NUM_LAYERS),
