@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from hypertweaks.config import ConfigError, make_experiment
-from hypertweaks.strategies import PRUNERS, SAMPLERS
+from hypertweaks.strategies import STARTS
+from hypertweaks.strategies.names import PRUNER_NAMES, SAMPLER_NAMES, SELECTOR_NAMES, START_NAMES
+from hypertweaks.strategies.pruners import PRUNERS
+from hypertweaks.strategies.samplers import SAMPLERS
+from hypertweaks.strategies.selectors import SELECTORS
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hypertweaks"
 
@@ -83,7 +87,33 @@ def test_backends_run_trials_through_trial_and_never_import_the_stage_runner():
         assert "hypertweaks.trial" in graph[backend]
 
 
-@pytest.mark.parametrize("field, registry", [("sampler", SAMPLERS), ("pruner", PRUNERS)])
+def test_the_names_config_reads_are_the_registries_keys():
+    assert SAMPLER_NAMES == tuple(SAMPLERS) and PRUNER_NAMES == tuple(PRUNERS)
+    assert SELECTOR_NAMES == tuple(SELECTORS) and START_NAMES == tuple(STARTS)
+
+
+def test_config_holds_strategy_names_and_never_imports_optuna():
+    graph = imports()
+    reached, todo = set(), ["hypertweaks.config"]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo.extend(graph.get(module, ()))
+    for module in reached:
+        path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = path.with_suffix("") / "__init__.py"
+        tree = ast.parse(path.read_text())
+        top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+        names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module for n in top if isinstance(n, ast.ImportFrom) and n.module}
+        assert not any(name.split(".")[0] == "optuna" for name in names), module
+
+
+@pytest.mark.parametrize(
+    "field, registry", [("sampler", SAMPLERS), ("pruner", PRUNERS), ("selector", SELECTORS)]
+)
 def test_allowed_strategy_values_come_from_the_registry(field, registry, text_experiment):
     for name in registry:
         assert getattr(make_experiment({**text_experiment, field: name}), field) == name

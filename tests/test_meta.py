@@ -391,3 +391,37 @@ def test_pack_moves_old_npz_cells_into_the_task_files(tmp_path):
     assert not list(cells.glob("*.npz"))
     back = store.read(cells / "t__r000__s0.json", "validation")
     assert np.abs(back - probs[:1].astype(np.float32)).max() <= store.ERROR
+
+
+def test_the_simulator_replays_the_products_own_strategy(monkeypatch):
+    from hypertweaks.config import Experiment
+    from hypertweaks.strategies import Start, Strategy, starts, strategy_of
+
+    # the Strategy an experiment gets by default is the one the simulator replays
+    defaults = {k: f.default for k, f in Experiment.model_fields.items() if not f.is_required()}
+    assert Strategy() == strategy_of(type("Exp", (), defaults)())
+    assert simulate.product_starts() == ["head-only", "defaults"]
+    # a start the product gains is not silently left out of the replay
+    gained = starts.STARTS["defaults"]
+    monkeypatch.setitem(starts.STARTS, "defaults", lambda *a: gained(*a) + [Start("portfolio", {})])
+    assert simulate.product_starts()[-1] == "portfolio"
+    with pytest.raises(KeyError, match="portfolio"):
+        simulate.hypertweaks_lp_ft(_context_of_the_committed_table())
+
+
+def _context_of_the_committed_table():
+    table = load_table("n600-v200-t500-L48")
+    task = next(iter(table.tasks))
+    replayed = Replay(table, task, 1.0, np.random.default_rng(0))
+    return simulate.Context(replayed, table.recipes, [t for t in table.tasks if t != task], table)
+
+
+@pytest.mark.slow
+def test_replaying_the_product_reproduces_the_committed_simulated_table():
+    committed = (simulate.META_DIR / "n600-v200-t500-L48" / "SIMULATED.md").read_text()
+    row = next(line for line in committed.splitlines() if line.startswith("| hypertweaks_lp_ft |"))
+    want = [cell.strip() for cell in row.strip("|").split("|")[1:]]  # 1x, 2x, 3x, 5x
+    table = load_table("n600-v200-t500-L48")
+    got = simulate.compare(table, [simulate.PRODUCT], [1.0, 3.0])
+    replayed = next(line for line in got.splitlines() if line.startswith("| hypertweaks_lp_ft |"))
+    assert [cell.strip() for cell in replayed.strip("|").split("|")[1:]] == [want[0], want[2]]

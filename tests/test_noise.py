@@ -4,7 +4,8 @@ import pytest
 
 from hypertweaks import tune
 from hypertweaks.checkpoints import BestCheckpoint
-from hypertweaks.noise import describe, keep_defaults_margin, standard_error, within_noise
+from hypertweaks.noise import describe, standard_error, within_noise
+from hypertweaks.strategies.selectors import KeepDefaults
 
 
 def rows(*values):
@@ -36,9 +37,9 @@ def offer(best, trial, value, tag=""):
 
 
 def test_the_defaults_trial_yields_only_to_a_lead_beyond_one_standard_error(tmp_path):
-    margin = keep_defaults_margin("accuracy", 200)
-    assert margin(0.8) == pytest.approx(0.02828, abs=1e-4)
-    best = BestCheckpoint(tmp_path, "maximize", margin)
+    selector = KeepDefaults("maximize", "accuracy", 200)
+    assert selector.margin(0.8) == pytest.approx(0.02828, abs=1e-4)
+    best = BestCheckpoint(tmp_path, "maximize", selector)
     assert offer(best, 0, 0.80, tag="defaults")
     assert not offer(best, 1, 0.82)  # +0.02: inside the noise, the recommended recipe stays
     assert offer(best, 2, 0.84)  # +0.04: beyond it
@@ -48,19 +49,19 @@ def test_the_defaults_trial_yields_only_to_a_lead_beyond_one_standard_error(tmp_
 
 def test_the_defaults_trial_finishing_second_takes_the_place_of_a_lead_inside_the_noise(tmp_path):
     # the head-only candidate runs before the defaults trial: the rule must not depend on order
-    best = BestCheckpoint(tmp_path, "maximize", keep_defaults_margin("accuracy", 200))
+    best = BestCheckpoint(tmp_path, "maximize", KeepDefaults("maximize", "accuracy", 200))
     assert offer(best, 0, 0.82, tag="head-only")
     assert offer(best, 1, 0.80, tag="defaults")  # 0.82 leads by less than one error
     assert best.meta()["trial"] == 1
     assert not offer(best, 2, 0.82)  # and it stays the choice, as if it had come first
 
-    other = BestCheckpoint(tmp_path / "b", "maximize", keep_defaults_margin("accuracy", 200))
+    other = BestCheckpoint(tmp_path / "b", "maximize", KeepDefaults("maximize", "accuracy", 200))
     assert offer(other, 0, 0.84, tag="head-only")
     assert not offer(other, 1, 0.80, tag="defaults")  # a lead beyond the noise stands
 
 
 def test_losses_have_no_margin(tmp_path):
-    best = BestCheckpoint(tmp_path, "minimize", keep_defaults_margin("loss", 200))
+    best = BestCheckpoint(tmp_path, "minimize", KeepDefaults("minimize", "loss", 200))
     offer(best, 0, 0.50, tag="defaults")
     assert offer(best, 1, 0.499)
 

@@ -20,12 +20,16 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from bench.meta import META_DIR, store
-from hypertweaks.noise import standard_error
+from hypertweaks.noise import KEEP_DEFAULTS_ERRORS
+from hypertweaks.strategies import Candidate, choose
+from hypertweaks.strategies import Strategy as ProductStrategy
+from hypertweaks.strategies.selectors import KeepDefaults, Selector
 
 NUM_LAYERS = 6  # MiniLM-L6, the text table's model (task records before session 13 lack it)
 PATIENCE = 2  # hypertweaks' default, and what bench peers train with
@@ -391,17 +395,24 @@ def _keep_first_unless_beaten(ctx: Context, errors: float) -> float:
     on validation by more than `errors` binomial standard errors: a lead inside the validation
     noise is not evidence enough to leave a recipe known to work across tasks."""
     r = ctx.replay
-    best = _first_then_random(ctx, DEFAULTS)
-    first = r.trials[0]
-    return r.score(_kept_or_best(first, best, errors))
+    _first_then_random(ctx, DEFAULTS)
+    return r.score(_kept_or_best(r.trials, r.trials[0], errors))
 
 
-def _kept_or_best(first: Trial, best: Trial, errors: float) -> Trial:
-    """The product's rule (hypertweaks.noise): the first (default) trial unless the best leads
-    it on validation by more than `errors` binomial standard errors."""
+def _kept_or_best(trials: list[Trial], first: Trial, errors: float = KEEP_DEFAULTS_ERRORS) -> Trial:
+    """The product's rule (KeepDefaults) with `errors` validation standard errors: the best on
+    validation, unless it leads `first` (the recommended recipe) by no more than that."""
+    return _selected(trials, first, lambda n: KeepDefaults("maximize", "accuracy", n, errors))
+
+
+def _selected(trials: list[Trial], first: Trial, make_selector: Callable[[int], Selector]) -> Trial:
+    """What a product selector (hypertweaks.strategies.selectors), made for the task's number
+    of validation examples, keeps of the trials offered in the order they ran, `first` in the
+    place of the recommended recipe."""
+    complete = [t for t in trials if not t.run.diverged] or trials
     examples = first.run.probs("validation").shape[1]
-    error = standard_error("accuracy", first.value, examples) or 0.0
-    return best if best.value - first.value > errors * error else first
+    tagged = [Candidate(t.value, "defaults" if t is first else "") for t in complete]
+    return complete[choose(make_selector(examples), tagged)]
 
 
 @strategy("defaults_keep_1se")
@@ -442,10 +453,9 @@ def _product(
         if r.can_start() and _has_cells(ctx, index):
             r.start(index)
     _random_rest(ctx, skip=DEFAULTS)
-    best = _best(r.trials)
     if keep_errors is None:
-        return r.score(best)
-    return r.score(_kept_or_best(first, best, keep_errors))
+        return r.score(_best(r.trials))
+    return r.score(_kept_or_best(r.trials, first, keep_errors))
 
 
 @strategy("defaults_then_head")
@@ -475,6 +485,7 @@ def hypertweaks_keep_1se(ctx: Context) -> float:
 # its head from a linear probe (LP-FT).
 DEFAULTS_LP_FT = -3
 PRODUCT = "hypertweaks_lp_ft"  # the strategy hypertweaks runs today
+PRODUCT_STRATEGY = ProductStrategy()  # the Strategy an experiment gets by default
 
 
 def _has_cells(ctx: Context, index: int) -> bool:
@@ -504,12 +515,34 @@ def defaults_mean_pooled(ctx: Context) -> float:
     return ctx.replay.score(ctx.replay.start(_recorded(ctx, DEFAULTS_MEAN_POOLED)))
 
 
+# The cells that replay each of the product's starting recipes (by tag): a start the product
+# gains and the table has no cells for stops the replay (KeyError), rather than drifting apart.
+START_CELLS = {"head-only": HEAD_ONLY, "defaults": DEFAULTS_LP_FT}
+# What the product's starts depend on, for a text study whose space leaves freezing to it.
+TEXT_STUDY = SimpleNamespace(task="text-classification", space={}, trials=None)
+
+
+def product_starts(strategy: ProductStrategy = PRODUCT_STRATEGY) -> list[str]:
+    """The tags of the product's starting recipes, in the order its Strategy runs them."""
+    return [s.tag for s in strategy.starting_recipes(TEXT_STUDY, {}, NUM_LAYERS)]
+
+
 @strategy("hypertweaks_lp_ft")
 def hypertweaks_lp_ft(ctx: Context) -> float:
-    """As hypertweaks_keep_1se, the default recipe's head starting from the linear probe. The
-    random design recipes after it replay their recorded (fresh-head) cells."""
-    default = _recorded(ctx, DEFAULTS_LP_FT)
-    return _product(ctx, keep_errors=1.0, head_first=True, default=default)
+    """The product, replayed by its own Strategy: its starting recipes (the head-only candidate,
+    then the default recipe trained LP-FT, its head from a linear probe), random design recipes
+    (their recorded fresh-head cells) while the budget lasts, and its selector."""
+    r = ctx.replay
+    started = {}
+    for tag in product_starts():
+        index = START_CELLS[tag]
+        if tag == "defaults":
+            started[tag] = r.start(_recorded(ctx, index))
+        elif (r.task, index, ctx.table.seeds[0]) in ctx.table.runs:
+            started[tag] = r.start(index)
+    _random_rest(ctx, skip=DEFAULTS)
+    selector = lambda n: PRODUCT_STRATEGY.make_selector("maximize", "accuracy", n)  # noqa: E731
+    return r.score(_selected(r.trials, started["defaults"], selector))
 
 
 # The LP-FT default at a higher learning rate, and at a higher one still with the lower two
@@ -557,7 +590,7 @@ def hypertweaks_lp_ft_portfolio(ctx: Context) -> float:
         if not r.can_start():
             break
         r.start(index)
-    return r.score(_kept_or_best(first, _best(r.trials), 1.0))
+    return r.score(_kept_or_best(r.trials, first, 1.0))
 
 
 # Refits on train + validation of the candidates above (bench meta candidates --which=-4,-5),
@@ -582,13 +615,13 @@ def hypertweaks_lp_ft_refit(ctx: Context) -> float:
     if (r.task, HEAD_ONLY, ctx.table.seeds[0]) in ctx.table.runs:
         r.start(HEAD_ONLY)
     first = r.start(default)
-    kept = _kept_or_best(first, _best(r.trials), 1.0)
+    kept = _kept_or_best(r.trials, first, 1.0)
     refit, refit_score = _refit_of(ctx, kept), None
     if refit is not None and r.left >= refit.cost(kept.best_epoch) - 1e-9:
         r.spent += refit.cost(kept.best_epoch)
         refit_score = float(refit.test_acc[kept.best_epoch - 1])
     _random_rest(ctx, skip=DEFAULTS)
-    final = _kept_or_best(first, _best(r.trials), 1.0)
+    final = _kept_or_best(r.trials, first, 1.0)
     return refit_score if final is kept and refit_score is not None else r.score(final)
 
 

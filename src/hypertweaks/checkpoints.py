@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hypertweaks.config import ConfigError
-from hypertweaks.objective import is_better
+from hypertweaks.strategies.selectors import Candidate, KeepDefaults, Selector
 
 try:  # POSIX file locks: workers may share RUN_DIR. Loading and predicting need none.
     import fcntl
@@ -30,7 +30,7 @@ class BestCheckpoint:
         self,
         run_dir: Path,
         direction: str,
-        defaults_margin: Callable[[float], float] | None = None,
+        selector: Selector | None = None,
     ):
         if fcntl is None:
             raise ConfigError(
@@ -41,8 +41,8 @@ class BestCheckpoint:
         self.run_dir, self.direction = run_dir, direction
         self.link = run_dir / "best"
         self.checkpoints = run_dir / "checkpoints"
-        # the defaults trial's value -> the lead another trial needs to replace it
-        self.defaults_margin = defaults_margin
+        # which trial's model to keep: by default the best on validation
+        self.selector = selector or KeepDefaults(direction, "", 0, errors=0.0)
 
     def meta(self) -> dict | None:
         """{'trial': N, 'value': v} of the best checkpoint, or None (also when its trial.json
@@ -56,23 +56,10 @@ class BestCheckpoint:
         return meta if ok else None
 
     def beats_current(self, value: float, tag: str = "") -> bool:
-        """Whether a trial's value should replace the best on disk. The defaults trial keeps
-        its place unless another trial leads it by more than `defaults_margin`, whichever of
-        the two finished first."""
+        """Whether a trial's value should replace the best on disk: the selector decides."""
         current = self.meta()
-        if current is None:
-            return True
-        tags = (tag, current.get("tag"))
-        if self.defaults_margin is None or "defaults" not in tags or tags[0] == tags[1]:
-            return is_better(value, current["value"], self.direction)
-        if tag == "defaults":
-            defaults, other = value, current["value"]
-        else:
-            defaults, other = current["value"], value
-        margin = self.defaults_margin(defaults)
-        bar = defaults + margin if self.direction == "maximize" else defaults - margin
-        other_leads = is_better(other, bar, self.direction)
-        return not other_leads if tag == "defaults" else other_leads
+        kept = None if current is None else Candidate(current["value"], current.get("tag") or "")
+        return self.selector.replaces(Candidate(value, tag), kept)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -86,7 +73,7 @@ class BestCheckpoint:
 
     def offer(self, trial: int, value: float, write: Callable[[Path], None], tag: str = "") -> bool:
         """Keep this trial's model if it beats the best on disk (the defaults trial by more
-        than `defaults_margin`); `write(folder)` saves it."""
+        than the selector's margin); `write(folder)` saves it."""
         if not self.beats_current(value, tag):
             return False
         target = self.checkpoints / f"trial-{trial}"

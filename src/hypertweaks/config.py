@@ -20,7 +20,7 @@ from pydantic import (
 from hypertweaks.objective import direction_of
 from hypertweaks.recipes import task_knobs
 from hypertweaks.space import KNOBS, check_knob_spec
-from hypertweaks.strategies import PRUNERS, SAMPLERS
+from hypertweaks.strategies.names import PRUNER_NAMES, SAMPLER_NAMES, SELECTOR_NAMES
 
 TASKS = ("text-classification", "image-classification", "causal-lm")
 METRICS = ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall", "perplexity", "exact_match")
@@ -112,8 +112,15 @@ class Experiment(BaseModel):
     device: str = "auto"
     smoke: bool = True
     defaults_first: bool = True
-    sampler: str = Field("tpe", description="how trials are proposed: " + ", ".join(SAMPLERS))
-    pruner: str = Field("hyperband", description="how weak trials stop: " + ", ".join(PRUNERS))
+    sampler: str = Field("tpe", description="how trials are proposed: " + ", ".join(SAMPLER_NAMES))
+    pruner: str = Field("hyperband", description="how weak trials stop: " + ", ".join(PRUNER_NAMES))
+    selector: str = Field(
+        "keep-defaults",
+        description="how the final model is chosen: "
+        + ", ".join(SELECTOR_NAMES)
+        + " (keep-defaults: the recommended recipe unless a trial beats it on validation by more "
+        "than one standard error)",
+    )
     space: dict[str, Any] = Field(default_factory=dict)
     quiet: bool = False
 
@@ -122,10 +129,12 @@ class Experiment(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0, description="Ray backend: CPUs each trial holds")
     gpus_per_trial: float = Field(0.0, ge=0, description="Ray backend: GPUs (or a fraction)")
 
-    @field_validator("sampler", "pruner")
+    @field_validator("sampler", "pruner", "selector")
     @classmethod
     def _registered(cls, value: str, info) -> str:
-        known = SAMPLERS if info.field_name == "sampler" else PRUNERS
+        known = {"sampler": SAMPLER_NAMES, "pruner": PRUNER_NAMES, "selector": SELECTOR_NAMES}[
+            info.field_name
+        ]
         if value not in known:
             raise ValueError(f"must be one of {', '.join(known)}. Got {value!r} instead")
         return value
@@ -220,10 +229,6 @@ class Experiment(BaseModel):
     @property
     def direction(self) -> str:
         return direction_of(self.metric)
-
-    def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", exclude_defaults=False)
-        return yaml.safe_dump(data, sort_keys=False)
 
 
 def _study_outputs(folder: Path) -> Path | None:

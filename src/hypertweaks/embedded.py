@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from hypertweaks.results import trial_row, write_results
 from hypertweaks.space import Recipe, fit_into, max_epochs, suggest
-from hypertweaks.strategies import starting_recipes
+from hypertweaks.strategies import strategy_of
 from hypertweaks.study import (
     claim,
     counted,
@@ -66,7 +66,7 @@ class EmbeddedBackend:
         """The starting recipes the study has not had yet (by tag)."""
         ctx, exp = self.ctx, self.exp
         tags = {t.user_attrs.get("tag") for t in study.get_trials(deepcopy=False)}
-        for start in starting_recipes(exp, ctx.defaults, ctx.task.num_layers):
+        for start in strategy_of(exp).starting_recipes(exp, ctx.defaults, ctx.task.num_layers):
             if start.tag in tags or (fixed_only and not start.fixed):
                 continue
             if start.fixed:  # no Optuna parameters: the sampler and pruner never see it

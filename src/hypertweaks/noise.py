@@ -5,7 +5,6 @@ recipes within that band picks noise, and the user should be told so."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from hypertweaks.objective import best_of
@@ -59,21 +58,11 @@ def describe(noise: dict[str, Any] | None) -> str | None:
 
 
 # The recommended recipe is a prior that holds across tasks; a trial that beats it on validation
-# by less than this many standard errors has not shown it is better. Simulated on the
-# meta-dataset (bench/results/meta, 13 tasks at 3x): +0.3 points [-0.4, +1.0] against taking the
-# best on validation, which is not significant; it gains where the lead was noise.
+# by less than this many standard errors has not shown it is better (strategies.selectors).
+# Simulated on the meta-dataset (bench/results/meta, 13 tasks at 3x): +0.3 points [-0.4, +1.0]
+# against taking the best on validation, which is not significant; it gains where the lead was
+# noise.
 KEEP_DEFAULTS_ERRORS = 1.0
-
-
-def keep_defaults_margin(metric: str, examples: int) -> Callable[[float], float]:
-    """value of the defaults trial -> by how much another trial must beat it to replace it as
-    the study's best (0 for metrics without a binomial error)."""
-
-    def margin(value: float) -> float:
-        error = standard_error(metric, value, examples)
-        return 0.0 if error is None else KEEP_DEFAULTS_ERRORS * error
-
-    return margin
 
 
 def describe_kept(kept: dict[str, Any] | None) -> str | None:

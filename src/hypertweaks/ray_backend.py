@@ -2,7 +2,7 @@
 
 Ray's OptunaSearch asks the same define-by-run space with the same sampler as the embedded
 backend (the starting recipes first); the pruner runs as its Ray counterpart
-(`strategies.ray_scheduler`: hyperband as ASHA, median as the median stopping rule), and each
+(`Strategy.ray_scheduler`: hyperband as ASHA, median as the median stopping rule), and each
 trial runs `trial.run_trial` in a Ray worker with the resources the experiment asks for. The
 best model goes to RUN_DIR/best through the same BestCheckpoint as the embedded backend (so
 RUN_DIR must be on storage every node sees), and when Ray is done its trials are written into
@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.fingerprint import check_saved_fingerprint
 from hypertweaks.space import KNOBS, fit_into, max_epochs, suggest, tunable
-from hypertweaks.strategies import make_sampler, ray_scheduler, starting_recipes
+from hypertweaks.strategies import strategy_of
 from hypertweaks.study import discard_study, storage_url
 from hypertweaks.tasks import make_task
 from hypertweaks.train import resolve_device
@@ -264,10 +264,10 @@ class RayBackend:
             ctx.display.message(f"resuming Ray experiment {ray_dir / 'study'}")
             tuner = tune.Tuner.restore(str(ray_dir / "study"), trainable, resume_errored=True)
         else:
-            scheduler, note = ray_scheduler(exp, max_epochs(space))
+            scheduler, note = strategy_of(exp).ray_scheduler(max_epochs(space))
             if note:
                 ctx.display.message(note)
-            starts = starting_recipes(exp, ctx.defaults, ctx.task.num_layers)
+            starts = strategy_of(exp).starting_recipes(exp, ctx.defaults, ctx.task.num_layers)
             for start in (s for s in starts if s.fixed):
                 ctx.display.message(
                     f"the {start.tag} candidate runs with the embedded backend only; this Ray "
@@ -278,7 +278,7 @@ class RayBackend:
                 metric=metric,
                 mode=mode,
                 points_to_evaluate=[fit_into(space, s.recipe) for s in starts if not s.fixed],
-                sampler=make_sampler(exp),  # the embedded backend's sampler
+                sampler=strategy_of(exp).make_sampler(exp),  # the embedded backend's sampler
             )
             tuner = tune.Tuner(
                 trainable,

@@ -211,7 +211,7 @@ class Search:
                 rival = trial
         if rival is best:
             return None
-        margin = self.best.defaults_margin(best.value) if self.best.defaults_margin else 0.0
+        margin = self.best.selector.margin(best.value)
         return {
             "trial": rival.number,
             "metric": self.exp.metric,

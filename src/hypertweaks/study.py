@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.fingerprint import WAY_OUT, compare_fingerprints, experiment_fingerprint
 from hypertweaks.liveness import claim, fail_dead_trials  # noqa: F401 (claim: for embedded)
-from hypertweaks.strategies import make_pruner, make_sampler
+from hypertweaks.strategies import strategy_of
 
 log = logging.getLogger("hypertweaks")
 STORAGE_HELP = "use sqlite:///PATH/study.db or postgresql://USER:PASSWORD@HOST/DB"
@@ -213,7 +213,12 @@ def _open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = _connect(exp)
-    settings = dict(storage=storage, sampler=make_sampler(exp), pruner=make_pruner(exp, num_epochs))
+    strategy = strategy_of(exp)
+    settings = dict(
+        storage=storage,
+        sampler=strategy.make_sampler(exp),
+        pruner=strategy.make_pruner(exp, num_epochs),
+    )
     try:
         study = optuna.create_study(study_name=exp.name, direction=exp.direction, **settings)
         return study, True

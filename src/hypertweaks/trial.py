@@ -15,8 +15,8 @@ import yaml
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
-from hypertweaks.noise import keep_defaults_margin
 from hypertweaks.space import Recipe
+from hypertweaks.strategies import strategy_of
 from hypertweaks.train import Diverged, EpochReport, evaluate, fit, release_memory
 
 # Failures that belong to one recipe: the trial fails alone and the study goes on.
@@ -81,10 +81,12 @@ class StudyContext:
 
 
 def study_checkpoint(exp: Experiment, task) -> BestCheckpoint:
-    """The study's best model on disk, where the defaults trial yields only to a trial that beats
-    it by more than the validation noise (noise.KEEP_DEFAULTS_ERRORS)."""
-    margin = keep_defaults_margin(exp.metric, len(task.splits.validation))
-    return BestCheckpoint(exp.run_dir, exp.direction, margin)
+    """The study's best model on disk, kept by the strategy's selector (by default the defaults
+    trial yields only to a trial that beats it by more than the validation noise)."""
+    selector = strategy_of(exp).make_selector(
+        exp.direction, exp.metric, len(task.splits.validation)
+    )
+    return BestCheckpoint(exp.run_dir, exp.direction, selector)
 
 
 def fit_trial(exp: Experiment, task, recipe: Recipe, device, seed: int, on_epoch=None):
