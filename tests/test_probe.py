@@ -1,6 +1,6 @@
 import numpy as np
 
-from hypertweaks.probe import logme
+from bench.meta.logme import logme
 
 
 def test_logme_is_higher_when_the_features_separate_the_classes():

@@ -38,7 +38,7 @@ def pooled_features(text, split, layers: tuple[int, ...]) -> dict[int, np.ndarra
 def probe(tasks: list[str], cut: Cut, data_root: Path | None = None) -> dict[str, dict]:
     from sklearn.linear_model import LogisticRegression
 
-    from hypertweaks.probe import logme
+    from bench.meta.logme import logme
 
     found = {}
     for task in tasks:

@@ -28,7 +28,7 @@ def _study_name(url: str, run_dir: Path) -> str:
 def rebuild_results(run_dir: Path, storage: str | None = None) -> dict[str, Any]:
     """results.json from the study: the header each write stored in the study, and every finished
     trial. Written back atomically once the study has stored its header (a partial file would
-outlive the first trial); FileNotFoundError when there is no study to rebuild from."""
+    outlive the first trial); FileNotFoundError when there is no study to rebuild from."""
     import optuna
 
     from hypertweaks.results import trial_row

@@ -13,7 +13,6 @@ from typing import Any
 
 from hypertweaks.data.tables import DataError
 
-FORMATS = ("messages", "prompt-completion", "text")
 ROLES = ("system", "user", "assistant", "tool")
 
 

@@ -2,7 +2,8 @@
 LogME (You et al. 2021, "LogME: Practical Assessment of Pre-trained Models for Transfer
 Learning"), the log marginal evidence of a Bayesian linear model on the frozen model's features.
 Higher means the frozen features already separate the classes (freeze more, change less);
-lower means the task is far from pre-training (let more layers adapt)."""
+lower means the task is far from pre-training (let more layers adapt). A meta-feature of the
+bench's meta-dataset (bench/meta/probe.py); the product does not use it."""
 
 from __future__ import annotations
 
