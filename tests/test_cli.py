@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -52,8 +53,11 @@ def test_bad_input_is_a_clear_error_without_a_traceback(text_experiment, capsys)
 
 
 def test_console_script_is_installed():
+    # the `hypertweaks` command pip installed beside this Python, not the module run by hand
+    script = Path(sys.executable).parent / "hypertweaks"
+    assert script.is_file(), f"no console script at {script}: pip install -e ."
     done = subprocess.run(
-        [sys.executable, "-m", "hypertweaks.cli", "tune", "--help"],
+        [str(script), "tune", "--help"],
         capture_output=True,
         text=True,
         check=True,
