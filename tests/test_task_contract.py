@@ -3,6 +3,7 @@ reports each epoch, can be pruned, frees its model, and its saved model reloads 
 validation score; datasets are cached by what they hold."""
 
 import gc
+import json
 import weakref
 
 import pytest
@@ -129,3 +130,17 @@ def test_datasets_are_cached_by_split_and_rows(prepared):
     assert len({train.key, first.key, second.key, task.splits.validation.key}) == 4
     assert {first.key, second.key} <= {key for _, key in task._cache}
     assert train.subset([1, 2]).subset([1]).rows == (2,)  # rows of the full split
+
+
+def test_a_saved_model_folder_records_its_kind(prepared, tmp_path):
+    from hypertweaks.model_folder import describe
+
+    exp, task, recipe = prepared
+    model, _ = task.build(recipe)
+    folder = tmp_path / "saved"
+    folder.mkdir()
+    task.save(model, folder)
+    # no best.yaml beside it (e.g. copied without it): the folder alone says what it is
+    meta = folder / ("hypertweaks.json" if exp.task == "causal-lm" else "labels.json")
+    assert json.loads(meta.read_text())["task"] == exp.task
+    assert describe(folder).task == exp.task

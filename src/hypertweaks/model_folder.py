@@ -77,12 +77,20 @@ def describe(path: str | Path | ModelInfo) -> ModelInfo:
     recipe = (yaml.safe_load(best.read_text()) or {}) if best.is_file() else {}
     labels_file = directory / "labels.json"
     labels = json.loads(labels_file.read_text()) if labels_file.is_file() else {}
-    task = recipe.get("task") or (
-        "causal-lm"
-        if (directory / "hypertweaks.json").is_file()
-        else "image-classification"
-        if "image_size" in labels
-        else "text-classification"
+    meta_file = directory / "hypertweaks.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    # the kind the folder records; folders saved before it was recorded: best.yaml, else a guess
+    task = (
+        labels.get("task")
+        or meta.get("task")
+        or recipe.get("task")
+        or (
+            "causal-lm"
+            if (directory / "hypertweaks.json").is_file()
+            else "image-classification"
+            if "image_size" in labels
+            else "text-classification"
+        )
     )
     return ModelInfo(directory, task, recipe, labels)
 
