@@ -439,7 +439,6 @@ class CausalLM(TaskBase):
             "short_targets": self.short_targets,
             # how prompts were encoded in training: "messages" ones through the chat template
             "format": self.format,
-            "task": self.experiment.task,  # the folder's kind, read by predict and evaluate
         }
         (directory / META_FILE).write_text(json.dumps(meta, indent=2))
 
