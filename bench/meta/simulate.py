@@ -527,11 +527,8 @@ def product_starts(strategy: ProductStrategy = PRODUCT_STRATEGY) -> list[str]:
     return [s.tag for s in strategy.starting_recipes(TEXT_STUDY, {}, NUM_LAYERS)]
 
 
-@strategy("hypertweaks_lp_ft")
-def hypertweaks_lp_ft(ctx: Context) -> float:
-    """The product, replayed by its own Strategy: its starting recipes (the head-only candidate,
-    then the default recipe trained LP-FT, its head from a linear probe), random design recipes
-    (their recorded fresh-head cells) while the budget lasts, and its selector."""
+def _run_product_starts(ctx: Context) -> Trial:
+    """The product's starting recipes, in its Strategy's order: its defaults trial."""
     r = ctx.replay
     started = {}
     for tag in product_starts():
@@ -540,9 +537,44 @@ def hypertweaks_lp_ft(ctx: Context) -> float:
             started[tag] = r.start(_recorded(ctx, index))
         elif (r.task, index, ctx.table.seeds[0]) in ctx.table.runs:
             started[tag] = r.start(index)
+    return started["defaults"]
+
+
+def _product_choice(trials: list[Trial], defaults: Trial) -> Trial:
+    """What the product's selector keeps of the trials run so far."""
+    return _selected(
+        trials, defaults, lambda n: PRODUCT_STRATEGY.make_selector("maximize", "accuracy", n)
+    )
+
+
+@strategy("hypertweaks_lp_ft")
+def hypertweaks_lp_ft(ctx: Context) -> float:
+    """The product, replayed by its own Strategy: its starting recipes (the head-only candidate,
+    then the default recipe trained LP-FT, its head from a linear probe), random design recipes
+    (their recorded fresh-head cells) while the budget lasts, and its selector."""
+    r = ctx.replay
+    defaults = _run_product_starts(ctx)
     _random_rest(ctx, skip=DEFAULTS)
-    selector = lambda n: PRODUCT_STRATEGY.make_selector("maximize", "accuracy", n)  # noqa: E731
-    return r.score(_selected(r.trials, started["defaults"], selector))
+    return r.score(_product_choice(r.trials, defaults))
+
+
+@strategy("hypertweaks_lp_ft_seeds")
+def hypertweaks_lp_ft_seeds(ctx: Context) -> float:
+    """Issue 31, lever 2 (averaging): the product's starts and selector, then the budget left
+    buys the kept recipe again at the table's other seeds (each stopping early as a trial
+    would); the final model averages their test probabilities (an ensemble of up to 3 seeds).
+    With no budget left it is the product at 1x."""
+    r = ctx.replay
+    kept = _product_choice(r.trials, _run_product_starts(ctx))
+    members = [kept]
+    for seed in ctx.table.seeds:
+        key = (r.task, kept.run.recipe_index, seed)
+        if seed == kept.run.seed or key not in ctx.table.runs or not r.can_start():
+            continue
+        member = Trial(ctx.table.runs[key], 0)
+        r.advance(member, member.run.epochs)
+        members.append(member)
+    return r.ensemble_score(members) if len(members) > 1 else r.score(kept)
 
 
 # The LP-FT default at a higher learning rate, and at a higher one still with the lower two
