@@ -234,3 +234,31 @@ def test_two_workers_share_one_study_on_postgresql(postgres, text_experiment, tm
     best = json.loads((run_dir / "best" / "trial.json").read_text())
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert best["value"] == max(t.value for t in complete)
+
+
+def test_the_readme_s_postgresql_worker_command_runs_as_written(
+    postgres, text_experiment, tmp_path
+):
+    # README "Many workers, one study": a plain postgresql:// URL (the driver is picked), with
+    # its USER, PASSWORD, HOST and DB filled in for a real server, and its own runs folder
+    import shlex
+    from pathlib import Path
+
+    server, _ = postgres
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    line = next(
+        line
+        for line in readme.splitlines()
+        if line.startswith("hypertweaks tune experiment.yaml") and "USER:PASSWORD@HOST/DB" in line
+    )
+    place = f"{server.user}:{server.password}@127.0.0.1:{server.port}/{server.database}"
+    runs = tmp_path / "shared" / "runs"
+    line = line.replace("USER:PASSWORD@HOST/DB", place).replace("/shared/runs", str(runs))
+    experiment = {k: v for k, v in text_experiment.items() if k != "runs_dir"}
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump({**experiment, "trials": 2}))
+    worker = start_worker(tmp_path / "experiment.yaml", *shlex.split(line)[3:])
+    output = worker.communicate(timeout=600)[0]
+    assert worker.returncode == 0, output[-2000:]
+    trials = load_trials(f"postgresql+psycopg2://{place}", text_experiment["name"])
+    assert sum(map(counted, trials)) == 2
+    assert (runs / text_experiment["name"] / "best").is_dir()

@@ -46,11 +46,13 @@ SKIPPED: dict[str, tuple[re.Pattern, str]] = {
     ),
     "ray start": (
         re.compile(r"^ray start "),
-        "starts a Ray cluster; tests/test_ray.py starts and joins one",
+        "starts a Ray cluster; tests/test_trust_ray.py::"
+        "test_the_readme_cluster_example_writes_the_best_model_to_the_runs_folder runs it",
     ),
     "ray address": (
         re.compile(r"--ray-address auto"),
-        "joins a running cluster (`ray start`); tests/test_ray.py runs a study on one",
+        "joins a running cluster (`ray start`); tests/test_trust_ray.py::"
+        "test_the_readme_cluster_example_writes_the_best_model_to_the_runs_folder runs it",
     ),
     "for gpu loop": (
         re.compile(r"^for gpu in "),
@@ -59,8 +61,8 @@ SKIPPED: dict[str, tuple[re.Pattern, str]] = {
     ),
     "postgresql": (
         re.compile(r"postgresql://USER:PASSWORD@HOST/DB"),
-        "needs a PostgreSQL server; tests/test_faults.py and tests/test_bad_input.py cover "
-        "shared storage and storage URLs",
+        "needs a PostgreSQL server; tests/test_faults.py::"
+        "test_the_readme_s_postgresql_worker_command_runs_as_written runs it on a real one",
     ),
     "dashboard": (
         re.compile(r"^hypertweaks dashboard "),
