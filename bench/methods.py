@@ -725,6 +725,123 @@ def hf_search(ctx: Context, budget_seconds: float) -> dict[str, Any]:
     return _search_result(best, trials, start, clock, hf_best_run=best_run)
 
 
+# ---------------------------------------------------------------- frozen embeddings + logistic
+
+
+EMBED_LR_CS = 10  # C values, log-spaced 1e-4 to 1e4 (LogisticRegressionCV's grid)
+EMBED_LR_MAX_ITER = 5000  # lbfgs on standardized features converges well within it
+
+
+@torch.no_grad()
+def mean_pooled(ctx: Context, encoder, split) -> torch.Tensor:
+    """The pretrained encoder's last hidden states (no head, no dropout) averaged over each
+    text's tokens: the sentence-transformers embedding before its normalization, on the same
+    tokens (cut, tokenizer, max_length) every other method trains on."""
+    data = ctx.text.dataset(split, False)
+    chunks = []
+    for start in range(0, len(data), 64):
+        inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
+        inputs = {k: v.to(ctx.device) for k, v in inputs.items()}
+        hidden = encoder(**inputs).last_hidden_state.float()
+        mask = inputs["attention_mask"].unsqueeze(-1).float()
+        chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+    return torch.cat(chunks)
+
+
+def embed_lr(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
+    """What a sentence-encoder user does first: the frozen model's mean-pooled embeddings and a
+    logistic regression on them (scikit-learn's LogisticRegressionCV, L2, EMBED_LR_CS values of
+    C), nothing fine-tuned. As every method: fitted on train, C chosen on validation accuracy,
+    the chosen model scored once on test. C is chosen on the validation split (a PredefinedSplit
+    over train + validation, refit=False: the model kept is the one fitted on train alone), not
+    by 5-fold CV on train, so that its val_score means what every other method's does and no
+    method fits on validation rows. Features standardized with the train split's statistics.
+
+    One trial on the clock: the feature pass over the three splits and the fit; it costs a
+    small part of a budget unit, so the budget never stops it (no trial starts once it is
+    spent, and this one starts at 0). Deterministic: the seed does not change it (the cut is
+    the same for every seed)."""
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import PredefinedSplit
+    from transformers import AutoModel
+
+    from hypertweaks.tasks.metrics import classification_metrics
+
+    start = time.perf_counter()
+    clock = Clock(budget_seconds)
+    at = clock.start()
+    splits = ctx.text.splits
+    encoder = AutoModel.from_pretrained(ctx.model or model_path()).to(ctx.device).eval()
+    roles = (splits.train, splits.validation, splits.test)
+    train, val, test = (mean_pooled(ctx, encoder, split).numpy() for split in roles)
+    del encoder
+    _release(ctx)
+    features_seconds = time.perf_counter() - start
+    y_train, y_val = np.asarray(splits.train.labels), np.asarray(splits.validation.labels)
+    mean, scale = train.mean(0), train.std(0) + 1e-6
+    train, val, test = ((x - mean) / scale for x in (train, val, test))
+    folds = np.r_[np.full(len(train), -1), np.zeros(len(val), dtype=int)]
+    model = LogisticRegressionCV(
+        Cs=EMBED_LR_CS,
+        cv=PredefinedSplit(folds),
+        l1_ratios=(0.0,),  # L2 (the deprecated `penalty` not passed)
+        scoring=METRIC,
+        refit=False,
+        max_iter=EMBED_LR_MAX_ITER,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(np.concatenate([train, val]), np.concatenate([y_train, y_val]))
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    # scores per C on validation, whatever scikit-learn's attribute layout (legacy dict or array)
+    scores = model.scores_
+    scores = next(iter(scores.values())) if isinstance(scores, dict) else scores
+    per_c = np.asarray(scores, dtype=float).reshape(-1)[: len(model.Cs_)]
+    c = float(np.ravel(model.C_)[0])
+    val_score = float(model.score(val, y_val))
+    clock.stop()
+    search_seconds = clock.used
+
+    def logits(x: np.ndarray) -> torch.Tensor:
+        """Log-probabilities (softmax gives them back) in the task's class order."""
+        out = np.full((len(x), len(splits.classes)), -1e4)
+        out[:, model.classes_] = model.predict_log_proba(x)
+        return torch.as_tensor(out)
+
+    test_metrics = classification_metrics(logits(test), torch.as_tensor(splits.test.labels))
+    recipe = {"C": c, "features": "mean-pooled last layer, standardized", "penalty": "l2"}
+    trial = {
+        "number": 0,
+        "at": at,
+        "state": "complete",
+        "value": val_score,
+        "examples": len(train),  # one forward pass over train (no training of the encoder)
+        "seconds": search_seconds,
+        "train_seconds": search_seconds - features_seconds,
+        "epochs": 1,
+        "recipe": recipe,
+    }
+    message = f"C {c:.3g} val {val_score:.4f} test {test_metrics[METRIC]:.4f}"
+    _log(ctx, "embed_lr", f"{message} {search_seconds:.1f}s")
+    return {
+        "chosen_recipe": recipe,
+        "val_score": val_score,
+        "test_metrics": {k: test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
+        "examples": len(train),
+        "seconds": time.perf_counter() - start,
+        "search_seconds": search_seconds,
+        "curve": anytime_curve([trial]),
+        "trials": [trial],
+        "features_seconds": features_seconds,
+        "val_by_C": {f"{x:.4g}": round(float(v), 4) for x, v in zip(model.Cs_, per_c, strict=True)},
+        "converged": converged,
+    }
+
+
 def _tmp_root() -> str:
     root = WORK_DIR / "tmp"
     root.mkdir(parents=True, exist_ok=True)
@@ -738,6 +855,7 @@ METHODS: dict[str, Callable[[Context, float], dict[str, Any]]] = {
     "tpe_median": tpe_median,
     "hf_search": hf_search,
     "onepoch_topk": onepoch_topk,
+    "embed_lr": embed_lr,
 }
 
 

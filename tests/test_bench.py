@@ -360,3 +360,66 @@ def test_bench_quick_runs_its_cells_on_a_fresh_clone_not_the_committed_ones(tmp_
     assert bench_main.main(["quick", "--results", str(tmp_path)]) == 0
     assert calls["cells_dir"] == tmp_path / "cells" and calls["report"] == tmp_path
     assert bench_main.QUICK_RESULTS.parent.name == "work"  # ignored by git: a fresh clone has none
+
+
+def test_embed_lr_fits_frozen_embeddings_chooses_c_on_validation_and_beats_chance(
+    tmp_path, monkeypatch, tiny_bert
+):
+    # frozen mean-pooled features of the tiny random BERT, a logistic regression on them: the
+    # words tell the classes apart, so even random embeddings separate them
+    from conftest import make_texts
+
+    root = tmp_path / "data"
+    (root / "moods").mkdir(parents=True)
+    make_texts(40, 0).to_csv(root / "moods" / "train.csv", index=False)
+    make_texts(10, 1).to_csv(root / "moods" / "validation.csv", index=False)
+    make_texts(20, 2).to_csv(root / "moods" / "test.csv", index=False)
+    monkeypatch.setattr(tasks, "WORK_DIR", tmp_path / "work")
+    monkeypatch.setattr(methods, "WORK_DIR", tmp_path / "work")
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # make_context takes all cores
+    cut = Cut(120, 30, 60, 16)
+    ctx = methods.make_context("moods", cut, 0, "cpu", root, str(tiny_bert))
+    result = methods.METHODS["embed_lr"](ctx, 600.0)
+
+    keys = {"chosen_recipe", "val_score", "test_metrics", "examples", "seconds"}
+    keys |= {"search_seconds", "curve", "trials"}
+    assert keys <= set(result)
+    assert set(result["test_metrics"]) == {"accuracy", "macro_f1", "loss"}
+    assert result["examples"] == 120 and result["converged"]
+    (trial,) = result["trials"]
+    assert (
+        trial["state"] == "complete" and trial["at"] < 1 and trial["value"] == result["val_score"]
+    )
+    assert 0 < result["search_seconds"] <= result["seconds"] < 600  # on the clock, far within it
+    # C chosen on validation: the best validation score over the grid is the one kept
+    assert result["val_score"] == pytest.approx(max(result["val_by_C"].values()), abs=1e-4)
+    assert str(result["chosen_recipe"]["C"]) and len(result["val_by_C"]) == methods.EMBED_LR_CS
+    assert result["test_metrics"]["accuracy"] > 0.6  # chance: 1/3
+    assert result["curve"] == [[120, result["val_score"]]]
+
+
+def test_the_same_run_table_adds_embed_lr_as_a_peer_once_measured(tmp_path):
+    from bench import same_run
+    from bench.confirm import CUT, PEERS
+
+    folder = tmp_path / "cells" / CUT
+    folder.mkdir(parents=True)
+
+    def write(task, method, seed, accuracy):
+        middle = "" if method == "defaults" else "3x__"
+        body = {"result": {"test_metrics": {"accuracy": accuracy}, "trials": []}}
+        (folder / f"{task}__{method}__{middle}s{seed}.json").write_text(json.dumps(body))
+
+    for seed in (0, 1):
+        write("sst2", "defaults", seed, 0.6)
+        write("sst2", "hypertweaks", seed, 0.8)
+        for method in PEERS:
+            write("sst2", method, seed, 0.7)
+    assert "embed+LR" not in same_run.table("3x", tmp_path)  # not measured: no column
+    write("sst2", "embed_lr", 0, 0.9)  # the best peer of its pair, beyond the searches
+    text = same_run.table("3x", tmp_path)
+    assert "| one-epoch top-K | embed+LR | hypertweaks |" in text
+    assert "| sst2 | 0 | 60.0 | 70.0 | 70.0 | 70.0 | 70.0 | **90.0** | 80.0 |" in text
+    assert "Pairs left out, a peer's cell missing: sst2 s1." in text
+    assert "- embed+LR: -10.0 [-10.0, -10.0], 0-1" in text
+    assert "- the best fine-tuning search of each pair (HF search, random, TPE+median, " in text
