@@ -189,7 +189,7 @@ class ImageClassification(TaskBase):
             "mean": list(self.mean),
             "std": list(self.std),
             "positive_class": self.positive,
-            "task": self.experiment.task,  # the folder's kind, read by predict and evaluate
+            "task": "image-classification",  # the folder's kind, read by predict and evaluate
         }
         if is_hf_model(self.experiment.model):
             model.save_pretrained(directory)

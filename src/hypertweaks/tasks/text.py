@@ -424,7 +424,7 @@ class TextClassification(TaskBase):
             model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
         labels = {
-            "task": self.experiment.task,  # the folder's kind, read by predict and evaluate
+            "task": "text-classification",  # the folder's kind, read by predict and evaluate
             "classes": [
                 c if isinstance(c, int | float | str) else str(c) for c in self.splits.classes
             ]
