@@ -427,7 +427,7 @@ class TextClassification(TaskBase):
             "task": "text-classification",  # the folder's kind, read by predict and evaluate
             "classes": [
                 c if isinstance(c, int | float | str) else str(c) for c in self.splits.classes
-            ]
+            ],
         }
         (directory / "labels.json").write_text(json.dumps(labels, indent=2, default=str))
 
