@@ -45,15 +45,22 @@ def _maybe(path: Path) -> float | None:
     return test_accuracy(path) if path.exists() else None
 
 
-def paired_lines(rows: list[tuple[float, list[float], float, str]]) -> list[str]:
+def paired_lines(
+    rows: list[tuple[float, list[float], float, str]], headers: tuple[str, ...] = HEADERS
+) -> list[str]:
     """hypertweaks minus each peer, the best peer of each pair and the reference, over rows of
-    (reference, peers in PEERS order, hypertweaks, task): the mean with its bootstrap interval
-    over pairs and the pairs won-lost, then the gap to the best peer per task."""
+    (reference, peers in `headers` order, hypertweaks, task): the mean with its bootstrap interval
+    over pairs and the pairs won-lost, then the gap to the best peer per task. With peers beyond
+    the fine-tuning searches (HEADERS), also against the best of those alone."""
     from bench.meta.simulate import paired_interval
 
     now = np.array([r[2] for r in rows]) * 100
-    against = {name: np.array([r[1][i] for r in rows]) * 100 for i, name in enumerate(HEADERS)}
+    against = {name: np.array([r[1][i] for r in rows]) * 100 for i, name in enumerate(headers)}
     against["the best peer of each pair"] = np.array([max(r[1]) for r in rows]) * 100
+    if len(headers) > len(HEADERS):
+        against["the best fine-tuning search of each pair (" + ", ".join(HEADERS) + ")"] = (
+            np.array([max(r[1][: len(HEADERS)]) for r in rows]) * 100
+        )
     against["reference"] = np.array([r[0] for r in rows]) * 100
     lines = ["", f"hypertweaks minus each, over {len(rows)} task/seed pairs (points, bootstrap "
              "95% interval over pairs, pairs won-lost):", ""]  # fmt: skip
@@ -64,11 +71,11 @@ def paired_lines(rows: list[tuple[float, list[float], float, str]]) -> list[str]
     lines += _without_each_task(rows, now, against["the best peer of each pair"])
     lines += ["", "Per task: mean ± standard deviation over its seeds (the spread), and "
               "hypertweaks minus the best peer of each pair with its range over seeds:", "",
-              "| task | seeds | reference | " + " | ".join(HEADERS) + " | hypertweaks | "
-              "minus the best peer |", "|---|---|---|" + "---|" * (len(HEADERS) + 2)]  # fmt: skip
+              "| task | seeds | reference | " + " | ".join(headers) + " | hypertweaks | "
+              "minus the best peer |", "|---|---|---|" + "---|" * (len(headers) + 2)]  # fmt: skip
     for task in sorted({r[3] for r in rows}):
         mine = [r for r in rows if r[3] == task]
-        columns = [[r[0] for r in mine]] + [[r[1][i] for r in mine] for i in range(len(HEADERS))]
+        columns = [[r[0] for r in mine]] + [[r[1][i] for r in mine] for i in range(len(headers))]
         columns.append([r[2] for r in mine])
         spread = " | ".join(_mean_sd(100 * np.array(c)) for c in columns)
         gaps = [100 * (r[2] - max(r[1])) for r in mine]

@@ -30,9 +30,8 @@ from bench.confirm import (
     HEADERS,
     PEERS,
     RESULTS,
-    _mean_sd,
-    _without_each_task,
     cell,
+    paired_lines,
     percents,
     test_accuracy,
 )
@@ -48,44 +47,6 @@ def peers_at(budget: str, root: Path = ROOT) -> tuple[tuple[str, ...], tuple[str
     folder = root / "cells" / CUT
     extra = [m for m in EXTRA_PEERS if any(folder.glob(f"*__{m}__{budget}__s*.json"))]
     return PEERS + tuple(extra), HEADERS + tuple(EXTRA_PEERS[m] for m in extra)
-
-
-def paired_lines(rows: list[tuple[float, list[float], float, str]], headers=HEADERS) -> list[str]:
-    """bench.confirm.paired_lines for any peers: hypertweaks minus each peer (`headers`, in the
-    order of each row's scores), the best peer of each pair and the reference, with the bootstrap
-    interval over pairs and the pairs won-lost; then the gap to the best peer per task. With
-    peers beyond the fine-tuning searches, also against the best of those alone (the best peer
-    as the table had it before)."""
-    from bench.meta.simulate import paired_interval
-
-    now = np.array([r[2] for r in rows]) * 100
-    against = {name: np.array([r[1][i] for r in rows]) * 100 for i, name in enumerate(headers)}
-    against["the best peer of each pair"] = np.array([max(r[1]) for r in rows]) * 100
-    if len(headers) > len(HEADERS):
-        against["the best fine-tuning search of each pair (" + ", ".join(HEADERS) + ")"] = (
-            np.array([max(r[1][: len(HEADERS)]) for r in rows]) * 100
-        )
-    against["reference"] = np.array([r[0] for r in rows]) * 100
-    lines = ["", f"hypertweaks minus each, over {len(rows)} task/seed pairs (points, bootstrap "
-             "95% interval over pairs, pairs won-lost):", ""]  # fmt: skip
-    for name, other in against.items():
-        mean, low, high = paired_interval(now, other)
-        won, lost = int((now > other).sum()), int((now < other).sum())
-        lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
-    lines += _without_each_task(rows, now, against["the best peer of each pair"])
-    lines += ["", "Per task: mean ± standard deviation over its seeds (the spread), and "
-              "hypertweaks minus the best peer of each pair with its range over seeds:", "",
-              "| task | seeds | reference | " + " | ".join(headers) + " | hypertweaks | "
-              "minus the best peer |", "|---|---|---|" + "---|" * (len(headers) + 2)]  # fmt: skip
-    for task in sorted({r[3] for r in rows}):
-        mine = [r for r in rows if r[3] == task]
-        columns = [[r[0] for r in mine]] + [[r[1][i] for r in mine] for i in range(len(headers))]
-        columns.append([r[2] for r in mine])
-        spread = " | ".join(_mean_sd(100 * np.array(c)) for c in columns)
-        gaps = [100 * (r[2] - max(r[1])) for r in mine]
-        lines.append(f"| {task} | {len(mine)} | {spread} | {np.mean(gaps):+.1f} "
-                     f"({min(gaps):+.1f} to {max(gaps):+.1f}) |")  # fmt: skip
-    return lines
 
 
 def _chosen_tag(path: Path) -> str:
