@@ -135,6 +135,35 @@ def task(text_experiment, tmp_path):
     return task
 
 
+@pytest.fixture
+def wide_console(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # rich must not wrap the messages tests match
+
+
+def cli(capsys, *args) -> tuple[int, str]:
+    """Run the CLI in-process: (exit code, everything it printed on one line)."""
+    from hypertweaks.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, " ".join((out.out + out.err).split())
+
+
+@pytest.fixture
+def text_model(task, tmp_path) -> Path:
+    """A mean-pooled text classifier (untrained head) saved as a study saves its best model."""
+    from hypertweaks.tasks.text import MeanPooledClassifier, load_encoder
+
+    model = MeanPooledClassifier(load_encoder(task.model_source), len(task.splits.classes), 0.0)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    task.save(model, folder)
+    return folder
+
+
 def patch_fit(monkeypatch, replacement) -> None:
     """Replace `train.fit` where the stages call it: the smoke run (search) and every trial
     (trial.run_trial), so that a test can count or break the calls in order."""

@@ -21,7 +21,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
-from conftest import make_texts
+from conftest import cli, make_texts
 
 from hypertweaks.cli import main
 from hypertweaks.config import ConfigError, load_experiment, make_experiment
@@ -39,19 +39,7 @@ TRAIN = make_texts(8, seed=0)
 VALIDATION = make_texts(3, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "1000")  # rich must not wrap the messages we match
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    """Run the CLI in-process: (exit code, everything it printed on one line)."""
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as exit_:  # argparse
-        code = exit_.code
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def refused(code: int, text: str, pattern: str) -> None:

@@ -12,24 +12,15 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from conftest import cli
 from lm_fixtures import write_jsonl
 
 import hypertweaks
-from hypertweaks.cli import main
 from hypertweaks.data.inputs import read_texts
 from hypertweaks.evaluate import evaluate
 from hypertweaks.models import ModelError
 
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "1000")  # rich must not wrap the messages we match
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def refuse_loading(monkeypatch) -> None:
@@ -41,18 +32,6 @@ def refuse_loading(monkeypatch) -> None:
 
 
 # -- texts: read_texts and evaluate ------------------------------------------------------------
-
-
-@pytest.fixture
-def text_model(task, tmp_path) -> Path:
-    """A mean-pooled text classifier (untrained head) saved as a study saves its best model."""
-    from hypertweaks.tasks.text import MeanPooledClassifier, load_encoder
-
-    model = MeanPooledClassifier(load_encoder(task.model_source), len(task.splits.classes), 0.0)
-    folder = tmp_path / "model"
-    folder.mkdir()
-    task.save(model, folder)
-    return folder
 
 
 ROWS = [
@@ -95,9 +74,8 @@ def test_evaluate_skips_bad_texts_with_skip_bad_and_counts_them(text_model, tmp_
 
 
 def test_skip_bad_help_names_texts_too(capsys):
-    with pytest.raises(SystemExit):
-        main(["evaluate", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
+    code, out = cli(capsys, "evaluate", "--help")
+    assert code == 0
     assert "skip unreadable images, or texts that are empty, missing or not a single text" in out
 
 

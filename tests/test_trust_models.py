@@ -12,39 +12,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import cli
 from lm_fixtures import as_chat, build_tiny_llama, make_pairs, write_jsonl
 
 import hypertweaks
-from hypertweaks.cli import main
 from hypertweaks.data import DataError
 from hypertweaks.models import ModelError
 from hypertweaks.predict import predict_file
 
-
-@pytest.fixture(autouse=True)
-def wide_console(monkeypatch):
-    monkeypatch.setenv("COLUMNS", "1000")  # rich must not wrap the messages we match
-
-
-def cli(capsys, *args) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, " ".join((out.out + out.err).split())
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 # -- text models: the saved folder -------------------------------------------------------------
-
-
-@pytest.fixture
-def text_model(task, tmp_path) -> Path:
-    """A mean-pooled text classifier (untrained head) saved as a study saves its best model."""
-    from hypertweaks.tasks.text import MeanPooledClassifier, load_encoder
-
-    model = MeanPooledClassifier(load_encoder(task.model_source), len(task.splits.classes), 0.0)
-    folder = tmp_path / "model"
-    folder.mkdir()
-    task.save(model, folder)
-    return folder
 
 
 def test_a_text_model_without_its_head_file_is_refused(text_model, tmp_path, capsys):
