@@ -20,10 +20,8 @@ from hypertweaks.data.inputs import image_table, read_prompts, read_texts
 from hypertweaks.generate import Generator
 from hypertweaks.predict import (
     Classifier,
-    ImageClassifier,
     ModelInfo,
     Progress,
-    TextClassifier,
     check_options,
     check_texts,
     describe,
@@ -147,11 +145,8 @@ def evaluate(
         return _evaluate_generator(predictor, task, path, batch_size, progress)
     inputs, truth = labeled_inputs(info, path, column, label_column, skip_bad)
     predictor = model if loaded else load(info, device)
-    options = (
-        {"skip_bad": skip_bad} if isinstance(predictor, ImageClassifier | TextClassifier) else {}
-    )
     advance = progress(len(inputs)) if progress is not None else None
-    proba = predictor.predict_proba(inputs, batch_size, advance, **options)
+    proba = predictor.predict_proba(inputs, batch_size, advance, skip_bad=skip_bad)
     kept = ~np.isnan(proba).any(axis=1)
     return classification_report(predictor, proba[kept], truth[kept], str(path), target_recall)
 

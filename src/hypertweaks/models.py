@@ -8,6 +8,20 @@ from typing import Any
 
 from torch import nn
 
+# What to do about a saved model folder whose files are missing or cannot be read.
+RESAVE = "re-run `hypertweaks tune` to save the model again, or restore the file"
+
+
+def error_reason(error: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def unreadable(path, error: BaseException) -> ModelError:
+    """A saved model's file that cannot be read, with why and what to do."""
+    return ModelError(f"{path} cannot be read ({error_reason(error)}); {RESAVE}")
+
 
 class ModelError(ValueError):
     """The model cannot be loaded or used as asked; the message says why and what to do."""

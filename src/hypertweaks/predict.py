@@ -93,7 +93,11 @@ class Classifier:
         self.positive = info.positive
         self.notes: list[str] = []  # what the last call did to its inputs (truncated, skipped)
 
-    def predict_proba(self, inputs: Any, batch_size: int | None = None, progress=None):
+    def predict_proba(
+        self, inputs: Any, batch_size: int | None = None, progress=None, skip_bad: bool = False
+    ):
+        """[n, classes] probabilities; inputs that cannot be read are an error, or with
+        `skip_bad` a row of NaN."""
         raise NotImplementedError
 
     def predict(
@@ -341,9 +345,8 @@ def predict_file(
         check_output,
         default_output,
         image_table,
-        read_input_table,
         read_prompts,
-        require_columns,
+        read_texts,
         write_atomically,
     )
 
@@ -367,16 +370,12 @@ def predict_file(
         table = image_table(source, column)
         inputs = table[column].tolist()
         unreadable_images(inputs, skip_bad)
-        options = {"skip_bad": skip_bad}
     else:
-        column = column or info.column("text_column")
-        table = read_input_table(source)  # not read_texts: it turns a missing text into ""
-        require_columns(table, {"--text-column": column}, source)
-        inputs = table[column].tolist()
+        table, inputs = read_texts(source, column or info.column("text_column"))
         check_texts(inputs, f"input data {str(source)!r}", "row", 1, skip_bad)
-        options = {"skip_bad": skip_bad}
     predictor = _loaded(model, info, device)
-    proba = predictor.predict_proba(inputs, batch_size, _start(progress, len(inputs)), **options)
+    advance = _start(progress, len(inputs))
+    proba = predictor.predict_proba(inputs, batch_size, advance, skip_bad=skip_bad)
     kept = ~np.isnan(proba).any(axis=1)
     table, proba = table.loc[kept].reset_index(drop=True), proba[kept]
     predicted = _prediction_columns(predictor, proba, top_k, threshold)

@@ -24,7 +24,7 @@ from hypertweaks.backbones import (
 )
 from hypertweaks.data import Split, load_splits
 from hypertweaks.data.images import load_images_cached, read_images_source
-from hypertweaks.models import ModelError
+from hypertweaks.models import RESAVE, ModelError, error_reason, unreadable
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
@@ -204,24 +204,21 @@ class ImageClassification(TaskBase):
         return load_saved(directory, self.experiment.model, len(self.splits.classes))
 
 
-RESAVE = "re-run `hypertweaks tune` to save the model again, or restore the file"
-
-
 def load_saved(directory: Path, model: str, num_classes: int) -> nn.Module:
     """A classifier written by `ImageClassification.save`: a Hugging Face folder, or timm weights
     for the backbone `model` (labels.json names it). Weights that are missing, unreadable or
     incomplete are refused, naming the file: random weights would answer in their place."""
     from safetensors import SafetensorError
 
-    unreadable = (SafetensorError, OSError, ValueError, RuntimeError, KeyError)
+    read_errors = (SafetensorError, OSError, ValueError, RuntimeError, KeyError)
     if (directory / "config.json").is_file():
         from transformers import AutoConfig, AutoModelForImageClassification
 
         try:
             config = AutoConfig.from_pretrained(directory)
-        except unreadable as error:
+        except read_errors as error:
             config_file = directory / "config.json"
-            raise ModelError(f"{config_file} cannot be read ({_reason(error)}); {RESAVE}") from None
+            raise unreadable(config_file, error) from None
         weights = _hf_weights(directory)
         if weights is None:
             raise ModelError(
@@ -232,8 +229,8 @@ def load_saved(directory: Path, model: str, num_classes: int) -> nn.Module:
             net, info = AutoModelForImageClassification.from_pretrained(
                 directory, config=config, output_loading_info=True
             )
-        except unreadable as error:
-            raise ModelError(f"{weights} cannot be read ({_reason(error)}); {RESAVE}") from None
+        except read_errors as error:
+            raise unreadable(weights, error) from None
         missing = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
         if missing:
             raise ModelError(_incomplete(weights, [str(k) for k in missing]))
@@ -246,8 +243,8 @@ def load_saved(directory: Path, model: str, num_classes: int) -> nn.Module:
         raise ModelError(f"{weights} is missing: it holds the model's weights; {RESAVE}")
     try:
         state = load_file(weights)
-    except unreadable as error:
-        raise ModelError(f"{weights} cannot be read ({_reason(error)}); {RESAVE}") from None
+    except read_errors as error:
+        raise unreadable(weights, error) from None
     net = timm.create_model(model, pretrained=False, num_classes=num_classes)
     missing = [key for key in net.state_dict() if key not in state]
     if missing:
@@ -257,7 +254,7 @@ def load_saved(directory: Path, model: str, num_classes: int) -> nn.Module:
     except RuntimeError as error:
         raise ModelError(
             f"{weights} does not fit {model!r} with {num_classes} classes (labels.json) "
-            f"({_reason(error)}); {RESAVE}"
+            f"({error_reason(error)}); {RESAVE}"
         ) from None
     return net
 
@@ -281,8 +278,3 @@ def _incomplete(weights: Path, missing: list[str]) -> str:
         f"{weights} cannot be read as this model: it lacks {shown}, which would be left "
         f"random; {RESAVE}"
     )
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return text or type(error).__name__

@@ -18,15 +18,18 @@ from hypertweaks.atomic import save_torch
 from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
+    RESAVE,
     LayerStack,
     ModelError,
     check_max_length,
     default_dropout,
+    error_reason,
     layer_stack,
     load_hf_config,
     load_text_classifier,
     looks_like_path,
     quiet_transformers,
+    unreadable,
     with_dropout,
 )
 from hypertweaks.space import Recipe
@@ -165,12 +168,6 @@ def count_layers(config: Any) -> int:
     return len(layer_stack(encoder, body=encoder).blocks)
 
 
-REWRITE = (
-    "re-run `hypertweaks tune` to write the model again, or restore the file from where the "
-    "folder was copied"
-)
-
-
 def load_saved(directory: Path) -> nn.Module:
     """A classifier written by `TextClassification.save` (its tokenizer is in the same folder):
     a mean-pooled classifier (the encoder's folder plus head.safetensors), or a Hugging Face
@@ -187,35 +184,30 @@ def load_saved(directory: Path) -> nn.Module:
             num_labels = head["weight"].shape[0]
         except (SafetensorError, OSError, KeyError, IndexError) as error:
             raise ModelError(
-                f"{head_file} cannot be read ({_reason(error)}): it holds the classifier's "
-                f"head, without which the model cannot predict; {REWRITE}"
+                f"{head_file} cannot be read ({error_reason(error)}): it holds the classifier's "
+                f"head, without which the model cannot predict; {RESAVE}"
             ) from None
         model = MeanPooledClassifier(_loaded(load_encoder, directory), num_labels, 0.0)
         try:
             model.head.load_state_dict(head)
         except RuntimeError as error:
             raise ModelError(
-                f"{head_file} does not fit the encoder beside it ({_reason(error)}); {REWRITE}"
+                f"{head_file} does not fit the encoder beside it ({error_reason(error)}); {RESAVE}"
             ) from None
         return model
     config = directory / "config.json"
     try:
         architectures = json.loads(config.read_text()).get("architectures") or []
     except (OSError, ValueError, AttributeError) as error:
-        raise ModelError(f"{config} cannot be read ({_reason(error)}); {REWRITE}") from None
+        raise unreadable(config, error) from None
     if not any(str(name).endswith("ForSequenceClassification") for name in architectures):
         raise ModelError(
             f"{head_file} is missing: {directory} holds the encoder of a classifier but not its "
-            f"head, so every prediction would come from a random head; {REWRITE}"
+            f"head, so every prediction would come from a random head; {RESAVE}"
         )
     from transformers import AutoModelForSequenceClassification
 
     return _loaded(AutoModelForSequenceClassification.from_pretrained, directory)
-
-
-def _reason(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error).strip() else ""
-    return text or type(error).__name__
 
 
 def _loaded(loader, directory: Path) -> nn.Module:
@@ -226,7 +218,7 @@ def _loaded(loader, directory: Path) -> nn.Module:
         return loader(directory)
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelError(
-            f"the model's weights in {directory} cannot be read ({_reason(error)}); {REWRITE}"
+            f"the model's weights in {directory} cannot be read ({error_reason(error)}); {RESAVE}"
         ) from None
 
 
