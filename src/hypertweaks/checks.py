@@ -59,11 +59,12 @@ def check_device(device: str) -> None:
 
 def preflight(exp: Experiment) -> None:
     """Everything about the environment that can fail, before any data is read."""
-    from hypertweaks.study import storage_url
+    from hypertweaks.study import make_sqlite_folder, storage_url
 
     check_device(exp.device)
     check_runs_dir(exp)
-    storage_url(exp)  # an unknown scheme or a missing driver is a ConfigError
+    # an unknown scheme, a missing driver or SQLite in memory is a ConfigError
+    make_sqlite_folder(storage_url(exp))
     for role in ("train", "validation", "test"):
         path: Path | None = getattr(exp, role)
         if path is not None and not path.exists():

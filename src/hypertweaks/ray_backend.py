@@ -232,7 +232,6 @@ class RayBackend:
         from ray import tune
 
         ctx, exp = self.ctx, self.exp
-        check_ray_address(exp.ray_address)  # a dead cluster: refused before the smoke run
         if exp.fresh:  # the study, its Ray experiment and its best model go
             discard_study(exp)
         ray_dir = (ctx.run_dir / RAY_DIR).resolve()
@@ -264,10 +263,11 @@ class RayBackend:
             ctx.display.message(f"resuming Ray experiment {ray_dir / 'study'}")
             tuner = tune.Tuner.restore(str(ray_dir / "study"), trainable, resume_errored=True)
         else:
-            scheduler, note = strategy_of(exp).ray_scheduler(max_epochs(space))
+            strategy = strategy_of(exp)
+            scheduler, note = strategy.ray_scheduler(max_epochs(space))
             if note:
                 ctx.display.message(note)
-            starts = strategy_of(exp).starting_recipes(exp, ctx.defaults, ctx.task.num_layers)
+            starts = strategy.starting_recipes(exp, ctx.defaults, ctx.task.num_layers)
             for start in (s for s in starts if s.fixed):
                 ctx.display.message(
                     f"the {start.tag} candidate runs with the embedded backend only; this Ray "
@@ -278,7 +278,7 @@ class RayBackend:
                 metric=metric,
                 mode=mode,
                 points_to_evaluate=[fit_into(space, s.recipe) for s in starts if not s.fixed],
-                sampler=strategy_of(exp).make_sampler(exp),  # the embedded backend's sampler
+                sampler=strategy.make_sampler(exp),  # the embedded backend's sampler
             )
             tuner = tune.Tuner(
                 trainable,

@@ -168,6 +168,7 @@ class Search:
             del model
             release_memory(self.device)
         defaults = next((t for t in complete if t.user_attrs.get("tag") == "defaults"), None)
+        done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
         path = self.run_dir / "results.json"
         noise = within_noise(
             [trial_row(t) for t in complete],
@@ -181,7 +182,7 @@ class Search:
             "test_metrics": test_metrics,
             "within_noise": noise,  # the trials validation cannot tell apart from the best
             "defaults_kept": self._defaults_kept(best, complete),
-            "stopped_early": stopped_early(self.exp, study),
+            "stopped_early": stopped_early(self.exp, done),
         }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
@@ -192,7 +193,7 @@ class Search:
             test_metrics=test_metrics,
             default_value=defaults.value if defaults else None,
             default_test_metrics=defaults.user_attrs.get("test_metrics") if defaults else None,
-            trials=sum(1 for t in study.get_trials(deepcopy=False) if counted(t)),
+            trials=done,
             results_path=path,
             notes=self.task.splits.notes,
             within_noise=noise,
@@ -220,10 +221,9 @@ class Search:
         }
 
 
-def stopped_early(exp: Experiment, study: optuna.Study) -> str | None:
-    """When the wall-clock budget ended the search before the trials asked for: said to the user
-    wherever the result is shown, since fewer trials may be why tuning bought little."""
-    done = sum(1 for t in study.get_trials(deepcopy=False) if counted(t))
+def stopped_early(exp: Experiment, done: int) -> str | None:
+    """When the wall-clock budget ended the search after `done` of the trials asked for: said to
+    the user wherever the result is shown, since fewer trials may be why tuning bought little."""
     if exp.timeout is None or exp.trials is None or done >= exp.trials:
         return None
     return (

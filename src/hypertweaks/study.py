@@ -93,14 +93,24 @@ def in_memory(database: str | None, query: Any = None) -> bool:
     return memory or dict(query or {}).get("mode") == "memory"
 
 
-def sqlite_folder(url: str) -> None:
-    """The folder of a SQLite file is created, like the default runs folder."""
+def sqlite_folder(url: str) -> Path | None:
+    """The folder of a SQLite file URL; None for other databases and SQLite in memory."""
     from sqlalchemy.engine import make_url
 
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL: nothing to say about its folder
+        return None
     if not parsed.drivername.startswith("sqlite") or in_memory(parsed.database, parsed.query):
+        return None
+    return Path(str(parsed.database)).expanduser().absolute().parent
+
+
+def make_sqlite_folder(url: str) -> None:
+    """The folder of a SQLite file is created, like the default runs folder (preflight)."""
+    folder = sqlite_folder(url)
+    if folder is None:
         return
-    folder = Path(str(parsed.database)).expanduser().absolute().parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -113,9 +123,7 @@ def sqlite_folder(url: str) -> None:
 
 def storage_url(exp: Experiment) -> str:
     if exp.storage:
-        url = normalise_storage(exp.storage, exp.name)
-        sqlite_folder(url)
-        return url
+        return normalise_storage(exp.storage, exp.name)
     return sqlite_url(exp.run_dir / "study.db")
 
 
@@ -159,27 +167,14 @@ def _connect(exp: Experiment, attempts: int = 5) -> optuna.storages.RDBStorage:
 def storage_error(url: str, error: Exception) -> ConfigError:
     """Why a storage cannot be opened, and what to do."""
     reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
-    folder = _missing_sqlite_folder(url)
-    if folder is not None:
+    folder = sqlite_folder(url)
+    if folder is not None and not folder.is_dir():
         what = f"the folder {str(folder)!r} does not exist: create it, or fix the path"
     elif url.startswith("sqlite"):
         what = "move the file away (or delete it) to start the study afresh, or restore a backup"
     else:
         what = "check that the server runs and is reachable, and the URL's user and password"
     return ConfigError(f"cannot open the study's storage {redact(url)!r} ({reason}); {what}")
-
-
-def _missing_sqlite_folder(url: str) -> Path | None:
-    from sqlalchemy.engine import make_url
-
-    try:
-        parsed = make_url(url)
-    except Exception:
-        return None
-    if not parsed.drivername.startswith("sqlite") or in_memory(parsed.database, parsed.query):
-        return None
-    folder = Path(str(parsed.database)).expanduser().absolute().parent
-    return None if folder.is_dir() else folder
 
 
 def open_study(exp: Experiment, num_epochs: int) -> tuple[optuna.Study, bool]:
