@@ -17,7 +17,15 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from rich.console import Console
 
-from hypertweaks.cli import build_parser, main, print_result, run_dashboard, run_predict, user_error
+from hypertweaks.cli import (
+    build_parser,
+    main,
+    plain_console,
+    print_result,
+    run_dashboard,
+    run_predict,
+    user_error,
+)
 from hypertweaks.config import ConfigError, Experiment
 from hypertweaks.display import LiveDisplay
 from hypertweaks.report import load_importances, reading, render
@@ -41,7 +49,7 @@ def flat(text: str) -> str:
 
 
 def console() -> Console:
-    return Console(file=io.StringIO(), width=300, color_system=None)
+    return plain_console(file=io.StringIO(), width=300, color_system=None)
 
 
 def printed(shown: Console) -> str:
@@ -329,3 +337,11 @@ def test_dashboard_port_help_gives_its_default(monkeypatch, capsys):
     out = help_text(monkeypatch, capsys, "dashboard")
     line = next(line for line in out.splitlines() if line.strip().startswith("--port"))
     assert "default 8080" in line or "default: 8080" in line
+
+
+def test_the_command_line_prints_brackets_as_written(capsys, tmp_path):
+    # main's own console: a path with Rich closing-tag syntax neither crashes nor vanishes
+    missing = tmp_path / "[/x]" / "[spam]"
+    assert main(["predict", str(missing), str(tmp_path / "in.csv")]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "[/x]" in out and "[spam]" in out and "Traceback" not in out

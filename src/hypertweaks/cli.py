@@ -309,9 +309,10 @@ def progress_bar(console: Console, quiet: bool) -> Iterator[Callable[[int], Any]
             bar.stop()
 
 
-def say(console: Console, text: object) -> None:
-    """Print text as it is: brackets in paths, labels or recipes are not Rich markup."""
-    console.print(text, markup=False, highlight=False)
+def plain_console(**options: Any) -> Console:
+    """The command line's console: text is printed as it is, so brackets in paths, labels or
+    recipes (`[spam]`, `hypertweaks[postgres]`) are never read as Rich markup."""
+    return Console(markup=False, highlight=False, **options)
 
 
 def user_error(console: Console, error: Exception | str) -> int:
@@ -320,12 +321,11 @@ def user_error(console: Console, error: Exception | str) -> int:
 
 
 def text_table(title: str, header: Any, rows: Any) -> Table:
-    """A table whose title, header and cells are shown as text, not Rich markup."""
-    table = Table(title=Text(title), title_justify="left")
+    table = Table(title=title, title_justify="left")
     for name in header:
-        table.add_column(Text(str(name)))
+        table.add_column(str(name))
     for row in rows:
-        table.add_row(*(Text(str(cell)) for cell in row))
+        table.add_row(*(str(cell) for cell in row))
     return table
 
 
@@ -359,14 +359,14 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
     except (ConfigError, DataError, ModelError) as error:
         return user_error(console, error)
     for note in predictor.notes:
-        say(console, f"note: {note}")
+        console.print(f"note: {note}")
     if "predicted_label" in table:
         counts = table["predicted_label"].value_counts()
         shown = ", ".join(f"{label} {count}" for label, count in counts.items())
-        say(console, f"{len(table)} predicted: {shown}")
+        console.print(f"{len(table)} predicted: {shown}")
     else:
-        say(console, f"{len(table)} answers")
-    say(console, f"written: {output}")
+        console.print(f"{len(table)} answers")
+    console.print(f"written: {output}")
     return 0
 
 
@@ -392,12 +392,12 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     except (ConfigError, DataError, ModelError) as error:
         return user_error(console, error)
     for note in report["notes"]:
-        say(console, f"note: {note}")
+        console.print(f"note: {note}")
     for title, header, rows in report_tables(report):
         console.print(text_table(title, header, rows))
     output = args.output or default_report_path(info.directory, args.labeled)
     json_path, html_path = write_report(report, output)
-    say(console, f"written: {json_path} and {html_path}")
+    console.print(f"written: {json_path} and {html_path}")
     return 0
 
 
@@ -408,7 +408,7 @@ def run_merge(args: argparse.Namespace, console: Console) -> int:
         output = merge_adapter(args.adapter_dir, args.output)
     except ModelError as error:
         return user_error(console, error)
-    say(console, f"merged model: {output}")
+    console.print(f"merged model: {output}")
     return 0
 
 
@@ -435,7 +435,7 @@ def run_dashboard(args: argparse.Namespace, console: Console) -> int:
     try:
         from optuna_dashboard import run_server
     except ImportError:
-        say(console, "the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
+        console.print("the dashboard needs optuna-dashboard: pip install 'hypertweaks[dashboard]'")
         return 2
     if args.storage is None and not (Path(args.run_dir) / "study.db").is_file():
         return user_error(
@@ -446,7 +446,7 @@ def run_dashboard(args: argparse.Namespace, console: Console) -> int:
     if problem := port_problem(args.host, args.port):
         return user_error(console, problem)
     storage = args.storage or sqlite_url(Path(args.run_dir) / "study.db")
-    say(console, f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    console.print(f"dashboard on http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
         run_server(storage, host=args.host, port=args.port)
     except OSError as error:  # the port was taken since the check, or the host cannot be bound
@@ -460,32 +460,31 @@ def print_result(result: Result, console: Console) -> None:
     console.print(text_table(title, ("knob", "value"), rows))
     if result.test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-        say(console, f"test, best recipe:    {shown}")
+        console.print(f"test, best recipe:    {shown}")
     if result.default_test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.default_test_metrics.items())
-        say(console, f"test, default recipe: {shown}")
-    say(console, f"{result.trials} trials in {result.seconds:.0f}s")
+        console.print(f"test, default recipe: {shown}")
+    console.print(f"{result.trials} trials in {result.seconds:.0f}s")
     if note := describe(result.within_noise):
-        say(console, f"note: {note}")
+        console.print(f"note: {note}")
     if note := describe_kept(result.defaults_kept):
-        say(console, f"note: {note}")
+        console.print(f"note: {note}")
     if result.stopped_early:
-        say(console, f"note: {result.stopped_early}")
-    say(
-        console,
+        console.print(f"note: {result.stopped_early}")
+    console.print(
         f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})",
     )
-    say(console, f"all trials: {result.results_path}")
+    console.print(f"all trials: {result.results_path}")
     if result.report_path:
-        say(console, f"report: {result.report_path}")
+        console.print(f"report: {result.report_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = plain_console()
     if args.command == "report":
         try:
-            say(console, f"report: {render(args.run_dir, args.storage)}")
+            console.print(f"report: {render(args.run_dir, args.storage)}")
         except (FileNotFoundError, ConfigError) as error:
             return user_error(console, error)
         return 0
@@ -506,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         return user_error(console, error)
     except KeyboardInterrupt:
-        say(console, "interrupted: finished trials are saved; run the same command to resume")
+        console.print("interrupted: finished trials are saved; run the same command to resume")
         return 130
     print_result(result, console)
     return 0

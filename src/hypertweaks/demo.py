@@ -18,7 +18,7 @@ from rich.table import Table
 from sklearn.model_selection import train_test_split
 
 from hypertweaks import tune
-from hypertweaks.cli import print_result
+from hypertweaks.cli import plain_console, print_result
 
 
 def elpv_table() -> pd.DataFrame:
@@ -116,7 +116,7 @@ def compare(result, console: Console) -> None:
     metric = result.metric
     console.print(verdict(metric, result.default_test_metrics[metric], result.test_metrics[metric]))
     if result.stopped_early:
-        console.print(f"Note: {result.stopped_early}.", markup=False)
+        console.print(f"Note: {result.stopped_early}.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    console = Console()
+    console = plain_console()
     console.rule("hypertweaks demo: find defective solar cells in electroluminescence scans")
     console.print(
         f"Fine-tunes ImageNet EfficientNet-Lite0 on {args.train_size} scans, chooses on "
