@@ -733,21 +733,6 @@ EMBED_LR_MAX_ITER = 5000  # lbfgs on standardized features converges well within
 
 
 @torch.no_grad()
-def mean_pooled(ctx: Context, encoder, split) -> torch.Tensor:
-    """The pretrained encoder's last hidden states (no head, no dropout) averaged over each
-    text's tokens: the sentence-transformers embedding before its normalization, on the same
-    tokens (cut, tokenizer, max_length) every other method trains on."""
-    data = ctx.text.dataset(split, False)
-    chunks = []
-    for start in range(0, len(data), 64):
-        inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
-        inputs = {k: v.to(ctx.device) for k, v in inputs.items()}
-        hidden = encoder(**inputs).last_hidden_state.float()
-        mask = inputs["attention_mask"].unsqueeze(-1).float()
-        chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
-    return torch.cat(chunks)
-
-
 def embed_lr(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
     """What a sentence-encoder user does first: the frozen model's mean-pooled embeddings and a
     logistic regression on them (scikit-learn's LogisticRegressionCV, L2, EMBED_LR_CS values of
@@ -767,7 +752,6 @@ def embed_lr(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import PredefinedSplit
-    from transformers import AutoModel
 
     from hypertweaks.tasks.metrics import classification_metrics
 
@@ -775,10 +759,9 @@ def embed_lr(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any
     clock = Clock(budget_seconds)
     at = clock.start()
     splits = ctx.text.splits
-    encoder = AutoModel.from_pretrained(ctx.model or model_path()).to(ctx.device).eval()
+    # the product's own frozen mean-pooled features (what its head-only candidate trains on)
     roles = (splits.train, splits.validation, splits.test)
-    train, val, test = (mean_pooled(ctx, encoder, split).numpy() for split in roles)
-    del encoder
+    train, val, test = (ctx.text.pooled_features(split).numpy() for split in roles)
     _release(ctx)
     features_seconds = time.perf_counter() - start
     y_train, y_val = np.asarray(splits.train.labels), np.asarray(splits.validation.labels)

@@ -343,11 +343,11 @@ class TextClassification(TaskBase):
         return self.cached("tokens", split, lambda: self._encode(split))
 
     def _features(self, split: Split, encoder: nn.Module | None = None) -> Features:
-        features = self.cached("features", split, lambda: self._pooled_features(split, encoder))
+        features = self.cached("features", split, lambda: self.pooled_features(split, encoder))
         return Features(features, torch.as_tensor(split.labels))
 
     @torch.no_grad()
-    def _pooled_features(self, split: Split, encoder: nn.Module | None = None) -> torch.Tensor:
+    def pooled_features(self, split: Split, encoder: nn.Module | None = None) -> torch.Tensor:
         """The frozen encoder's mean-pooled features: one forward pass per study (never paying
         twice), on disk beside the tokens. `encoder`: the pretrained encoder already in memory,
         if any (else it is loaded)."""
