@@ -354,10 +354,12 @@ def test_the_store_reads_back_each_cell_within_its_stated_error(tmp_path):
             assert back.shape == array.shape and back.dtype == np.float32
             assert np.abs(back - array.astype(np.float32)).max() <= store.ERROR
     assert sorted(p.name for p in (tmp_path / "cut" / "probs").iterdir()) == ["t.npz", "u.npz"]
-    # the documented read: plain numpy, stored values are multiples of 1 / SCALE
+    # the documented read: plain numpy, the high and low bytes of multiples of 1 / SCALE, transposed
     with np.load(tmp_path / "cut" / "probs" / "t.npz") as data:
         stored = data["t__r001__s0/test"]
-    assert np.array_equal(stored / store.SCALE, store.read(cells / "t__r001__s0.json", "test"))
+    assert stored.dtype == np.uint8 and stored.shape == (2, 7, 30, 3)
+    q = stored[0].astype(np.uint16) * 256 + stored[1]
+    assert np.array_equal(q.T / store.SCALE, store.read(cells / "t__r001__s0.json", "test"))
 
 
 def test_a_rerun_cell_replaces_its_probabilities_and_keeps_the_others(tmp_path):
