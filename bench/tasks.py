@@ -187,10 +187,11 @@ def load_task(
     data_root: Path | None = None,
     model: str | None = None,
 ):
-    """hypertweaks' own TextClassification on the cut: the data, tokens and model loading that
-    the plain-Optuna methods share with hypertweaks. Returns it with its experiment."""
+    """hypertweaks' own TextClassification on the cut (bench/text_heads.py): the data, tokens and
+    model loading that the plain-Optuna methods share with hypertweaks. Returns it with its
+    experiment."""
+    from bench.text_heads import BenchTextClassification
     from hypertweaks.config import make_experiment
-    from hypertweaks.tasks.text import TextClassification
 
     folder = make_cut(task, cut, data_root)
     exp = make_experiment(
@@ -205,10 +206,10 @@ def load_task(
             "name": f"bench-{task}",
         }
     )
-    text = TextClassification(exp, WORK_DIR / "cache" / table_key(cut, model) / task)
     # The peers and the reference recipe train the HF sequence classifier (a fresh head on the
     # CLS pooler), as plain Optuna or transformers users do and as the committed cells were
     # recorded; hypertweaks' own method builds its own task, with its LP-FT head.
-    text.fine_tune_head = "hf"
+    cache = WORK_DIR / "cache" / table_key(cut, model) / task
+    text = BenchTextClassification(exp, cache, fine_tune_head="hf")
     text.prepare()
     return text, exp

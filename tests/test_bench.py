@@ -274,6 +274,55 @@ def test_every_method_runs_for_real_within_its_budget(tmp_path, monkeypatch, tin
     assert not [p for m in methods.METHODS for p in kept.glob(f"moods-{m}-seed0/checkpoints/*")]
 
 
+def test_the_bench_text_task_builds_the_classifier_it_is_told_to(text_experiment, tmp_path):
+    # bench/text_heads.py: beside the product's LP-FT ("probe"), the peers' HF sequence classifier
+    # ("hf") and the mean-pooled classifier with a fresh head ("mean"); head-only is the product's
+    from dataclasses import replace
+
+    from conftest import FAST_RECIPE
+
+    from bench.text_heads import BenchTextClassification
+    from hypertweaks.config import make_experiment
+    from hypertweaks.tasks.text import MeanPooledClassifier, TextClassification
+
+    def built(task, recipe):
+        torch.manual_seed(0)
+        model, layers = task.build(recipe)
+        return model, layers, torch.get_rng_state()
+
+    experiment = make_experiment(text_experiment)
+    product = TextClassification(experiment, tmp_path / "cache")
+    product.prepare()
+    fine_tune = FAST_RECIPE
+    head_only = replace(FAST_RECIPE, freeze_layers=product.num_layers)
+    models = {}
+    for head in ("probe", "mean", "hf"):
+        task = BenchTextClassification(experiment, tmp_path / "cache", fine_tune_head=head)
+        task.prepare()
+        models[head], layers, _ = built(task, fine_tune)
+        assert len(layers.blocks) == task.num_layers
+        frozen, _, _ = built(task, head_only)
+        assert isinstance(frozen, MeanPooledClassifier)
+    assert isinstance(models["mean"], MeanPooledClassifier)
+    assert not isinstance(models["hf"], MeanPooledClassifier)
+    assert type(models["hf"]).__name__.endswith("ForSequenceClassification")
+    # "probe" is the product's own build: the same model and the same random draws
+    ours, _, state = built(product, fine_tune)
+    bench_probe = BenchTextClassification(experiment, tmp_path / "cache")
+    bench_probe.prepare()
+    theirs, _, bench_state = built(bench_probe, fine_tune)
+    assert torch.equal(state, bench_state)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True)
+    )
+    assert not torch.equal(models["mean"].head.weight, ours.head.weight)
+    with pytest.raises(ValueError, match="fine_tune_head"):
+        BenchTextClassification(experiment, tmp_path / "cache", fine_tune_head="cls").build(
+            fine_tune
+        )
+
+
 def test_the_same_run_table_gives_each_tasks_spread_and_the_kept_trial(tmp_path):
     from bench import same_run
     from bench.confirm import CUT, PEERS

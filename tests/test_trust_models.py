@@ -46,7 +46,7 @@ def test_a_text_model_with_a_corrupt_head_file_is_refused(text_model):
 
 
 def test_a_hugging_face_classifier_folder_still_loads(task, tmp_path):
-    # models saved before LP-FT (or with fine_tune_head "hf") have no head file, by design
+    # models saved before LP-FT (or by the bench's "hf" classifier) have no head file, by design
     from hypertweaks.models import load_text_classifier
 
     classifier = load_text_classifier(task.model_source, 3, task.id2label, 0.0)

@@ -26,7 +26,6 @@ from hypertweaks.models import (
     error_reason,
     layer_stack,
     load_hf_config,
-    load_text_classifier,
     looks_like_path,
     quiet_transformers,
     unreadable,
@@ -171,8 +170,9 @@ def count_layers(config: Any) -> int:
 def load_saved(directory: Path) -> nn.Module:
     """A classifier written by `TextClassification.save` (its tokenizer is in the same folder):
     a mean-pooled classifier (the encoder's folder plus head.safetensors), or a Hugging Face
-    sequence classifier (models saved before LP-FT, or built with fine_tune_head "hf"). A folder
-    whose head is missing or unreadable is refused: a random head would answer in its place."""
+    sequence classifier (models saved before LP-FT, or by the bench's CLS-pooler classifier,
+    bench/text_heads.py). A folder whose head is missing or unreadable is refused: a random head
+    would answer in its place."""
     from safetensors import SafetensorError
 
     head_file = directory / HEAD_FILE
@@ -237,13 +237,6 @@ class EncodedTexts(IndexedExamples):
 
 
 class TextClassification(TaskBase):
-    # How a recipe that trains some layers builds its classifier: "probe", the mean-pooled
-    # classifier whose head starts from a linear probe on the frozen features (LP-FT, Kumar et
-    # al. 2022); the others are kept for the meta-dataset's comparisons (bench meta candidates):
-    # "mean", the same with a fresh head; "hf", the HF sequence classifier (CLS pooler, fresh
-    # head). The simulator's evidence: bench/results/meta/<cut>/SIMULATED.md.
-    fine_tune_head = "probe"
-
     def __init__(self, experiment: Experiment, cache_dir: Path):
         super().__init__(experiment, cache_dir)
         self.model_source = experiment.model
@@ -301,19 +294,17 @@ class TextClassification(TaskBase):
         return recipe.freeze_layers >= self.num_layers and not recipe.gradual_unfreeze
 
     def build(self, recipe: Recipe):
+        """The mean-pooled classifier: a head-only recipe's head on the frozen encoder, or, for a
+        recipe that trains some layers, its head from a linear probe on the frozen features
+        (LP-FT, Kumar et al. 2022). The simulator's evidence for LP-FT over a fresh head or the
+        CLS pooler: bench/results/meta/<cut>/SIMULATED.md."""
         if self.trains_head_only(recipe):
             encoder = load_encoder(self.model_source)
             model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
             return model, layer_stack(model, body=encoder)
-        if self.fine_tune_head == "hf":
-            model = load_text_classifier(
-                self.model_source, len(self.splits.classes), self.id2label, recipe.dropout
-            )
-            return model, layer_stack(model)
         encoder = load_encoder(self.model_source, recipe.dropout)
         model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
-        if self.fine_tune_head == "probe":
-            model.head.load_state_dict(self._probe_head(encoder).state_dict())
+        model.head.load_state_dict(self._probe_head(encoder).state_dict())
         return model, layer_stack(model, body=encoder)
 
     def _probe_head(self, encoder: nn.Module) -> nn.Linear:
