@@ -51,7 +51,7 @@ class Context:
     cut: Cut
     seed: int
     device: torch.device
-    text: Any  # hypertweaks.tasks.text.TextClassification, prepared
+    text: Any  # bench.text_heads.BenchTextClassification (a TextClassification), prepared
     space: dict[str, Any]
     reference: dict[str, Any]  # bench.reference's recipe with this model's dropout
     exp: Any = None  # the hypertweaks Experiment the task was loaded with (metric, patience)
@@ -78,11 +78,14 @@ class Context:
 
 def search_space(num_layers: int) -> dict[str, Any]:
     """The knobs hypertweaks searches by default, resolved for this model."""
-    from hypertweaks import recipes
     from hypertweaks.space import resolve_space
 
     try:
-        user = recipes.default_space("text-classification", {})
+        from hypertweaks.kinds import default_space
+    except ImportError:  # a hypertweaks before the task-kind registry
+        from hypertweaks.recipes import default_space
+    try:
+        user = default_space("text-classification", {})
     except (AttributeError, NameError):  # a hypertweaks without per-task spaces: the knob defaults
         user = {}
     return resolve_space(user, num_layers)

@@ -1,7 +1,7 @@
 """The budget unit: one run of a fixed reference recipe, on the same task, seed and machine.
 
 Every method's budget is k times the wall time of that run. The recipe is written out here, not
-taken from `hypertweaks.recipes.default_recipe`, so that a change to hypertweaks' own default
+taken from `hypertweaks.kinds.default_recipe`, so that a change to hypertweaks' own default
 (which the `hypertweaks` method starts from) does not change the unit every committed cell was
 measured in. It is the text default as it stood when the table was first run (the BERT
 fine-tuning recipe of Devlin et al. 2019 and the transformers examples, with the smaller batch

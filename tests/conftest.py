@@ -165,12 +165,10 @@ def text_model(task, tmp_path) -> Path:
 
 
 def patch_fit(monkeypatch, replacement) -> None:
-    """Replace `train.fit` where the stages call it: the smoke run (search) and every trial
-    (trial.run_trial), so that a test can count or break the calls in order."""
-    import hypertweaks.search
+    """Replace `train.fit` where every trial calls it, the smoke run's included (trial.fit_trial),
+    so that a test can count or break the calls in order."""
     import hypertweaks.trial
 
-    monkeypatch.setattr(hypertweaks.search, "fit", replacement)
     monkeypatch.setattr(hypertweaks.trial, "fit", replacement)
 
 

@@ -119,3 +119,13 @@ def test_allowed_strategy_values_come_from_the_registry(field, registry, text_ex
         assert getattr(make_experiment({**text_experiment, field: name}), field) == name
     with pytest.raises(ConfigError, match=f"{field}: must be one of {', '.join(registry)}"):
         make_experiment({**text_experiment, field: "simulated-annealing"})
+
+
+def test_the_stage_order_is_the_runners_alone():
+    """Backends open the study and run its trials; the smoke run, a trial on a subset, is a
+    stage of the runner (search.py), run between them."""
+    for backend in ("embedded.py", "ray_backend.py"):
+        assert "smoke" not in (PACKAGE / backend).read_text(), backend
+    runner = (PACKAGE / "search.py").read_text()
+    assert runner.index("backend.open()") < runner.index("self.smoke()")
+    assert runner.index("self.smoke()") < runner.index("backend.optimize()")

@@ -360,7 +360,10 @@ YAMLS = {
     ),
     "negative timeout": ("timeout: -5\n", r"timeout must be positive\. Got -5\.0 seconds"),
     "bad study name": ("name: my/study\n", r"name: must be letters, digits"),
-    "unknown task": ("task: translation\n", r"task: Input should be 'text-classification'"),
+    "unknown task": (
+        "task: translation\n",
+        r"task: must be one of text-classification, image-classification",
+    ),
     "unknown backend": ("backend: spark\n", r"backend: Input should be 'optuna' or 'ray'"),
     "tiny image size": (
         "image_size: 8\n",

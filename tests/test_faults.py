@@ -11,7 +11,7 @@ import yaml
 from conftest import FAST_RECIPE, patch_fit
 from faults import Postgres, load_trials, start_worker, trial_running, wait_until
 
-import hypertweaks.search as search_module
+import hypertweaks.trial
 from hypertweaks import tune
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.space import Recipe
@@ -145,7 +145,7 @@ def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(tas
 
 
 def test_a_trial_out_of_memory_even_at_one_example_fails_alone(text_experiment, monkeypatch):
-    real_fit, calls = search_module.fit, []
+    real_fit, calls = hypertweaks.trial.fit, []
 
     def oom_on_trial_1(*args, **kwargs):
         calls.append(1)

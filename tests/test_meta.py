@@ -284,7 +284,7 @@ def test_combine_scores_the_default_averaged_with_other_runs(tmp_path, monkeypat
 
 def test_the_image_design_starts_from_the_products_default_and_spans_every_freezing_depth():
     from bench.meta.images import image_design
-    from hypertweaks.recipes import default_recipe
+    from hypertweaks.kinds import default_recipe
 
     recipes = image_design(40, num_layers=16, dropout=0.2)
     assert recipes[0]["recipe"] == default_recipe("image-classification", 0.2)

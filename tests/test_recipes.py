@@ -3,7 +3,8 @@ the HF Trainer's defaults where the meta-dataset measured them, larger batches o
 
 import pytest
 
-from hypertweaks.recipes import MIN_UPDATES, default_recipe
+from hypertweaks.kinds import default_recipe
+from hypertweaks.recipes import MIN_UPDATES
 
 
 def updates(recipe: dict, rows: int) -> int:
@@ -45,7 +46,7 @@ def test_other_tasks_keep_their_recipe_whatever_the_data_size():
 
 
 def test_the_default_text_space_reaches_the_default_epochs_on_small_data():
-    from hypertweaks.recipes import default_space
+    from hypertweaks.kinds import default_space
 
     small = default_space("text-classification", {}, train_rows=150)
     assert small["epochs"]["high"] == default_recipe("text-classification", 0.1, 150)["epochs"]

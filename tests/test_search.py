@@ -5,7 +5,7 @@ import pytest
 import yaml
 from conftest import patch_fit
 
-import hypertweaks.search as search_module
+import hypertweaks.trial
 from hypertweaks import load_experiment, tune
 from hypertweaks.embedded import EmbeddedBackend
 from hypertweaks.study import open_study, trial_seconds
@@ -54,7 +54,7 @@ def test_an_interrupted_study_resumes_without_repeating_finished_trials(
     assert len(before) == 2
 
     calls = []
-    real_fit = search_module.fit
+    real_fit = hypertweaks.trial.fit
 
     def interrupt_second_call(*args, **kwargs):
         calls.append(1)
@@ -88,7 +88,7 @@ def test_rerunning_a_finished_study_trains_nothing(text_experiment, monkeypatch)
 
 
 def test_a_diverging_trial_fails_alone(text_experiment, monkeypatch):
-    real_fit = search_module.fit
+    real_fit = hypertweaks.trial.fit
     calls = []
 
     def diverge_on_trial_1(*args, **kwargs):

@@ -54,7 +54,7 @@ def test_default_recipe_is_moved_into_the_users_space():
 
 
 def test_text_default_space_freezes_at_most_half_the_layers_and_never_gradually():
-    from hypertweaks.recipes import default_space
+    from hypertweaks.kinds import default_space
 
     space = resolve_space(default_space("text-classification", {}), num_layers=7)
     assert space["freeze_layers"] == {"low": 0, "high": 3}

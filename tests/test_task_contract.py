@@ -13,7 +13,7 @@ from lm_fixtures import build_tiny_llama, make_pairs, write_jsonl
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import make_experiment
-from hypertweaks.recipes import default_recipe
+from hypertweaks.kinds import KINDS, default_recipe
 from hypertweaks.space import Recipe
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate
@@ -61,9 +61,17 @@ def lm_setup(tmp_path, tiny_bert):
     }
 
 
-@pytest.fixture(params=[text_setup, image_setup, lm_setup], ids=["text", "image", "causal-lm"])
+SETUPS = {
+    "text-classification": text_setup,
+    "image-classification": image_setup,
+    "causal-lm": lm_setup,
+}
+
+
+@pytest.fixture(params=list(KINDS))  # every registered task kind
 def prepared(request, tmp_path, tiny_bert):
-    fields = request.param(tmp_path, tiny_bert)
+    assert request.param in SETUPS, f"task kind {request.param!r}: add its tiny setup to SETUPS"
+    fields = SETUPS[request.param](tmp_path, tiny_bert)
     exp = make_experiment({**fields, "runs_dir": str(tmp_path / "runs"), "trials": 1})
     task = make_task(exp, tmp_path / "cache")
     task.prepare()
@@ -132,7 +140,8 @@ def test_datasets_are_cached_by_split_and_rows(prepared):
     assert train.subset([1, 2]).subset([1]).rows == (2,)  # rows of the full split
 
 
-def test_a_saved_model_folder_records_its_kind(prepared, tmp_path):
+def test_a_saved_model_folder_records_its_kind_and_loads_as_its_predictor(prepared, tmp_path):
+    from hypertweaks import load
     from hypertweaks.model_folder import describe
 
     exp, task, recipe = prepared
@@ -144,3 +153,4 @@ def test_a_saved_model_folder_records_its_kind(prepared, tmp_path):
     meta = folder / ("hypertweaks.json" if exp.task == "causal-lm" else "labels.json")
     assert json.loads(meta.read_text())["task"] == exp.task
     assert describe(folder).task == exp.task
+    assert isinstance(load(folder, device="cpu"), KINDS[exp.task].load_class("predictor"))

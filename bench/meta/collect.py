@@ -152,8 +152,9 @@ def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
 
 # Cells of the product's own candidates, beside the design: negative recipe indices, which the
 # simulator never counts in the design's balanced prefix but a strategy may run by index.
-# -2 and -3 are the default recipe with another classifier (TextClassification.fine_tune_head):
-# mean-pooled with a fresh head, and mean-pooled with its head from a linear probe (LP-FT).
+# -2 and -3 are the default recipe with another classifier (the fine_tune_head of
+# bench/text_heads.BenchTextClassification): mean-pooled with a fresh head, and mean-pooled with
+# its head from a linear probe (LP-FT).
 # -4 and -5 refit a candidate (-3, -1) on train + validation, every epoch of its schedule
 # recorded on test, so that the simulator can score a refit stopped at the epoch the candidate's
 # own run chose on validation (lever 5 of issue 16). Their validation columns are of examples
@@ -193,7 +194,7 @@ def train_and_validation(splits):
 
 def candidate_recipe(index: int, text) -> dict[str, Any]:
     """The recipe hypertweaks itself would run for this candidate on this task."""
-    from hypertweaks.recipes import default_recipe
+    from hypertweaks.kinds import default_recipe
     from hypertweaks.strategies import head_only_candidate
 
     defaults = default_recipe(

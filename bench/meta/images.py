@@ -49,7 +49,7 @@ def image_design(size: int, num_layers: int, dropout: float) -> list[dict[str, A
     backbone's number of freezable blocks, `dropout` its pretrained head dropout."""
     from scipy.stats import qmc
 
-    from hypertweaks.recipes import default_recipe
+    from hypertweaks.kinds import default_recipe
 
     reference = default_recipe("image-classification", dropout)
     recipes = [{"name": "reference", "source": "recipes.IMAGE_CLASSIFICATION", "recipe": reference}]

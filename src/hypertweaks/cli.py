@@ -20,6 +20,7 @@ from hypertweaks import __version__
 from hypertweaks.config import ConfigError, Experiment, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
+from hypertweaks.kinds import KINDS, kind_of
 from hypertweaks.models import ModelError
 from hypertweaks.noise import describe, describe_kept
 from hypertweaks.report import render
@@ -45,7 +46,7 @@ the search find the fine-tuning hyperparameters that work, then use the tuned mo
 
 # flag -> (experiment field, type, help); every flag overrides the YAML file.
 FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--task": ("task", str, "text-classification, image-classification or causal-lm"),
+    "--task": ("task", str, ", ".join(KINDS)),
     "--model": ("model", str, "hub id, local model folder, or timm backbone name"),
     "--gguf-file": ("gguf_file", str, "GGUF file inside the model folder/repo (causal-lm)"),
     "--weights": ("weights", str, "local weights file for the backbone (image models)"),
@@ -63,8 +64,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--metric": (
         "metric",
         str,
-        "accuracy, macro_f1, loss, roc_auc, defect_recall; causal-lm: loss, perplexity, "
-        "exact_match",
+        "; ".join(f"{k.name}: {', '.join(k.metrics)}" for k in KINDS.values())
+        + " (the first is the default)",
     ),
     "--device": ("device", str, "auto, cpu, cuda, cuda:N"),
     "--seed": ("seed", int, "seed of the splits, the sampler and the trials"),
@@ -342,7 +343,7 @@ def run_predict(args: argparse.Namespace, console: Console) -> int:
     try:
         with progress_bar(console, args.quiet) as start:
             info = describe(args.model)
-            images = info.task == "image-classification"
+            images = kind_of(info.task).inputs == "images"
             output, table, predictor = predict_file(
                 info,
                 args.input,
@@ -377,7 +378,7 @@ def run_evaluate(args: argparse.Namespace, console: Console) -> int:
     try:
         with progress_bar(console, args.quiet) as start:
             info = describe(args.model)
-            images = info.task == "image-classification"
+            images = kind_of(info.task).inputs == "images"
             report = evaluate(
                 info,
                 args.labeled,

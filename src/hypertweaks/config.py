@@ -17,19 +17,10 @@ from pydantic import (
     model_validator,
 )
 
+from hypertweaks.kinds import KINDS, METRICS, kind_of
 from hypertweaks.objective import direction_of
-from hypertweaks.recipes import task_knobs
 from hypertweaks.space import KNOBS, check_knob_spec
 from hypertweaks.strategies.names import PRUNER_NAMES, SAMPLER_NAMES, SELECTOR_NAMES
-
-TASKS = ("text-classification", "image-classification", "causal-lm")
-METRICS = ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall", "perplexity", "exact_match")
-_METRICS_BY_TASK = {
-    "text-classification": ("accuracy", "macro_f1", "loss"),
-    "image-classification": ("accuracy", "macro_f1", "loss", "roc_auc", "defect_recall"),
-    "causal-lm": ("loss", "perplexity", "exact_match"),
-}
-_DEFAULT_METRIC = {"causal-lm": "loss"}
 
 
 class ConfigError(ValueError):
@@ -60,9 +51,7 @@ class Experiment(BaseModel):
     _max_length_given: bool = PrivateAttr(True)
     _relative_in_file: set[str] = PrivateAttr(default_factory=set)  # paths made file-relative
 
-    task: Literal["text-classification", "image-classification", "causal-lm"] = (
-        "text-classification"
-    )
+    task: str = Field("text-classification", description="what is tuned: " + ", ".join(KINDS))
     model: str = Field(description="Hugging Face hub id, local model folder, or timm name")
     weights: Path | None = Field(None, description="local weights file (image backbones)")
     gguf_file: str | None = Field(None, description="GGUF file name inside the model folder/repo")
@@ -84,12 +73,12 @@ class Experiment(BaseModel):
     trials: int | None = 20
     timeout: float | None = Field(None, description="wall-clock budget of the whole study, seconds")
 
-    metric: (
-        Literal[
-            "accuracy", "macro_f1", "loss", "roc_auc", "defect_recall", "perplexity", "exact_match"
-        ]
-        | None
-    ) = Field(None, description="default: accuracy, or loss for causal-lm")
+    metric: str | None = Field(
+        None,
+        description="one of the task's: "
+        + "; ".join(f"{k.name}: {', '.join(k.metrics)}" for k in KINDS.values())
+        + " (the first is the default)",
+    )
     patience: int = Field(2, ge=1, description="epochs without improvement before stopping")
     class_weights: Literal["none", "balanced"] = Field(
         "none",
@@ -129,14 +118,20 @@ class Experiment(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0, description="Ray backend: CPUs each trial holds")
     gpus_per_trial: float = Field(0.0, ge=0, description="Ray backend: GPUs (or a fraction)")
 
-    @field_validator("sampler", "pruner", "selector")
+    @field_validator("task", "metric", "sampler", "pruner", "selector")
     @classmethod
-    def _registered(cls, value: str, info) -> str:
-        known = {"sampler": SAMPLER_NAMES, "pruner": PRUNER_NAMES, "selector": SELECTOR_NAMES}[
-            info.field_name
-        ]
+    def _registered(cls, value: str | None, info) -> str | None:
+        if value is None and info.field_name == "metric":
+            return value
+        known = {
+            "task": tuple(KINDS),
+            "metric": METRICS,
+            "sampler": SAMPLER_NAMES,
+            "pruner": PRUNER_NAMES,
+            "selector": SELECTOR_NAMES,
+        }[info.field_name]
         if value not in known:
-            raise ValueError(f"must be one of {', '.join(known)}. Got {value!r} instead")
+            raise ValueError(f"must be one of {', '.join(known)}")
         return value
 
     @field_validator("model", mode="before")
@@ -194,27 +189,25 @@ class Experiment(BaseModel):
             raise ValueError(f"timeout must be positive. Got {self.timeout} seconds instead")
         if self.trials is None and self.timeout is None:
             raise ValueError("give a budget: trials, timeout, or both")
+        kind = kind_of(self.task)
         if self.metric is None:
-            self.metric = _DEFAULT_METRIC.get(self.task, "accuracy")
-        if self.metric not in _METRICS_BY_TASK[self.task]:
+            self.metric = kind.metrics[0]
+        if self.metric not in kind.metrics:
             raise ValueError(
-                f"metric {self.metric!r} is not one of {self.task}'s: "
-                f"{', '.join(_METRICS_BY_TASK[self.task])}"
+                f"metric {self.metric!r} is not one of {self.task}'s: {', '.join(kind.metrics)}"
             )
-        if self.max_length is None and self.task != "causal-lm":  # causal-lm: from its context
+        if self.max_length is None and not kind.generates:  # a generator: from its context
             self.max_length = 128
             self._max_length_given = False  # a default: a model with fewer positions lowers it
-        knobs = task_knobs(self.task)
         for knob in self.space:
-            if knob not in knobs:
-                raise ValueError(
-                    f"knob {knob!r} is for causal-lm only; {self.task} has no adapters"
-                )
-        if self.gguf_file is not None and self.task != "causal-lm":
+            if knob not in kind.knobs:
+                owners = ", ".join(k.name for k in KINDS.values() if knob in k.knobs)
+                raise ValueError(f"knob {knob!r} is for {owners} only; {self.task} has no adapters")
+        if self.gguf_file is not None and not kind.generates:
             raise ValueError("gguf_file is for causal-lm models only")
-        if self.class_weights != "none" and self.task == "causal-lm":
+        if self.class_weights != "none" and kind.generates:
             raise ValueError(
-                "class_weights is for classification; causal-lm trains on tokens: remove it"
+                f"class_weights is for classification; {self.task} trains on tokens: remove it"
             )
         return self
 

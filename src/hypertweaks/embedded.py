@@ -3,8 +3,6 @@ or PostgreSQL shared by many workers). The budget is shared by every worker of t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import optuna
 from optuna.trial import TrialState
 
@@ -28,19 +26,20 @@ class EmbeddedBackend:
         self.ctx = ctx
         self.exp = ctx.exp
 
-    def optimize(self, smoke: Callable[[], None]) -> optuna.Study:
+    def open(self) -> None:
         ctx, exp = self.ctx, self.exp
-        study, created = open_study(exp, max_epochs(ctx.space))
-        same_experiment(study, exp)
+        self.study, created = open_study(exp, max_epochs(ctx.space))
+        same_experiment(self.study, exp)
         if created:
             # Only the worker that created the study enqueues the starting recipes: workers that
             # start together would otherwise all see an empty study and each enqueue them.
-            self._enqueue_starts(study, fixed_only=False)
-        finished = [t for t in study.get_trials(deepcopy=False) if counted(t)]
-        if finished:
-            ctx.display.message(f"resuming study {exp.name!r}: {len(finished)} trials done")
-        if exp.smoke:
-            smoke()
+            self._enqueue_starts(self.study, fixed_only=False)
+        self.finished = [t for t in self.study.get_trials(deepcopy=False) if counted(t)]
+        if self.finished:
+            ctx.display.message(f"resuming study {exp.name!r}: {len(self.finished)} trials done")
+
+    def optimize(self) -> optuna.Study:
+        ctx, exp, study, finished = self.ctx, self.exp, self.study, self.finished
         enqueue_interrupted(study)
         if finished and not self._budget_spent(study, count_waiting=True):
             # The fixed (cheap) candidates a resumed study never ran, e.g. the head-only one that

@@ -18,6 +18,7 @@ from hypertweaks.atomic import write_text
 from hypertweaks.data import DataError
 from hypertweaks.data.inputs import image_table, read_prompts, read_texts
 from hypertweaks.generate import Generator
+from hypertweaks.kinds import kind_of
 from hypertweaks.predict import (
     Classifier,
     ModelInfo,
@@ -73,7 +74,7 @@ def labeled_inputs(
     checked against the model's classes before any weights are loaded."""
     label_column = label_column or info.column("label_column")
     where = f"evaluation data {str(path)!r}"
-    if info.task == "image-classification":
+    if kind_of(info.task).inputs == "images":
         from hypertweaks.data.images import read_image_folder
 
         if Path(path).is_dir():
@@ -139,7 +140,7 @@ def evaluate(
     info = model.info if loaded else describe(model)
     device_of(device)
     check_options(batch_size)
-    if info.task == "causal-lm":
+    if kind_of(info.task).inputs == "prompts":
         task = _lm_task(info, path)  # the study's own reader checks every line first
         predictor = model if loaded else load(info, device)
         return _evaluate_generator(predictor, task, path, batch_size, progress)

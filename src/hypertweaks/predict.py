@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from hypertweaks.data import DataError
+from hypertweaks.kinds import kind_of
 from hypertweaks.model_folder import (  # noqa: F401  (re-exported for evaluate and the CLI)
     ModelInfo,
     Progress,
@@ -34,12 +35,7 @@ def load(path: str | Path | ModelInfo, device: str = "auto") -> Classifier | Gen
     (`predict`, `predict_proba`) or, for a causal LM, a `Generator` (`generate`)."""
     info = describe(path)
     quiet_transformers()
-    if info.task == "causal-lm":
-        from hypertweaks.generate import Generator
-
-        return Generator(info, device)
-    kind = {"text-classification": TextClassifier, "image-classification": ImageClassifier}
-    return kind[info.task](info, device)
+    return kind_of(info.task).load_class("predictor")(info, device)
 
 
 def is_loaded(model: Any) -> bool:
@@ -352,8 +348,9 @@ def predict_file(
 
     info = model.info if is_loaded(model) else describe(model)
     device_of(device)
-    check_options(batch_size, top_k, generation if info.task == "causal-lm" else None)
-    if info.task == "causal-lm":
+    kind = kind_of(info.task)
+    check_options(batch_size, top_k, generation if kind.generates else None)
+    if kind.inputs == "prompts":
         target = check_output(output or default_output(source, ".jsonl"))
         rows = read_prompts(source)
         predictor = _loaded(model, info, device)
@@ -364,7 +361,7 @@ def predict_file(
         return write_atomically(table, target), table, predictor
     target = check_output(output or default_output(source))
     check_threshold(threshold, info.classes)
-    if info.task == "image-classification":
+    if kind.inputs == "images":
         folder = Path(source).is_dir()
         column = "path" if folder else column or info.column("image_column")
         table = image_table(source, column)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -227,18 +226,23 @@ class RayBackend:
     def __init__(self, ctx: StudyContext):
         self.ctx, self.exp = ctx, ctx.exp
 
-    def optimize(self, smoke: Callable[[], None]) -> optuna.Study:
+    def open(self) -> None:
+        require_ray()
+        from ray import tune
+
+        exp = self.exp
+        if exp.fresh:  # the study, its Ray experiment and its best model go
+            discard_study(exp)
+        ray_dir = (self.ctx.run_dir / RAY_DIR).resolve()
+        resumable = tune.Tuner.can_restore(str(ray_dir / "study"))
+        check_saved_fingerprint(exp, ray_dir / "fingerprint.json", resumable)  # changed: refused
+
+    def optimize(self) -> optuna.Study:
         ray = require_ray()
         from ray import tune
 
         ctx, exp = self.ctx, self.exp
-        if exp.fresh:  # the study, its Ray experiment and its best model go
-            discard_study(exp)
         ray_dir = (ctx.run_dir / RAY_DIR).resolve()
-        resumable = tune.Tuner.can_restore(str(ray_dir / "study"))
-        check_saved_fingerprint(exp, ray_dir / "fingerprint.json", resumable)  # changed: refused
-        if exp.smoke:
-            smoke()
         offline = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         ray.init(
             # no address: a private local instance, never a cluster RAY_ADDRESS or a stopped

@@ -1,11 +1,12 @@
-"""Recommended fine-tuning recipes per task, the first trial of every study."""
+"""Recommended fine-tuning recipes and search ranges per task kind (kinds.py names which are
+whose): the first trial of every study, and where the search looks."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from hypertweaks.space import CORE_KNOBS, KNOBS, LM_KNOBS
+from hypertweaks.space import KNOBS
 
 # BERT-style encoders: the HF Trainer's defaults (lr 5e-5, 3 epochs, linear decay, no warmup, no
 # weight decay, nothing frozen) with a batch size and epoch count that follow the data size (see
@@ -35,9 +36,11 @@ MAX_EPOCHS = 10
 DEFAULT_EPOCHS_HIGH = KNOBS["epochs"].default["high"]
 
 
-def text_recipe(train_rows: int) -> dict[str, Any]:
+def text_recipe(train_rows: int | None = None) -> dict[str, Any]:
     """The text default for this many training rows: batch 8, or 16 or 32 once an epoch still
     has LARGER_BATCH_UPDATES_PER_EPOCH updates at that batch; epochs for MIN_UPDATES in all."""
+    if train_rows is None:
+        return TEXT_CLASSIFICATION
     batch = max(
         [b for b in (16, 32) if train_rows >= LARGER_BATCH_UPDATES_PER_EPOCH * b], default=8
     )
@@ -78,63 +81,36 @@ CAUSAL_LM = {
     "lora_targets": "all-linear",
 }
 
-_BY_TASK = {
-    "text-classification": TEXT_CLASSIFICATION,
-    "image-classification": IMAGE_CLASSIFICATION,
-    "causal-lm": CAUSAL_LM,
-}
-
 # Search ranges that differ from the knobs' general defaults (space.KNOBS): CNNs fine-tune at
 # learning rates about ten times those of transformers; text encoders on small data need
 # enough updates to move at all.
-_SPACE_BY_TASK = {
-    # Measured on MiniLM with 600 training rows (the bench cells at commit c2e574c): every trial
-    # that froze more than half the layers, trained with gradual unfreezing on 2-5 epochs, or
-    # used lr < 2e-5 barely beat the majority class, so a small budget spent there is wasted.
-    # Users with more data or epochs can widen any of these (freeze_layers: {low: 0, high: all}).
-    "text-classification": {
-        "learning_rate": {"low": 2e-5, "high": 2e-4, "log": True},
-        "freeze_layers": {"low": 0, "high": "half"},
-        "gradual_unfreeze": False,
-    },
-    "image-classification": {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}},
-    # LoRA trains at about ten times the full fine-tuning lr; the LM's own dropout is not searched
-    # (lora_dropout is the regulariser), nor is gradual unfreezing (the adapters are small).
-    "causal-lm": {
-        "learning_rate": {"low": 3e-5, "high": 1e-3, "log": True},
-        "epochs": {"low": 1, "high": 3},
-        "dropout": 0.0,
-        "weight_decay": [0.0, 0.01, 0.1],
-        "warmup_ratio": {"low": 0.0, "high": 0.1},
-        "gradual_unfreeze": False,
-    },
+# Text: measured on MiniLM with 600 training rows (the bench cells at commit c2e574c): every trial
+# that froze more than half the layers, trained with gradual unfreezing on 2-5 epochs, or used
+# lr < 2e-5 barely beat the majority class, so a small budget spent there is wasted. Users with
+# more data or epochs can widen any of these (freeze_layers: {low: 0, high: all}).
+TEXT_SPACE = {
+    "learning_rate": {"low": 2e-5, "high": 2e-4, "log": True},
+    "freeze_layers": {"low": 0, "high": "half"},
+    "gradual_unfreeze": False,
+}
+IMAGE_SPACE = {"learning_rate": {"low": 1e-4, "high": 3e-3, "log": True}}
+# LoRA trains at about ten times the full fine-tuning lr; the LM's own dropout is not searched
+# (lora_dropout is the regulariser), nor is gradual unfreezing (the adapters are small).
+CAUSAL_LM_SPACE = {
+    "learning_rate": {"low": 3e-5, "high": 1e-3, "log": True},
+    "epochs": {"low": 1, "high": 3},
+    "dropout": 0.0,
+    "weight_decay": [0.0, 0.01, 0.1],
+    "warmup_ratio": {"low": 0.0, "high": 0.1},
+    "gradual_unfreeze": False,
 }
 
 
-def task_knobs(task: str) -> tuple[str, ...]:
-    """The knobs a task has: the LoRA ones belong to causal language models only."""
-    return LM_KNOBS if task == "causal-lm" else CORE_KNOBS
-
-
-def default_recipe(
-    task: str, pretrained_dropout: float, train_rows: int | None = None
-) -> dict[str, Any]:
-    """The recommended recipe; dropout is the one the model was pretrained with. Text
-    classification's batch size and epochs follow the number of training rows when given."""
-    recipe = _BY_TASK[task]
-    if task == "text-classification" and train_rows is not None:
-        recipe = text_recipe(train_rows)
-    return {**recipe, "dropout": float(pretrained_dropout)}
-
-
-def default_space(
-    task: str, user_space: dict[str, Any], train_rows: int | None = None
-) -> dict[str, Any]:
-    """The task's default search ranges, overridden knob by knob by the user's. On small text
-    data the epoch range reaches the recommended recipe's epoch count."""
-    space = dict(_SPACE_BY_TASK[task])
-    if task == "text-classification" and train_rows is not None:
+def text_space(train_rows: int | None = None) -> dict[str, Any]:
+    """Text's search ranges: on small data the epoch range reaches the recommended recipe's."""
+    space = dict(TEXT_SPACE)
+    if train_rows is not None:
         epochs = text_recipe(train_rows)["epochs"]
         if epochs > DEFAULT_EPOCHS_HIGH:
             space["epochs"] = {"low": 2, "high": epochs}
-    return {**space, **user_space}
+    return space

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from hypertweaks.atomic import write_text
 from hypertweaks.config import Experiment
 from hypertweaks.study import counted, redact, storage_url, trial_seconds
-from hypertweaks.trial import TrialRecord
+from hypertweaks.trial import RECORD_VERSION, TrialRecord
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -27,27 +27,18 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    record = TrialRecord.from_attrs(trial.user_attrs, trial.params)
+    """A row of results.json: the trial's record (trial.TrialRecord) and what the study knows of
+    the trial: its number, state, value (complete trials only) and timing."""
+    record = TrialRecord.from_attrs(trial.user_attrs, trial.params).as_dict()
     return {
         "number": trial.number,
         "state": trial.state.name.lower(),
-        "tag": record.tag,
+        **record,
         "value": trial.value if trial.state == TrialState.COMPLETE else None,
         "last_value": next(reversed(trial.intermediate_values.values()), None),
-        "recipe": record.recipe,
-        "best_epoch": record.best_epoch,
-        "stopped": record.stopped,
-        "curve": record.curve,
         "seconds": trial_seconds(trial),
         "started": trial.datetime_start.isoformat() if trial.datetime_start else None,
         "finished": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
-        "attempts": record.attempts,
-        "examples": record.examples,
-        "train_seconds": record.train_seconds,
-        "seed": record.seed,
-        "error": record.error,
-        "test_metrics": record.test_metrics,  # the default recipe's, for comparison
-        "interrupted": record.interrupted,
     }
 
 
@@ -64,6 +55,7 @@ def write_results(
         if t.state.is_finished() and not t.user_attrs.get("surplus")
     ]
     data = {
+        "record_version": RECORD_VERSION,  # of each row's trial record (trial.TrialRecord)
         "study": exp.name,
         "task": exp.task,
         "model": exp.model,

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 import torch
@@ -19,19 +18,18 @@ from optuna.trial import TrialState
 
 from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, check_run_dir_place, make_experiment
-from hypertweaks.data import stratified_subset
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.embedded import EmbeddedBackend
+from hypertweaks.kinds import kind_of
 from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
-from hypertweaks.recipes import default_recipe, default_space, task_knobs
 from hypertweaks.report import render as render_report
 from hypertweaks.results import trial_row, write_results
-from hypertweaks.space import Recipe, resolve_space
+from hypertweaks.space import resolve_space
 from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
-from hypertweaks.train import evaluate, fit, release_memory, resolve_device
-from hypertweaks.trial import StudyContext, study_checkpoint
+from hypertweaks.train import evaluate, release_memory, resolve_device
+from hypertweaks.trial import StudyContext, smoke_trial, study_checkpoint
 
 log = logging.getLogger("hypertweaks")
 
@@ -68,17 +66,14 @@ class Search:
         """Everything that can fail on bad input, before any training."""
         self.task.prepare()
         self.best = study_checkpoint(self.exp, self.task)  # its noise margin needs the data
+        kind, rows = kind_of(self.exp.task), len(self.task.splits.train)
         try:
             self.space = resolve_space(
-                default_space(self.exp.task, self.exp.space, len(self.task.splits.train)),
-                self.task.num_layers,
-                task_knobs(self.exp.task),
+                kind.default_space(self.exp.space, rows), self.task.num_layers, kind.knobs
             )
         except ValueError as error:
             raise ConfigError(f"invalid experiment:\n  space: {error}") from None
-        self.defaults = default_recipe(
-            self.exp.task, self.task.pretrained_dropout, len(self.task.splits.train)
-        )
+        self.defaults = kind.default_recipe(self.task.pretrained_dropout, rows)
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # every core this process may use
         splits = self.task.splits
@@ -92,35 +87,9 @@ class Search:
             self.display.message(f"  {note}")
 
     def smoke(self) -> None:
-        """A few optimisation steps and a save/load on a tiny subset: any data, model or config
-        error surfaces here in seconds, not after the first real trial."""
+        """The smoke stage: a trial of the default recipe on a tiny subset (trial.smoke_trial)."""
         start = time.perf_counter()
-        splits, task = self.task.splits, self.task
-        train = splits.train.subset(stratified_subset(splits.train.labels, 32, self.exp.seed))
-        val = splits.validation.subset(
-            stratified_subset(splits.validation.labels, 32, self.exp.seed)
-        )
-        recipe = Recipe(**{**self.defaults, "batch_size": 8, "epochs": 1})
-        torch.manual_seed(self.exp.seed)
-        model, layers = task.build(recipe)
-        fit(
-            task,
-            model,
-            layers,
-            recipe,
-            task.dataset(train, True, recipe),
-            task.dataset(val, False, recipe),
-            metric=self.exp.metric,
-            direction=self.exp.direction,
-            device=self.device,
-            seed=self.exp.seed,
-            max_steps=3,
-        )
-        with tempfile.TemporaryDirectory(prefix="smoke-", dir=self.run_dir) as smoke_dir:
-            task.save(model, Path(smoke_dir))
-            task.load(Path(smoke_dir))
-        del model
-        release_memory(self.device)
+        smoke_trial(self.exp, self.task, self.defaults, self.device)
         self.display.message(f"smoke run passed in {time.perf_counter() - start:.1f}s")
 
     def context(self) -> StudyContext:
@@ -138,7 +107,11 @@ class Search:
         start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        study = make_backend(self.context()).optimize(self.smoke)
+        backend = make_backend(self.context())
+        backend.open()  # a changed or foreign study is refused before any training
+        if self.exp.smoke:
+            self.smoke()
+        study = backend.optimize()
         result = self.finish(study)
         result.seconds = time.perf_counter() - start
         result.report_path = render_report(self.run_dir, self.exp.storage)
@@ -232,8 +205,19 @@ def stopped_early(exp: Experiment, done: int) -> str | None:
     )
 
 
-def make_backend(ctx: StudyContext):
-    """The backend the experiment names; each runs trials with `trial.run_trial`."""
+class Backend(Protocol):
+    """Runs the study's trials (each with `trial.run_trial`) on the strategy the experiment
+    names; the stage order is the runner's."""
+
+    def open(self) -> None:
+        """Open or create the study; refuse one that another experiment made."""
+
+    def optimize(self) -> optuna.Study:
+        """Run the trials the budget leaves; the study with every trial recorded."""
+
+
+def make_backend(ctx: StudyContext) -> Backend:
+    """The backend the experiment names."""
     if ctx.exp.backend == "ray":
         from hypertweaks.ray_backend import RayBackend
 

@@ -5,6 +5,7 @@ disk, and return a typed record of what happened. Backends (embedded Optuna, Ray
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
+from hypertweaks.data import Split, stratified_subset
 from hypertweaks.space import Recipe
 from hypertweaks.strategies import strategy_of
 from hypertweaks.train import Diverged, EpochReport, evaluate, fit, release_memory
@@ -23,11 +25,19 @@ from hypertweaks.train import Diverged, EpochReport, evaluate, fit, release_memo
 TRIAL_FAILURES = (Diverged, torch.OutOfMemoryError)
 
 
+# The trial record's version: raised when a field is renamed or changes meaning. Records stored
+# before it was kept read as version 0 (the same fields as version 1).
+RECORD_VERSION = 1
+
+
 @dataclass
 class TrialRecord:
-    """What a trial did, as stored with it (Optuna user attributes)."""
+    """What a trial did: the one shape from the trial to results.json. Stored with the trial
+    (Optuna user attributes; Ray reports it as JSON), and each row of results.json is this record
+    plus what the study knows of the trial (number, state, timing)."""
 
     recipe: dict[str, Any]
+    version: int = RECORD_VERSION
     seed: int | None = None
     tag: str = ""  # "defaults", or the name of the strategy's starting recipe
     value: float | None = None  # best validation value over its epochs
@@ -44,23 +54,33 @@ class TrialRecord:
     interrupted: bool = False
 
     def attrs(self) -> dict[str, Any]:
-        """The fields worth storing (defaults left out, JSON-safe)."""
+        """The fields worth storing (defaults left out, JSON-safe; recipe and version always)."""
         defaults = TrialRecord(recipe={})
         return {
             f.name: getattr(self, f.name)
             for f in fields(self)
-            if f.name == "recipe" or getattr(self, f.name) != getattr(defaults, f.name)
+            if f.name in ("recipe", "version") or getattr(self, f.name) != getattr(defaults, f.name)
         }
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any], params: dict[str, Any] | None = None) -> TrialRecord:
+        """The record stored as `attrs`; a trial's Optuna params stand in for a missing recipe."""
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in attrs.items() if k in known}
         values.setdefault("recipe", dict(params or {}))
+        values.setdefault("version", 0)
+        if values["version"] > RECORD_VERSION:
+            raise ValueError(
+                f"this trial was recorded by a newer hypertweaks (trial record version "
+                f"{values['version']}, this one reads up to {RECORD_VERSION}): upgrade hypertweaks"
+            )
         return cls(**values)
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps(self.as_dict())
 
 
 @dataclass
@@ -89,9 +109,20 @@ def study_checkpoint(exp: Experiment, task) -> BestCheckpoint:
     return BestCheckpoint(exp.run_dir, exp.direction, selector)
 
 
-def fit_trial(exp: Experiment, task, recipe: Recipe, device, seed: int, on_epoch=None):
-    """One trial's model, trained on the task's train split and scored on its validation split:
-    the same for every backend."""
+def fit_trial(
+    exp: Experiment,
+    task,
+    recipe: Recipe,
+    device,
+    seed: int,
+    on_epoch=None,
+    *,
+    splits: tuple[Split, Split] | None = None,
+    max_steps: int | None = None,
+):
+    """One trial's model, trained on the task's train split and scored on its validation split
+    (or on `splits`, a subset of them: the smoke run): the same for every backend."""
+    train, validation = splits or (task.splits.train, task.splits.validation)
     torch.manual_seed(seed)  # the new head's initial weights belong to the trial's seed
     model, layers = task.build(recipe)
     result = fit(
@@ -99,16 +130,43 @@ def fit_trial(exp: Experiment, task, recipe: Recipe, device, seed: int, on_epoch
         model,
         layers,
         recipe,
-        task.dataset(task.splits.train, True, recipe),
-        task.dataset(task.splits.validation, False, recipe),
+        task.dataset(train, True, recipe),
+        task.dataset(validation, False, recipe),
         metric=exp.metric,
         direction=exp.direction,
         patience=exp.patience,
         device=device,
         seed=seed,
         on_epoch=on_epoch,
+        max_steps=max_steps,
     )
     return model, result
+
+
+SMOKE_EXAMPLES = 32  # per split: every class present, a few batches
+SMOKE_STEPS = 3
+
+
+def smoke_trial(exp: Experiment, task, defaults: dict[str, Any], device: torch.device) -> None:
+    """The smoke run: the default recipe as a trial on a tiny subset, for a few optimisation
+    steps, and its model saved and loaded back. Any data, model or config error surfaces here in
+    seconds, not after the first real trial."""
+    subsets = tuple(
+        split.subset(stratified_subset(split.labels, SMOKE_EXAMPLES, exp.seed))
+        for split in (task.splits.train, task.splits.validation)
+    )
+    recipe = Recipe(**{**defaults, "batch_size": 8, "epochs": 1})
+    model = None
+    try:
+        model, _ = fit_trial(
+            exp, task, recipe, device, exp.seed, splits=subsets, max_steps=SMOKE_STEPS
+        )
+        with tempfile.TemporaryDirectory(prefix="smoke-", dir=exp.run_dir) as folder:
+            task.save(model, Path(folder))
+            task.load(Path(folder))
+    finally:
+        model = None
+        release_memory(device)
 
 
 def run_trial(

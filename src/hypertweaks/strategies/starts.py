@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hypertweaks.kinds import kind_of
+
 if TYPE_CHECKING:
     from hypertweaks.config import Experiment
 
@@ -46,7 +48,7 @@ def user_fixed(exp: Experiment) -> dict[str, Any]:
 def head_only_candidate(exp: Experiment, defaults: dict[str, Any], num_layers: int) -> Start | None:
     """The head-only candidate, for text studies whose space leaves freezing to hypertweaks. Its
     optimiser settings give way to the knobs the user fixed (epochs: 1 stays 1 epoch)."""
-    if exp.task != "text-classification" or "freeze_layers" in exp.space:
+    if not kind_of(exp.task).head_only_start or "freeze_layers" in exp.space:
         return None
     recipe = {**defaults, **HEAD_ONLY_TEXT, **user_fixed(exp), "freeze_layers": num_layers}
     return Start("head-only", recipe, True)
