@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 venv: $(VENV)/.installed
 
 test: venv
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow"

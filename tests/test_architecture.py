@@ -82,7 +82,7 @@ def test_the_cycle_check_finds_a_cycle():
 
 def test_backends_run_trials_through_trial_and_never_import_the_stage_runner():
     graph = imports()
-    for backend in ("hypertweaks.embedded", "hypertweaks.ray_backend"):
+    for backend in ("hypertweaks.backends.embedded", "hypertweaks.backends.ray_tune"):
         assert "hypertweaks.search" not in graph[backend]
         assert "hypertweaks.trial" in graph[backend]
 
@@ -124,7 +124,7 @@ def test_allowed_strategy_values_come_from_the_registry(field, registry, text_ex
 def test_the_stage_order_is_the_runners_alone():
     """Backends open the study and run its trials; the smoke run, a trial on a subset, is a
     stage of the runner (search.py), run between them."""
-    for backend in ("embedded.py", "ray_backend.py"):
+    for backend in ("backends/embedded.py", "backends/ray_tune.py"):
         assert "smoke" not in (PACKAGE / backend).read_text(), backend
     runner = (PACKAGE / "search.py").read_text()
     assert runner.index("backend.open()") < runner.index("self.smoke()")

@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from hypertweaks import tune
+from hypertweaks.backends.ray_tune import distributions
 from hypertweaks.config import ConfigError
-from hypertweaks.ray_backend import distributions
 from hypertweaks.space import resolve_space, suggest
 
 

@@ -54,7 +54,7 @@ def test_bf16_autocast_trains_and_its_logits_are_bf16(task):
 def test_peak_gpu_memory_does_not_grow_from_trial_to_trial(text_experiment):
     # every trial frees its model, optimizer and caches: trial 5 peaks no higher than trial 2
     import hypertweaks.search as search_module
-    from hypertweaks.embedded import EmbeddedBackend
+    from hypertweaks.backends.embedded import EmbeddedBackend
 
     peaks = []
     original = EmbeddedBackend._after_trial

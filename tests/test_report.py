@@ -205,3 +205,11 @@ def test_results_name_the_trials_within_validation_noise_of_the_best(study):
     page = render(result.results_path.parent).read_text()
     if len(noise["trials"]) > 1:
         assert "within validation noise of the best" in page
+
+
+def test_a_study_says_what_its_budget_bought(study):
+    result, results = study
+    ledger = results["budget_bought"]
+    assert ledger == result.budget_bought and ledger["kept"][-1]["trial"] == results["best_trial"]
+    page = render(result.results_path.parent).read_text()
+    assert "What the budget bought" in page

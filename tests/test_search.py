@@ -7,7 +7,7 @@ from conftest import patch_fit
 
 import hypertweaks.trial
 from hypertweaks import load_experiment, tune
-from hypertweaks.embedded import EmbeddedBackend
+from hypertweaks.backends.embedded import EmbeddedBackend
 from hypertweaks.study import open_study, trial_seconds
 from hypertweaks.train import Diverged
 

@@ -26,13 +26,15 @@ from typing import Any
 import numpy as np
 
 from bench.meta import META_DIR, store
+from hypertweaks.config import Experiment
 from hypertweaks.noise import KEEP_DEFAULTS_ERRORS
 from hypertweaks.strategies import Candidate, choose
 from hypertweaks.strategies import Strategy as ProductStrategy
 from hypertweaks.strategies.selectors import KeepDefaults, Selector
 
 NUM_LAYERS = 6  # MiniLM-L6, the text table's model (task records before session 13 lack it)
-PATIENCE = 2  # hypertweaks' default, and what bench peers train with
+# hypertweaks' default (the experiment's), and what bench peers train with
+PATIENCE = Experiment.model_fields["patience"].default
 MIN_RECIPES_TO_SEARCH = 8  # below this, searches are not compared with real ones
 
 

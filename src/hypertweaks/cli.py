@@ -21,6 +21,7 @@ from hypertweaks.config import ConfigError, Experiment, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
 from hypertweaks.kinds import KINDS, kind_of
+from hypertweaks.ledger import describe_ledger
 from hypertweaks.models import ModelError
 from hypertweaks.noise import describe, describe_kept
 from hypertweaks.report import render
@@ -472,6 +473,8 @@ def print_result(result: Result, console: Console) -> None:
         console.print(f"note: {note}")
     if result.stopped_early:
         console.print(f"note: {result.stopped_early}")
+    if line := describe_ledger(result.budget_bought, result.metric):
+        console.print(line)
     console.print(
         f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})",
     )

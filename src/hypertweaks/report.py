@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hypertweaks.atomic import write_text
+from hypertweaks.ledger import describe_ledger
 from hypertweaks.noise import describe, describe_kept
 from hypertweaks.objective import best_of, direction_of, is_better
 
@@ -218,6 +219,8 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
     if line := describe(results.get("within_noise")):
         lines.append(line[0].upper() + line[1:] + ".")
     if line := results.get("stopped_early"):
+        lines.append(line[0].upper() + line[1:] + ".")
+    if line := describe_ledger(results.get("budget_bought"), metric):
         lines.append(line[0].upper() + line[1:] + ".")
     if line := head_only_reading(results):
         lines.append(line)

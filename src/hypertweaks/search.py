@@ -1,6 +1,6 @@
 """The stage runner: prepare (every check on the user's input, before any training), the smoke
 run, the search on the experiment's backend, then the best model scored on test, results.json
-and the report. Backends (embedded.py, ray_backend.py) run the trials; this module is the only
+and the report. Backends (backends/: embedded, ray_tune) run the trials; this module is the only
 one that knows the stage order."""
 
 from __future__ import annotations
@@ -10,17 +10,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
+from hypertweaks.backends import make_backend
 from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, check_run_dir_place, make_experiment
 from hypertweaks.display import LiveDisplay, LogDisplay
-from hypertweaks.embedded import EmbeddedBackend
 from hypertweaks.kinds import kind_of
+from hypertweaks.ledger import budget_ledger
 from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
 from hypertweaks.report import render as render_report
@@ -51,6 +52,7 @@ class Result:
     within_noise: dict[str, Any] | None = None  # trials validation cannot tell from the best
     defaults_kept: dict[str, Any] | None = None  # the defaults kept over a lead inside the noise
     stopped_early: str | None = None  # the timeout ended the search before its trials: why
+    budget_bought: dict[str, Any] | None = None  # the kept model as the budget grew (ledger.py)
 
 
 class Search:
@@ -149,6 +151,11 @@ class Search:
             self.exp.direction,
             len(self.task.splits.validation),
         )
+        rows = [
+            trial_row(t)
+            for t in study.get_trials(deepcopy=False)
+            if t.state.is_finished() and not t.user_attrs.get("surplus")
+        ]
         summary = {
             "best_trial": best.number,
             "best_value": best_value,
@@ -156,6 +163,7 @@ class Search:
             "within_noise": noise,  # the trials validation cannot tell apart from the best
             "defaults_kept": self._defaults_kept(best, complete),
             "stopped_early": stopped_early(self.exp, done),
+            "budget_bought": budget_ledger(rows, self.best.selector),
         }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
@@ -172,6 +180,7 @@ class Search:
             within_noise=noise,
             defaults_kept=summary["defaults_kept"],
             stopped_early=summary["stopped_early"],
+            budget_bought=summary["budget_bought"],
         )
 
     def _defaults_kept(self, best, complete) -> dict[str, Any] | None:
@@ -205,33 +214,13 @@ def stopped_early(exp: Experiment, done: int) -> str | None:
     )
 
 
-class Backend(Protocol):
-    """Runs the study's trials (each with `trial.run_trial`) on the strategy the experiment
-    names; the stage order is the runner's."""
-
-    def open(self) -> None:
-        """Open or create the study; refuse one that another experiment made."""
-
-    def optimize(self) -> optuna.Study:
-        """Run the trials the budget leaves; the study with every trial recorded."""
-
-
-def make_backend(ctx: StudyContext) -> Backend:
-    """The backend the experiment names."""
-    if ctx.exp.backend == "ray":
-        from hypertweaks.ray_backend import RayBackend
-
-        return RayBackend(ctx)
-    return EmbeddedBackend(ctx)
-
-
 def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None) -> Result:
     """Run (or resume) the study the experiment describes and return its best result."""
     exp = make_experiment(config)
     check_run_dir_place(exp)  # not inside another study's best model (before it is created)
     preflight(exp)  # runs folder, device, storage: before any data is read
     if exp.backend == "ray":
-        from hypertweaks.ray_backend import check_ray_address, require_ray
+        from hypertweaks.backends.ray_tune import check_ray_address, require_ray
 
         require_ray()
         check_ray_address(exp.ray_address)  # a cluster that does not answer: before any data

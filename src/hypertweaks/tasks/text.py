@@ -1,4 +1,5 @@
-"""Text classification with a Hugging Face encoder and a sequence-classification head."""
+"""Text classification with a Hugging Face encoder: a linear head on its mean-pooled states, alone
+on the frozen encoder (head-only) or fine-tuned with it from a linear probe (LP-FT)."""
 
 from __future__ import annotations
 
