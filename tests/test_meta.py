@@ -428,3 +428,35 @@ def test_replaying_the_product_reproduces_the_committed_simulated_table():
     got = simulate.compare(table, [simulate.PRODUCT], [1.0, 3.0])
     replayed = next(line for line in got.splitlines() if line.startswith("| hypertweaks_lp_ft |"))
     assert [cell.strip() for cell in replayed.strip("|").split("|")[1:]] == [want[0], want[2]]
+
+
+def test_weight_averaging_interpolates_floats_soups_seeds_and_scores_the_rules(tmp_path):
+    import torch
+
+    from bench.meta import averaging
+
+    start = {"w": torch.zeros(2), "ids": torch.tensor([1, 2])}
+    end = {"w": torch.ones(2), "ids": torch.tensor([1, 2])}
+    assert averaging._lerp(start, end, 0.25)["w"].tolist() == [0.25, 0.25]
+    assert averaging._lerp(start, end, 0.25)["ids"].tolist() == [1, 2]  # buffers stay
+    assert averaging._soup([start, end])["w"].tolist() == [0.5, 0.5]
+
+    def point(val_acc, val_loss, test_acc):
+        return {
+            "validation": {"accuracy": val_acc, "loss": val_loss},
+            "test": {"accuracy": test_acc},
+        }
+
+    line = {
+        "0.0": point(0.7, 0.5, 0.70),
+        "0.5": point(0.8, 0.3, 0.78),
+        "1.0": point(0.8, 0.4, 0.80),
+    }
+    assert averaging._pick(line, "accuracy") == "1.0"  # a tie goes to the fine-tuned side
+    assert averaging._pick(line, "loss") == "0.5"
+    for task, seed in (("a", 0), ("b", 0)):
+        cell = {"task": task, "seed": seed, "line": line}
+        (tmp_path / f"{task}__s{seed}.json").write_text(json.dumps(cell))
+    text = averaging.table(tmp_path)
+    assert "| default (alpha 1) | 80.0 | +0.0" in text
+    assert "| alpha by validation loss | 78.0 | -2.0 [-2.0, -2.0] | 0-2 |" in text

@@ -1,0 +1,248 @@
+"""Issue 31, lever 2 with weights: is the LP-FT default worth more averaged with something that
+shares its start?
+
+The LP-FT default starts from the pretrained encoder with a linear probe as its head: the kind
+of model the head-only candidate is. The start and the trained default lie on one line of
+weights, and every point of it is one model of the same size (WiSE-FT, Wortsman et al. 2022):
+alpha 0 is the start (the probe on frozen features), alpha 1 the fine-tuned model. Runs of the
+default at other seeds start from the same pretrained encoder, so their average (a uniform soup)
+is one model too.
+
+One cell per (task, seed): the default trained as the product trains it (early stopping on
+validation, its best epoch kept), its start and end weights interpolated at ALPHAS, each point
+scored on validation and test. Its end weights are kept under bench/work, so that once a task
+has every seed the soups of its seeds are scored too. Resumable: a present cell is never rerun.
+
+`python -m bench.meta.averaging --seeds 0,1,2` (2.5-8 minutes of one core a cell), then
+`python -m bench.meta.averaging --table`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.meta import META_DIR
+from bench.meta.cli import META_TASKS, _csv
+from bench.tasks import PROFILES, WORK_DIR, load_task
+
+ALPHAS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+CUT = PROFILES["standard"]
+OUT = META_DIR / CUT.key / "averaging"
+WEIGHTS = WORK_DIR / "averaging" / CUT.key
+
+
+def _lerp(start: dict, end: dict, alpha: float) -> dict:
+    return {
+        k: (start[k] + alpha * (end[k] - start[k])) if end[k].is_floating_point() else end[k]
+        for k in end
+    }
+
+
+def _scores(text, model, state: dict, device) -> dict[str, dict[str, float]]:
+    from hypertweaks.train import predict_logits
+
+    model.load_state_dict(state)
+    out = {}
+    for name, split in (("validation", text.splits.validation), ("test", text.splits.test)):
+        logits, labels = predict_logits(text, model, text.dataset(split, False), device)
+        metrics = text.metrics(logits, labels)
+        out[name] = {k: float(metrics[k]) for k in ("accuracy", "macro_f1", "loss")}
+    return out
+
+
+def run_cell(task: str, seed: int, device) -> dict:
+    """The LP-FT default at this seed, and its line of weights from the start it shares with the
+    head-only candidate."""
+    from bench.meta.collect import candidate_recipe
+    from hypertweaks.space import Recipe
+    from hypertweaks.train import fit
+
+    text, exp = load_task(task, CUT, "cpu")
+    text.fine_tune_head = "probe"  # the product's classifier
+    recipe = Recipe(**candidate_recipe(-3, text))
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    model, layers = text.build(recipe)
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    result = fit(
+        text,
+        model,
+        layers,
+        recipe,
+        text.dataset(text.splits.train, True, recipe),
+        text.dataset(text.splits.validation, False, recipe),
+        metric="accuracy",
+        direction="maximize",
+        patience=exp.patience,
+        device=device,
+        seed=seed,
+    )
+    end = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    torch.save(end, WEIGHTS / f"{task}__s{seed}.pt")
+    line = {str(a): _scores(text, model, _lerp(start, end, a), device) for a in ALPHAS}
+    cell = {
+        "task": task,
+        "seed": seed,
+        "recipe": recipe.as_dict(),
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "line": line,
+    }
+    seeds = sorted(int(p.stem.split("__s")[1]) for p in WEIGHTS.glob(f"{task}__s*.pt"))
+    if len(seeds) >= 3:  # every seed of the table: the uniform soup of them, and its line
+        soup = _soup([torch.load(WEIGHTS / f"{task}__s{s}.pt") for s in seeds[:3]])
+        cell["soup_seeds"] = seeds[:3]
+        cell["soup_line"] = {
+            str(a): _scores(text, model, _lerp(start, soup, a), device) for a in ALPHAS
+        }
+    return cell
+
+
+def _soup(states: list[dict]) -> dict:
+    return {
+        k: sum(s[k] for s in states) / len(states) if states[0][k].is_floating_point() else v
+        for k, v in states[0].items()
+    }
+
+
+def collect(tasks: list[str], seeds: list[int]) -> None:
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    OUT.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        for task in tasks:
+            path = OUT / f"{task}__s{seed}.json"
+            if path.exists():
+                continue
+            cell = run_cell(task, seed, device)
+            path.write_text(json.dumps(cell, indent=1))
+            one = cell["line"]["1.0"]["test"]["accuracy"]
+            print(
+                f"[averaging] {task} s{seed} test {one:.3f} {cell['wall_seconds']:.0f}s", flush=True
+            )
+
+
+def _pick(line: dict, rule: str) -> str:
+    """The alpha a rule picks on validation: the best accuracy (ties: the larger alpha, the
+    fine-tuned side) or the lowest loss."""
+    alphas = sorted(line, key=float)
+    if rule == "accuracy":
+        return max(reversed(alphas), key=lambda a: line[a]["validation"]["accuracy"])
+    return min(reversed(alphas), key=lambda a: line[a]["validation"]["loss"])
+
+
+def _loto_alpha(cells: list[dict], held_out: str, key: str = "line") -> str:
+    """One alpha for every task, the best mean validation accuracy over the other tasks."""
+    others = [c for c in cells if c["task"] != held_out and key in c]
+    return max(
+        reversed(sorted(others[0][key], key=float)),
+        key=lambda a: np.mean([c[key][a]["validation"]["accuracy"] for c in others]),
+    )
+
+
+def table(folder: Path = OUT) -> str:
+    """Per rule, test accuracy over (task, seed) cells and its paired difference to the default
+    (alpha 1) per task, means over seeds first; the soups against the mean single model."""
+    from bench.meta.simulate import paired_interval
+
+    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    tasks = sorted({c["task"] for c in cells})
+
+    def test(line: dict, alpha: str) -> float:
+        return line[alpha]["test"]["accuracy"] * 100
+
+    rules = {
+        "default (alpha 1)": lambda c: test(c["line"], "1.0"),
+        "start (alpha 0, the probe)": lambda c: test(c["line"], "0.0"),
+        "alpha by validation accuracy": lambda c: test(c["line"], _pick(c["line"], "accuracy")),
+        "alpha by validation loss": lambda c: test(c["line"], _pick(c["line"], "loss")),
+        "one alpha, leave-one-task-out": lambda c: test(c["line"], _loto_alpha(cells, c["task"])),
+    }
+    soups = [c for c in cells if "soup_line" in c]
+
+    def best_seed(cell: dict) -> float:
+        """Of the soup's seeds, the run with the best validation accuracy (ties: the first)."""
+        runs = [c for c in cells if c["task"] == cell["task"] and c["seed"] in cell["soup_seeds"]]
+        chosen = max(runs, key=lambda c: c["line"]["1.0"]["validation"]["accuracy"])
+        return test(chosen["line"], "1.0")
+
+    if soups:
+        rules["best of 3 seeds by validation (3x)"] = best_seed
+        rules["soup of 3 seeds (3x)"] = lambda c: test(c["soup_line"], "1.0")
+        rules["soup of 3 seeds, alpha by validation loss (3x)"] = lambda c: test(
+            c["soup_line"], _pick(c["soup_line"], "loss")
+        )
+
+    def per_task(rule, pool: list[dict]) -> np.ndarray:
+        """The rule's mean test accuracy over a task's cells in `pool` (NaN: none there)."""
+        rows = [[rule(c) for c in pool if c["task"] == t] for t in tasks]
+        return np.array([np.mean(r) if r else np.nan for r in rows])
+
+    # a soup (and the best of its seeds) is scored once per task, in the cell of its last seed
+    by_task = {
+        name: per_task(rule, soups if "3x" in name else cells) for name, rule in rules.items()
+    }
+    base = by_task["default (alpha 1)"]
+    lines = [
+        f"{len(cells)} cells ({len(tasks)} tasks; seeds "
+        f"{sorted({c['seed'] for c in cells})}), {len(soups)} with the soup of 3 seeds",
+        "",
+        "| final model | test accuracy | minus the default, per task | won-lost |",
+        "|---|---|---|---|",
+    ]
+    for name, values in by_task.items():
+        keep = ~np.isnan(values)
+        diff = paired_interval(values[keep], base[keep])
+        wins = int((values[keep] > base[keep]).sum())
+        losses = int((values[keep] < base[keep]).sum())
+        lines.append(
+            f"| {name} | {values[keep].mean():.1f} | {diff[0]:+.1f} [{diff[1]:+.1f}, "
+            f"{diff[2]:+.1f}] | {wins}-{losses} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+TABLE_NOTE = """\
+In brackets: the paired difference to the default (alpha 1) over tasks, each task's cells
+averaged over its seeds first, with its bootstrap 95% interval; then the tasks won and lost.
+Alpha interpolates every weight between the start the LP-FT default shares with the head-only
+candidate (the pretrained encoder with its linear probe, alpha 0) and the default as trained
+(alpha 1), WiSE-FT; the alphas tried are 0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9 and 1, scored on
+validation. The soup averages the weights of the default's runs at seeds 0, 1 and 2 (three runs,
+about 3x); the best of 3 seeds keeps the one of those runs with the best validation accuracy.
+Both are compared with the mean of their task's single runs.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", default=META_TASKS)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--table", action="store_true", help="print the table of the cells")
+    args = parser.parse_args()
+    if args.table:
+        text = (
+            "# The LP-FT default averaged with what shares its start (issue 31, lever 2)\n\n"
+            + "`python -m bench.meta.averaging --table` "
+            + f"(cells: bench/results/meta/{CUT.key}/averaging)"
+            + "\n\n"
+            + table()
+            + "\n"
+            + TABLE_NOTE
+        )
+        (OUT.parent / "AVERAGING.md").write_text(text)
+        print(text)
+        return
+    collect(_csv(args.tasks), [int(s) for s in _csv(args.seeds)])
+
+
+if __name__ == "__main__":
+    main()
