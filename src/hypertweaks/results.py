@@ -42,18 +42,23 @@ def trial_row(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     }
 
 
+def finished_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """The rows of results.json: every finished trial but the surplus ones, which never ran
+    (the budget was spent, or they duplicated a candidate)."""
+    return [
+        trial_row(t)
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and not t.user_attrs.get("surplus")
+    ]
+
+
 def write_results(
     path: Path, study: optuna.Study, *, exp: Experiment, task, summary: dict[str, Any] | None = None
 ) -> None:
     """Every trial's recipe, curve, state and cost; rewritten atomically after each trial."""
     # a corrupt or missing file is rebuilt: the study keeps a copy of everything but the trials
     previous = read_json(path) or study.user_attrs.get("results_header", {})
-    # a surplus trial never ran (the budget was spent, or it duplicated a candidate): not a row
-    rows = [
-        trial_row(t)
-        for t in study.get_trials(deepcopy=False)
-        if t.state.is_finished() and not t.user_attrs.get("surplus")
-    ]
+    rows = finished_rows(study)
     data = {
         "record_version": RECORD_VERSION,  # of each row's trial record (trial.TrialRecord)
         "study": exp.name,

@@ -25,7 +25,7 @@ from hypertweaks.ledger import budget_ledger
 from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
 from hypertweaks.report import render as render_report
-from hypertweaks.results import trial_row, write_results
+from hypertweaks.results import finished_rows, trial_row, write_results
 from hypertweaks.space import resolve_space
 from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
@@ -151,11 +151,7 @@ class Search:
             self.exp.direction,
             len(self.task.splits.validation),
         )
-        rows = [
-            trial_row(t)
-            for t in study.get_trials(deepcopy=False)
-            if t.state.is_finished() and not t.user_attrs.get("surplus")
-        ]
+        rows = finished_rows(study)
         summary = {
             "best_trial": best.number,
             "best_value": best_value,

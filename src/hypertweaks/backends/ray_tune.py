@@ -233,16 +233,17 @@ class RayBackend:
         exp = self.exp
         if exp.fresh:  # the study, its Ray experiment and its best model go
             discard_study(exp)
-        ray_dir = (self.ctx.run_dir / RAY_DIR).resolve()
-        resumable = tune.Tuner.can_restore(str(ray_dir / "study"))
-        check_saved_fingerprint(exp, ray_dir / "fingerprint.json", resumable)  # changed: refused
+        self.ray_dir = (self.ctx.run_dir / RAY_DIR).resolve()
+        resumable = tune.Tuner.can_restore(str(self.ray_dir / "study"))
+        check_saved_fingerprint(
+            exp, self.ray_dir / "fingerprint.json", resumable
+        )  # changed: refused
 
     def optimize(self) -> optuna.Study:
         ray = require_ray()
         from ray import tune
 
-        ctx, exp = self.ctx, self.exp
-        ray_dir = (ctx.run_dir / RAY_DIR).resolve()
+        ctx, exp, ray_dir = self.ctx, self.exp, self.ray_dir
         offline = {k: os.environ[k] for k in ("HF_HUB_OFFLINE",) if k in os.environ}
         ray.init(
             # no address: a private local instance, never a cluster RAY_ADDRESS or a stopped
