@@ -56,14 +56,16 @@ def _scores(text, model, state: dict, device) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_cell(task: str, seed: int, device) -> dict:
+def run_cell(task: str, seed: int, device, loaded: dict) -> dict:
     """The LP-FT default at this seed, and its line of weights from the start it shares with the
     head-only candidate."""
     from bench.meta.collect import candidate_recipe
     from hypertweaks.space import Recipe
     from hypertweaks.train import fit
 
-    text, exp = load_task(task, CUT, "cpu")
+    if task not in loaded:  # its data read and tokenised once for all its seeds
+        loaded[task] = load_task(task, CUT, "cpu")
+    text, exp = loaded[task]
     text.fine_tune_head = "probe"  # the product's classifier
     recipe = Recipe(**candidate_recipe(-3, text))
     started = time.perf_counter()
@@ -116,13 +118,14 @@ def _soup(states: list[dict]) -> dict:
 def collect(tasks: list[str], seeds: list[int]) -> None:
     torch.set_num_threads(1)
     device = torch.device("cpu")
+    loaded: dict = {}
     OUT.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for task in tasks:
             path = OUT / f"{task}__s{seed}.json"
             if path.exists():
                 continue
-            cell = run_cell(task, seed, device)
+            cell = run_cell(task, seed, device, loaded)
             path.write_text(json.dumps(cell, indent=1))
             one = cell["line"]["1.0"]["test"]["accuracy"]
             print(
