@@ -177,9 +177,28 @@ def table(folder: Path = OUT) -> str:
         chosen = max(runs, key=lambda c: c["line"]["1.0"]["validation"]["accuracy"])
         return test(chosen["line"], "1.0")
 
+    def product(cell: dict) -> float:
+        """The product's final model (strategies/finals.py): the soup, unless the run its
+        selector keeps (seed 0 as the default; the others must lead it by one standard error)
+        leads the soup on validation by more than one standard error."""
+        from hypertweaks.strategies.finals import Final
+        from hypertweaks.strategies.selectors import Candidate, KeepDefaults, choose
+
+        runs = [c for c in cells if c["task"] == cell["task"] and c["seed"] in cell["soup_seeds"]]
+        runs.sort(key=lambda c: c["seed"])
+        keep = KeepDefaults("maximize", "accuracy", CUT.validation)
+        tags = ["defaults", "defaults-2", "defaults-3"]
+        values = [c["line"]["1.0"]["validation"]["accuracy"] for c in runs]
+        kept = choose(keep, [Candidate(v, t) for v, t in zip(values, tags, strict=True)])
+        soup = cell["soup_line"]["1.0"]["validation"]["accuracy"]
+        if Final(3).keeps_soup(keep, "maximize", soup, values[kept]):
+            return test(cell["soup_line"], "1.0")
+        return test(runs[kept]["line"], "1.0")
+
     if soups:
         rules["best of 3 seeds by validation (3x)"] = best_seed
         rules["soup of 3 seeds (3x)"] = lambda c: test(c["soup_line"], "1.0")
+        rules["the product: the soup unless a run leads it beyond the noise (3x)"] = product
         rules["soup of 3 seeds, alpha by validation loss (3x)"] = lambda c: test(
             c["soup_line"], _pick(c["soup_line"], "loss")
         )
@@ -221,7 +240,10 @@ candidate (the pretrained encoder with its linear probe, alpha 0) and the defaul
 (alpha 1), WiSE-FT; the alphas tried are 0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9 and 1, scored on
 validation. The soup averages the weights of the default's runs at seeds 0, 1 and 2 (three runs,
 about 3x); the best of 3 seeds keeps the one of those runs with the best validation accuracy.
-Both are compared with the mean of their task's single runs.
+Both are compared with the mean of their task's single runs. The product's row replays its
+final-model rule (strategies/finals.py) over these cells: seed 0 as the default, the other two
+runs kept only if they lead it by one validation standard error, and the soup handed over unless
+the kept run leads it by more than one standard error (200 validation rows: about 3 points).
 """
 
 
