@@ -8,7 +8,14 @@ import pytest
 
 from hypertweaks.config import ConfigError, make_experiment
 from hypertweaks.strategies import STARTS
-from hypertweaks.strategies.names import PRUNER_NAMES, SAMPLER_NAMES, SELECTOR_NAMES, START_NAMES
+from hypertweaks.strategies.finals import FINALS
+from hypertweaks.strategies.names import (
+    FINAL_NAMES,
+    PRUNER_NAMES,
+    SAMPLER_NAMES,
+    SELECTOR_NAMES,
+    START_NAMES,
+)
 from hypertweaks.strategies.pruners import PRUNERS
 from hypertweaks.strategies.samplers import SAMPLERS
 from hypertweaks.strategies.selectors import SELECTORS
@@ -90,6 +97,7 @@ def test_backends_run_trials_through_trial_and_never_import_the_stage_runner():
 def test_the_names_config_reads_are_the_registries_keys():
     assert SAMPLER_NAMES == tuple(SAMPLERS) and PRUNER_NAMES == tuple(PRUNERS)
     assert SELECTOR_NAMES == tuple(SELECTORS) and START_NAMES == tuple(STARTS)
+    assert FINAL_NAMES == tuple(FINALS)
 
 
 def test_config_holds_strategy_names_and_never_imports_optuna():
@@ -112,7 +120,8 @@ def test_config_holds_strategy_names_and_never_imports_optuna():
 
 
 @pytest.mark.parametrize(
-    "field, registry", [("sampler", SAMPLERS), ("pruner", PRUNERS), ("selector", SELECTORS)]
+    "field, registry",
+    [("sampler", SAMPLERS), ("pruner", PRUNERS), ("selector", SELECTORS), ("final_model", FINALS)],
 )
 def test_allowed_strategy_values_come_from_the_registry(field, registry, text_experiment):
     for name in registry:

@@ -1,8 +1,10 @@
-"""The one best model of a study on disk: RUN_DIR/best -> checkpoints/trial-N.
+"""The one best model of a study on disk: RUN_DIR/best -> checkpoints/trial-N (or
+checkpoints/soup-N-M-..., the final-model stage's soup; soup.py).
 
 A new best is written next to the old one, then the `best` link is swapped atomically under a
 file lock (workers may share RUN_DIR), then the old one is deleted: a crash at any point leaves a
-complete best model, and at rest there is exactly one checkpoint.
+complete best model, and at rest there is exactly one best checkpoint (besides the soup's
+members, checkpoints/members/).
 """
 
 from __future__ import annotations
@@ -85,14 +87,35 @@ class BestCheckpoint:
             if not self.beats_current(value, tag):  # another worker saved a better one meanwhile
                 shutil.rmtree(target)
                 return False
-            previous = self.link.resolve() if self.link.is_symlink() else None
-            tmp_link = self.run_dir / f".best-{trial}.tmp"
-            tmp_link.unlink(missing_ok=True)
-            tmp_link.symlink_to(target.relative_to(self.run_dir))
-            os.replace(tmp_link, self.link)
-            if previous is not None and previous != target.resolve():
-                shutil.rmtree(previous, ignore_errors=True)
+            self._point_best_to(target, f".best-{trial}.tmp")
         return True
+
+    def replace(self, name: str, meta: dict, write: Callable[[Path], None], expected: dict) -> bool:
+        """Make checkpoints/NAME (written by `write`, with `meta` as its trial.json) the best
+        model, if the best on disk is still the one described by `expected` (the final-model
+        stage compared with it); False, and nothing kept, if another worker changed it."""
+        target = self.checkpoints / name
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        write(target)
+        (target / META).write_text(json.dumps(meta))
+        with self._locked():
+            if self.meta() != expected:
+                shutil.rmtree(target)
+                return False
+            self._point_best_to(target, f".best-{name}.tmp")
+        return True
+
+    def _point_best_to(self, target: Path, tmp_name: str) -> None:
+        """Swap the `best` link to `target` atomically, then delete the previous best (under
+        the lock)."""
+        previous = self.link.resolve() if self.link.is_symlink() else None
+        tmp_link = self.run_dir / tmp_name
+        tmp_link.unlink(missing_ok=True)
+        tmp_link.symlink_to(target.relative_to(self.run_dir))
+        os.replace(tmp_link, self.link)
+        if previous is not None and previous != target.resolve():
+            shutil.rmtree(previous, ignore_errors=True)
 
     def remove_orphans(self, running: Container[int]) -> None:
         """Delete checkpoints left half-written by a crash (not the best, not being written)."""
@@ -101,8 +124,11 @@ class BestCheckpoint:
         with self._locked():
             keep = self.link.resolve() if self.link.is_symlink() else None
             for folder in self.checkpoints.iterdir():
+                if folder.name.startswith("soup-") and folder.resolve() != keep:
+                    shutil.rmtree(folder, ignore_errors=True)  # a soup no longer the best
+                    continue
                 number = folder.name.removeprefix("trial-")
                 if not (folder.name.startswith("trial-") and number.isdigit()):
-                    continue  # not ours (a user's folder, a stray file): left alone
+                    continue  # not ours (a user's folder, a stray file, members/): left alone
                 if folder.resolve() != keep and int(number) not in running:
                     shutil.rmtree(folder, ignore_errors=True)

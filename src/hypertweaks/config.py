@@ -20,7 +20,12 @@ from pydantic import (
 from hypertweaks.kinds import KINDS, METRICS, kind_of
 from hypertweaks.objective import direction_of
 from hypertweaks.space import KNOBS, check_knob_spec
-from hypertweaks.strategies.names import PRUNER_NAMES, SAMPLER_NAMES, SELECTOR_NAMES
+from hypertweaks.strategies.names import (
+    FINAL_NAMES,
+    PRUNER_NAMES,
+    SAMPLER_NAMES,
+    SELECTOR_NAMES,
+)
 
 
 class ConfigError(ValueError):
@@ -110,6 +115,14 @@ class Experiment(BaseModel):
         + " (keep-defaults: the recommended recipe unless a trial beats it on validation by more "
         "than one standard error)",
     )
+    final_model: str = Field(
+        "soup",
+        description="what the study hands over: "
+        + ", ".join(FINAL_NAMES)
+        + " (soup, text classification: the recommended recipe runs at three seeds and their "
+        "weights are averaged into one model, kept unless the selector's model leads it on "
+        "validation by more than one standard error; kept: the selector's model)",
+    )
     space: dict[str, Any] = Field(default_factory=dict)
     quiet: bool = False
 
@@ -118,7 +131,7 @@ class Experiment(BaseModel):
     cpus_per_trial: float = Field(1.0, gt=0, description="Ray backend: CPUs each trial holds")
     gpus_per_trial: float = Field(0.0, ge=0, description="Ray backend: GPUs (or a fraction)")
 
-    @field_validator("task", "metric", "sampler", "pruner", "selector")
+    @field_validator("task", "metric", "sampler", "pruner", "selector", "final_model")
     @classmethod
     def _registered(cls, value: str | None, info) -> str | None:
         if value is None and info.field_name == "metric":
@@ -129,6 +142,7 @@ class Experiment(BaseModel):
             "sampler": SAMPLER_NAMES,
             "pruner": PRUNER_NAMES,
             "selector": SELECTOR_NAMES,
+            "final_model": FINAL_NAMES,
         }[info.field_name]
         if value not in known:
             raise ValueError(f"must be one of {', '.join(known)}")

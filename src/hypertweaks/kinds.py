@@ -27,6 +27,7 @@ class TaskKind:
     inputs: str = "texts"  # what predict and evaluate read: texts | images | prompts
     generates: bool = False  # a language model: trains on tokens, no classes; reads GGUF
     head_only_start: bool = False  # its studies start with the head-only candidate
+    soups: bool = False  # its final model may be a soup of the default's runs (measured: text)
 
     def load_class(self, which: str = "task") -> type:
         module, name = getattr(self, which).split(":")
@@ -52,6 +53,7 @@ KINDS = {
             recipe=recipes.text_recipe,
             space=recipes.text_space,
             head_only_start=True,
+            soups=True,
         ),
         TaskKind(
             "image-classification",

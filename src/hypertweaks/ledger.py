@@ -9,11 +9,14 @@ from typing import Any
 from hypertweaks.strategies.selectors import Candidate, Selector
 
 
-def budget_ledger(rows: list[dict[str, Any]], selector: Selector) -> dict[str, Any] | None:
+def budget_ledger(
+    rows: list[dict[str, Any]], selector: Selector, soup: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """From results.json rows: the steps where the kept model changed (`units` spent when it
     was kept, its trial, tag and validation value) and the units spent in all. Trials are taken
-    in the order they finished, as the checkpoint store saw them. None before any trial
-    finished; units are None without a finished default-recipe trial (seconds are kept)."""
+    in the order they finished, as the checkpoint store saw them; a soup the final-model stage
+    kept (soup.py) is the last step, at the whole spend. None before any trial finished; units
+    are None without a finished default-recipe trial (seconds are kept)."""
     finished = sorted(
         (r for r in rows if r["state"] in ("complete", "pruned", "fail") and r.get("finished")),
         key=lambda r: r["finished"],
@@ -37,6 +40,9 @@ def budget_ledger(rows: list[dict[str, Any]], selector: Selector) -> dict[str, A
             steps.append({**kept, "units": units(spent), "seconds": round(spent, 1)})
     if not steps:
         return None
+    if soup is not None and soup["kept"]:
+        step = {"trial": None, "tag": "soup", "value": soup["value"], "members": soup["members"]}
+        steps.append({**step, "units": units(spent), "seconds": round(spent, 1)})
     return {"unit_seconds": unit, "units": units(spent), "seconds": round(spent, 1), "kept": steps}
 
 
@@ -48,6 +54,8 @@ def describe_ledger(ledger: dict[str, Any] | None, metric: str) -> str | None:
     steps = []
     for step in ledger["kept"]:
         name = step["tag"] or f"trial {step['trial']}"
+        if step["tag"] == "soup":
+            name = f"soup of {len(step['members'])} runs"
         steps.append(f"{step['units']:g}x {name} {step['value']:.4f}")
     gain = ""
     defaults = next((s for s in ledger["kept"] if s["tag"] == "defaults"), None)

@@ -14,6 +14,7 @@ from hypertweaks.atomic import write_text
 from hypertweaks.ledger import describe_ledger
 from hypertweaks.noise import describe, describe_kept
 from hypertweaks.objective import best_of, direction_of, is_better
+from hypertweaks.strategies.finals import describe_soup
 
 KNOB_SLICES = ("learning_rate", "batch_size", "dropout", "weight_decay", "freeze_layers")
 # Optuna's importances mean little on fewer trials, and nothing for a knob that never varied.
@@ -219,6 +220,9 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
     if line := describe(results.get("within_noise")):
         lines.append(line[0].upper() + line[1:] + ".")
     if line := results.get("stopped_early"):
+        lines.append(line[0].upper() + line[1:] + ".")
+    if soup := results.get("final_model"):
+        line = describe_soup(soup, metric)
         lines.append(line[0].upper() + line[1:] + ".")
     if line := describe_ledger(results.get("budget_bought"), metric):
         lines.append(line[0].upper() + line[1:] + ".")

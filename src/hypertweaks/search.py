@@ -26,7 +26,9 @@ from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
 from hypertweaks.report import render as render_report
 from hypertweaks.results import finished_rows, trial_row, write_results
+from hypertweaks.soup import soup_stage
 from hypertweaks.space import resolve_space
+from hypertweaks.strategies.finals import describe_soup
 from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, release_memory, resolve_device
@@ -53,6 +55,7 @@ class Result:
     defaults_kept: dict[str, Any] | None = None  # the defaults kept over a lead inside the noise
     stopped_early: str | None = None  # the timeout ended the search before its trials: why
     budget_bought: dict[str, Any] | None = None  # the kept model as the budget grew (ledger.py)
+    final_model: dict[str, Any] | None = None  # the soup of the default's runs (soup.py)
 
 
 class Search:
@@ -129,6 +132,9 @@ class Search:
             path = self.run_dir / "results.json"
             write_results(path, study, exp=self.exp, task=self.task)
             raise no_trial_completed(study, self.exp, path)
+        soup = soup_stage(study, self.exp, self.task, self.best, self.device)
+        if soup is not None:
+            self.display.message(describe_soup(soup, self.exp.metric))
         # The model on disk decides, should a worker have died after saving it. Its trial may
         # still be running in another worker (models are saved before the trial reports its
         # value), so the value comes from the checkpoint.
@@ -159,7 +165,8 @@ class Search:
             "within_noise": noise,  # the trials validation cannot tell apart from the best
             "defaults_kept": self._defaults_kept(best, complete),
             "stopped_early": stopped_early(self.exp, done),
-            "budget_bought": budget_ledger(rows, self.best.selector),
+            "budget_bought": budget_ledger(rows, self.best.selector, soup),
+            "final_model": soup,  # the soup of the default recipe's runs, kept or not (soup.py)
         }
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
@@ -177,13 +184,15 @@ class Search:
             defaults_kept=summary["defaults_kept"],
             stopped_early=summary["stopped_early"],
             budget_bought=summary["budget_bought"],
+            final_model=soup,
         )
 
     def _defaults_kept(self, best, complete) -> dict[str, Any] | None:
         """When the defaults trial is the best on disk although a trial led it on validation
         by less than the noise margin: which trial, by how much, and the margin."""
-        if best.user_attrs.get("tag") != "defaults" or best.value is None:
-            return None
+        saved = self.best.meta() or {}
+        if best.user_attrs.get("tag") != "defaults" or best.value is None or saved.get("members"):
+            return None  # (a soup on disk says what it was compared with itself)
         rival = best
         for trial in complete:
             if trial.value is not None and is_better(trial.value, rival.value, self.exp.direction):

@@ -5,6 +5,8 @@ disk, and return a typed record of what happened. Backends (embedded Optuna, Ray
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -198,16 +200,35 @@ def run_trial(
         if tag == "defaults" and task.splits.test is not None:
             test = task.dataset(task.splits.test, False)
             record.test_metrics = evaluate(task, model.to(device), test, device)
-        best.offer(
-            number,
-            result.best_value,
-            lambda folder: write_model(exp, task, model, folder, number, recipe, result),
-            tag=tag,
-        )
+
+        def write(folder: Path) -> None:
+            write_model(exp, task, model, folder, number, recipe, result)
+
+        if tag in strategy_of(exp).soup_tags(exp):
+            save_member(exp.run_dir, number, write)  # the final model's soup averages it
+        best.offer(number, result.best_value, write, tag=tag)
         return record
     finally:
         model = None  # the last reference: its memory goes back before the next trial
         release_memory(device)
+
+
+def members_dir(run_dir: Path) -> Path:
+    """Where the recommended recipe's runs keep their models for the soup (a study output:
+    --fresh deletes it with the checkpoints)."""
+    return run_dir / "checkpoints" / "members"
+
+
+def save_member(run_dir: Path, number: int, write: Callable[[Path], None]) -> None:
+    """Trial `number`'s model as a soup member, written whole before it appears under its name
+    (a retried trial replaces its earlier copy)."""
+    target = members_dir(run_dir) / f"trial-{number}"
+    partial = target.with_name(f".partial-{number}-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    write(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
 
 
 def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe, result) -> None:

@@ -104,12 +104,15 @@ class EmbeddedBackend:
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())
         ctx.display.trial_started(trial.number, recipe.as_dict(), tag)
+        soup_runs = strategy_of(exp).soup_tags(exp)[1:]
 
         def on_epoch(report) -> bool:
             ctx.display.epoch(trial.number, report.as_dict())
             if fixed:  # outside the search space: its curve must not set the pruner's bar
                 return False
             trial.report(report.metrics[exp.metric], report.epoch)
+            if tag in soup_runs:  # the default again, at another seed: the soup needs it whole
+                return False
             # pruning after the last epoch would save nothing and throw the trial away
             return report.epoch < recipe.epochs and trial.should_prune()
 

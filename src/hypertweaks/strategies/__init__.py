@@ -1,18 +1,27 @@
 """Search strategies, in one place. A Strategy is one object: how a study starts (the recipes run
 first), the sampler that proposes the rest, the pruner (the fidelity schedule that stops weak
-trials early) and the selector (the final-model rule). Every backend runs the Strategy it is
+trials early), the selector (which trial's model to keep) and the final-model rule (the kept
+model, or the soup of the recommended recipe's runs). Every backend runs the Strategy it is
 given, and so does the bench's replay of recorded curves (bench/meta/simulate.py).
 
 The experiment holds names only (names.py, importable without Optuna); a new start, sampler,
 pruner or selector is one entry in its registry (starts.STARTS, samplers.SAMPLERS, pruners.PRUNERS
-with its Ray mapping or refusal, selectors.SELECTORS) and its name in names.py."""
+with its Ray mapping or refusal, selectors.SELECTORS, finals.FINALS) and its name in names.py."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hypertweaks.strategies.names import PRUNER_NAMES, SAMPLER_NAMES, SELECTOR_NAMES, START_NAMES
+from hypertweaks.kinds import kind_of
+from hypertweaks.strategies.finals import FINALS, Final, member_tags
+from hypertweaks.strategies.names import (
+    FINAL_NAMES,
+    PRUNER_NAMES,
+    SAMPLER_NAMES,
+    SELECTOR_NAMES,
+    START_NAMES,
+)
 from hypertweaks.strategies.selectors import SELECTORS, Candidate, Selector, choose
 from hypertweaks.strategies.starts import HEAD_ONLY_TEXT, STARTS, Start, head_only_candidate
 
@@ -20,12 +29,15 @@ if TYPE_CHECKING:
     from hypertweaks.config import Experiment
 
 __all__ = [
+    "FINAL_NAMES",
     "HEAD_ONLY_TEXT",
     "PRUNER_NAMES",
     "SAMPLER_NAMES",
     "SELECTOR_NAMES",
     "START_NAMES",
     "Candidate",
+    "Final",
+    "member_tags",
     "Start",
     "Strategy",
     "choose",
@@ -36,17 +48,46 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Strategy:
-    """starts + sampler + pruner + selector, by their registry names."""
+    """starts + sampler + pruner + selector + final-model rule, by their registry names."""
 
     starts: str = "defaults"
     sampler: str = "tpe"
     pruner: str = "hyperband"
     selector: str = "keep-defaults"
+    final: str = "soup"
 
     def starting_recipes(
         self, exp: Experiment, defaults: dict[str, Any], num_layers: int
     ) -> list[Start]:
-        return STARTS[self.starts](exp, defaults, num_layers)
+        """The start's recipes, then the recommended recipe's further runs that the final
+        model averages (their seeds differ: a trial's seed is the study's seed plus its number)."""
+        starts = STARTS[self.starts](exp, defaults, num_layers)
+        return starts + self.soup_members(exp, starts)
+
+    def make_final(self, task: str) -> Final:
+        """The final-model rule for this task kind: a kind whose weights are not averaged (its
+        soup unmeasured) keeps the kept model."""
+        final = FINALS[self.final]()
+        return final if kind_of(task).soups else Final(1)
+
+    def soup_tags(self, exp: Experiment) -> tuple[str, ...]:
+        """The tags of the runs the final model averages; () when the study runs no soup."""
+        starts = self.starting_recipes(exp, {}, 0)  # the tags only: no recipe is read
+        tags = {s.tag for s in starts}
+        members = member_tags(self.make_final(exp.task).runs)
+        return members if len(members) > 1 and set(members) <= tags else ()
+
+    def soup_members(self, exp: Experiment, starts: list[Start]) -> list[Start]:
+        """The recommended recipe's runs 2..N, when the study starts from it and its trial budget
+        runs every start (a budget of trials smaller than that stays a search)."""
+        final = self.make_final(exp.task)
+        defaults = next((s for s in starts if s.tag == "defaults"), None)
+        if not final.soups or defaults is None:
+            return []
+        members = [Start(tag, defaults.recipe) for tag in member_tags(final.runs)[1:]]
+        if exp.trials is not None and exp.trials < len(starts) + len(members):
+            return []
+        return members
 
     def make_sampler(self, exp: Experiment):
         from hypertweaks.strategies.samplers import SAMPLERS
@@ -76,4 +117,5 @@ def strategy_of(exp: Experiment) -> Strategy:
         sampler=exp.sampler,
         pruner=exp.pruner,
         selector=exp.selector,
+        final=exp.final_model,
     )

@@ -1,0 +1,71 @@
+"""The final-model rule: what the study hands the user once its trials are done. `kept` is the
+model the selector kept. `soup` averages the weights of the recommended recipe's runs at
+different seeds (a uniform soup, Wortsman et al. 2022: one model of the same size) and hands it
+over unless the kept model leads it on validation by more than the selector's margin.
+
+Measured on the meta-dataset's 13 text sets (bench/results/meta/n600-v200-t500-L48/AVERAGING.md):
+a soup of three runs of the LP-FT default scored above the mean single run, where picking one
+recipe by a 200-row validation score buys nothing the noise does not eat."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hypertweaks.objective import is_better
+from hypertweaks.strategies.selectors import Selector
+
+SOUP_RUNS = 3  # runs of the recommended recipe averaged: the one measured
+
+
+def member_tags(runs: int = SOUP_RUNS) -> tuple[str, ...]:
+    """The start tags of the recommended recipe's runs: 'defaults', 'defaults-2', ..."""
+    return ("defaults", *(f"defaults-{i}" for i in range(2, runs + 1)))
+
+
+@dataclass(frozen=True)
+class Final:
+    """How many runs of the recommended recipe the study starts with (1: the usual one), and
+    whether the soup of them may replace the kept model."""
+
+    runs: int = 1
+
+    @property
+    def soups(self) -> bool:
+        return self.runs > 1
+
+    def keeps_soup(
+        self, selector: Selector, direction: str, soup_value: float, kept_value: float
+    ) -> bool:
+        """The soup, unless the kept model leads it by more than the selector's margin (the
+        soup takes the recommended recipe's place: its lead must be shown, not the soup's)."""
+        margin = selector.margin(soup_value)
+        bar = soup_value + (margin if direction == "maximize" else -margin)
+        return not is_better(kept_value, bar, direction)
+
+
+# final-model rule -> what it runs and keeps
+FINALS: dict[str, Callable[[], Final]] = {
+    "soup": lambda: Final(SOUP_RUNS),
+    "kept": lambda: Final(1),
+}
+
+
+def describe_soup(soup: dict[str, Any], metric: str) -> str:
+    """One line for the user: what the final-model stage decided, on validation."""
+    members = ", ".join(map(str, soup["members"]))
+    rival = soup["rival"]
+    rival_name = f"trial {rival['trial']} ({rival['tag'] or 'search'})"
+    if rival.get("tag") == "soup":
+        rival_name = "the earlier soup"
+    made = f"the soup of trials {members} (the recommended recipe's runs, weights averaged)"
+    if soup["kept"]:
+        return (
+            f"final model: {made}, val {metric} {soup['value']:.4f}; "
+            f"{rival_name} had {rival['value']:.4f}"
+        )
+    return (
+        f"final model: {rival_name}, val {metric} {rival['value']:.4f}: it leads {made} "
+        f"({soup['value']:.4f}) by more than the noise margin {soup['margin']:.4f}"
+    )
