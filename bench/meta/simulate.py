@@ -487,7 +487,10 @@ def hypertweaks_keep_1se(ctx: Context) -> float:
 # its head from a linear probe (LP-FT).
 DEFAULTS_LP_FT = -3
 PRODUCT = "hypertweaks_lp_ft"  # the strategy hypertweaks runs today
-PRODUCT_STRATEGY = ProductStrategy()  # the Strategy an experiment gets by default
+# The Strategy an experiment gets by default, but its final model the kept trial: the soup's
+# extra runs of the default (final_model: soup) have no cells here yet; AVERAGING.md replays
+# the soup rule over real runs (issue 31).
+PRODUCT_STRATEGY = ProductStrategy(final="kept")
 
 
 def _has_cells(ctx: Context, index: int) -> bool:
