@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from optuna.trial import TrialState
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
 from hypertweaks.strategies import strategy_of
 from hypertweaks.train import evaluate, release_memory
-from hypertweaks.trial import members_dir
+from hypertweaks.trial import members_dir, write_refit_yaml
 
 
 def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -60,7 +59,7 @@ def soup_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> di
     metrics = evaluate(task, model.to(device), validation, device)
     value = float(metrics[exp.metric])
     selector = best.selector
-    final = strategy_of(exp).make_final(exp.task)
+    final = strategy_of(exp).make_final(exp.task)  # soups: soup_members found its runs
     summary = {
         "members": numbers,
         "value": value,
@@ -92,21 +91,10 @@ def soup_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> di
 
 def write_soup_yaml(exp: Experiment, folder: Path, recipe: dict[str, Any], summary: dict) -> None:
     """best.yaml of a soup: the recipe its runs share (run alone, it trains one of them)."""
-    refit = exp.model_dump(mode="json")
-    refit.update(
-        space=recipe,
-        trials=1,
-        timeout=None,
-        defaults_first=False,
-        final_model="kept",
-        name=f"{exp.name}-refit",
-        storage=None,
-        backend="optuna",
-    )
     header = (
         f"# final model of study {exp.name!r}: the weights of trials "
         f"{', '.join(map(str, summary['members']))} (the recommended recipe at "
         f"{len(summary['members'])} seeds) averaged, val {exp.metric} {summary['value']:.4f}.\n"
         "# This recipe, run alone, trains one of those runs, not the average.\n"
     )
-    (folder / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
+    write_refit_yaml(exp, folder, recipe, header)

@@ -234,19 +234,28 @@ def save_member(run_dir: Path, number: int, write: Callable[[Path], None]) -> No
 def write_model(exp: Experiment, task, model, folder: Path, number: int, recipe, result) -> None:
     """The model, its label mapping, and best.yaml: the experiment with this recipe fixed."""
     task.save(model, folder)
-    refit = exp.model_dump(mode="json")
-    refit.update(
-        space=recipe.as_dict(),
-        trials=1,
-        timeout=None,
-        defaults_first=False,
-        name=f"{exp.name}-refit",
-        storage=None,
-        backend="optuna",
-        trial_seed=exp.seed_of(number),  # its trial 0 is this trial, seed included
-    )
     header = (
         f"# best recipe of study {exp.name!r}: trial {number}, "
         f"val {exp.metric} {result.best_value:.4f} at epoch {result.best_epoch}\n"
+    )
+    # its trial 0 is this trial, seed included
+    write_refit_yaml(exp, folder, recipe.as_dict(), header, trial_seed=exp.seed_of(number))
+
+
+def write_refit_yaml(
+    exp: Experiment, folder: Path, recipe: dict[str, Any], header: str, **fixed: Any
+) -> None:
+    """best.yaml: the experiment as one trial of `recipe` (plus `fixed` settings)."""
+    refit = exp.model_dump(mode="json")
+    refit.update(
+        space=recipe,
+        trials=1,
+        timeout=None,
+        defaults_first=False,
+        final_model="kept",
+        name=f"{exp.name}-refit",
+        storage=None,
+        backend="optuna",
+        **fixed,
     )
     (folder / "best.yaml").write_text(header + yaml.safe_dump(refit, sort_keys=False))
