@@ -45,6 +45,18 @@ def write_run(
     (tasks / f"{task}.json").write_text(json.dumps(info))
 
 
+def write_soups(root, task, soups: dict[str, tuple[float, float]]):
+    """Scored soups of the default's runs (bench/meta/averaging.py --soups): seeds joined by
+    '-' -> (validation, test) accuracy."""
+    folder = root / "cut" / "averaging" / "soups"
+    folder.mkdir(parents=True, exist_ok=True)
+    scores = {
+        key: {"validation": {"accuracy": v}, "test": {"accuracy": t}}
+        for key, (v, t) in soups.items()
+    }
+    (folder / f"{task}.json").write_text(json.dumps({"task": task, "soups": scores}))
+
+
 @pytest.fixture
 def table(tmp_path):
     for task in ("a", "b"):
@@ -53,6 +65,7 @@ def table(tmp_path):
             # best on validation at epoch 1, best on test at epoch 4
             write_run(tmp_path, task, 1, seed, [0.9, 0.8, 0.7, 0.6], [0.6, 0.7, 0.8, 0.9])
             write_run(tmp_path, task, 2, seed, [0.4, 0.8], [0.4, 0.8], freeze=6)  # head only
+        write_soups(tmp_path, task, {"0-1": (0.7, 0.7)})  # the default's two runs averaged
     write_run(tmp_path, "a", 3, 0, [0.99], [0.99])  # recipe 3: not on every task and seed
     return load_table("cut", tmp_path)
 
@@ -247,7 +260,10 @@ def test_a_refit_candidate_trains_on_train_and_validation(tmp_path, monkeypatch)
     assert refit.probs("test").shape[1] == cut.test
 
 
-def test_the_check_against_real_runs_compares_the_product_only_when_asked(table, tmp_path):
+def test_the_check_against_real_runs_compares_the_product_only_when_asked(
+    table, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(simulate, "PRODUCT", "hypertweaks_lp_ft")  # the soup needs three seeds
     cells = tmp_path / "real"
     cells.mkdir()
     for method, suffix, accuracy in (("defaults", "", 0.7), ("hypertweaks", "__3x", 0.95)):
@@ -402,13 +418,47 @@ def test_the_simulator_replays_the_products_own_strategy(monkeypatch):
     # the Strategy an experiment gets by default is the one the simulator replays
     defaults = {k: f.default for k, f in Experiment.model_fields.items() if not f.is_required()}
     assert Strategy() == strategy_of(type("Exp", (), defaults)())
-    assert simulate.product_starts() == ["head-only", "defaults"]
+    assert simulate.product_starts() == ["head-only", "defaults", "defaults-2", "defaults-3"]
     # a start the product gains is not silently left out of the replay
     gained = starts.STARTS["defaults"]
     monkeypatch.setitem(starts.STARTS, "defaults", lambda *a: gained(*a) + [Start("portfolio", {})])
-    assert simulate.product_starts()[-1] == "portfolio"
+    assert "portfolio" in simulate.product_starts()
     with pytest.raises(KeyError, match="portfolio"):
         simulate.hypertweaks_lp_ft(_context_of_the_committed_table())
+
+
+@pytest.mark.parametrize(
+    ("budget", "soup_validation", "want"),
+    [
+        (1.0, 0.7, 0.70),  # no room for a second run: the default itself
+        (2.0, 0.7, 0.72),  # two runs: their soup
+        (3.0, 0.7, 0.75),  # three runs: their soup
+        (3.0, 0.1, 0.70),  # the kept run leads the soup beyond the noise: the kept run
+    ],
+)
+def test_the_simulator_replays_the_products_soup_as_its_budget_allows(
+    tmp_path, budget, soup_validation, want
+):
+    for seed in (0, 1, 2):
+        write_run(tmp_path, "a", 0, seed, [0.5], [0.5])  # the reference: a budget unit
+        write_run(tmp_path, "a", 1, seed, [0.7], [0.7])  # the default (no LP-FT cells)
+    pairs = {"0-1": (0.7, 0.72), "0-2": (0.7, 0.72), "1-2": (0.7, 0.72)}
+    write_soups(tmp_path, "a", {**pairs, "0-1-2": (soup_validation, 0.75)})
+    table = load_table("cut", tmp_path)
+    context = simulate.Context(replay_of(table, budget=budget), table.recipes, [], table)
+    assert simulate.hypertweaks_soup(context) == pytest.approx(want)
+    defaults = [t.run.seed for t in context.replay.trials if t.run.recipe_index == 1]
+    assert len(defaults) == len(set(defaults)) == min(int(budget), 3)  # each at its own seed
+
+
+def test_a_soup_the_table_never_scored_stops_the_replay(tmp_path):
+    for seed in (0, 1):
+        write_run(tmp_path, "a", 0, seed, [0.5], [0.5])
+        write_run(tmp_path, "a", 1, seed, [0.7], [0.7])
+    table = load_table("cut", tmp_path)
+    context = simulate.Context(replay_of(table, budget=2.0), table.recipes, [], table)
+    with pytest.raises(KeyError, match="averaging --soups"):
+        simulate.hypertweaks_soup(context)
 
 
 def _context_of_the_committed_table():
@@ -425,7 +475,7 @@ def test_replaying_the_product_reproduces_the_committed_simulated_table():
     row = next(line for line in section.splitlines() if line.startswith("| hypertweaks_lp_ft |"))
     want = [cell.strip() for cell in row.strip("|").split("|")[1:]]  # 1x, 2x, 3x, 5x
     table = load_table("n600-v200-t500-L48")
-    got = simulate.compare(table, [simulate.PRODUCT], [1.0, 3.0])
+    got = simulate.compare(table, ["hypertweaks_lp_ft"], [1.0, 3.0])
     replayed = next(line for line in got.splitlines() if line.startswith("| hypertweaks_lp_ft |"))
     assert [cell.strip() for cell in replayed.strip("|").split("|")[1:]] == [want[0], want[2]]
 

@@ -14,12 +14,15 @@ scored on validation and test. Its end weights are kept under bench/work, so tha
 has every seed the soups of its seeds are scored too. Resumable: a present cell is never rerun.
 
 `python -m bench.meta.averaging --seeds 0,1,2` (2.5-8 minutes of one core a cell), then
-`python -m bench.meta.averaging --table`.
+`python -m bench.meta.averaging --table`. `--soups` scores the soup of every set of two or more
+of a task's recorded seeds (seconds each; averaging/soups/<task>.json), which the simulator's
+replay of the product's final model reads (bench/meta/simulate.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -99,7 +102,7 @@ def run_cell(task: str, seed: int, device, loaded: dict) -> dict:
         "line": line,
     }
     seeds = sorted(int(p.stem.split("__s")[1]) for p in WEIGHTS.glob(f"{task}__s*.pt"))
-    if len(seeds) >= 3:  # every seed of the table: the uniform soup of them, and its line
+    if len(seeds) >= 3 and seed in seeds[:3]:  # the table's seeds: their soup, and its line
         soup = _soup([torch.load(WEIGHTS / f"{task}__s{s}.pt") for s in seeds[:3]])
         cell["soup_seeds"] = seeds[:3]
         cell["soup_line"] = {
@@ -131,6 +134,42 @@ def collect(tasks: list[str], seeds: list[int]) -> None:
             print(
                 f"[averaging] {task} s{seed} test {one:.3f} {cell['wall_seconds']:.0f}s", flush=True
             )
+
+
+def score_soups(tasks: list[str], sizes: list[int]) -> None:
+    """Every soup of `sizes` of a task's seeds whose weights are kept, scored at alpha 1 on
+    validation and test into averaging/soups/<task>.json. Resumable: a scored soup is kept."""
+    from bench.meta.collect import candidate_recipe
+    from hypertweaks.space import Recipe
+
+    torch.set_num_threads(1)
+    device = torch.device("cpu")
+    (OUT / "soups").mkdir(parents=True, exist_ok=True)
+    for task in tasks:
+        seeds = sorted(int(p.stem.split("__s")[1]) for p in WEIGHTS.glob(f"{task}__s*.pt"))
+        path = OUT / "soups" / f"{task}.json"
+        record = json.loads(path.read_text()) if path.exists() else {"task": task, "soups": {}}
+        combos = [c for k in sizes for c in itertools.combinations(seeds, k)]
+        todo = [c for c in combos if _key(c) not in record["soups"]]
+        todo.sort(key=lambda c: (max(c), len(c)))  # the first seeds' soups first
+        if not todo:
+            continue
+        text, _ = load_task(task, CUT, "cpu")
+        text.fine_tune_head = "probe"
+        model, _ = text.build(Recipe(**candidate_recipe(-3, text)))
+        states = {s: torch.load(WEIGHTS / f"{task}__s{s}.pt") for s in seeds}
+        for combo in todo:
+            soup = _soup([states[s] for s in combo])
+            record["soups"][_key(combo)] = _scores(text, model, soup, device)
+            partial = path.with_suffix(".part")
+            partial.write_text(json.dumps(record, indent=1))
+            partial.replace(path)
+            test = record["soups"][_key(combo)]["test"]["accuracy"]
+            print(f"[soups] {task} {_key(combo)} test {test:.3f}", flush=True)
+
+
+def _key(seeds) -> str:
+    return "-".join(map(str, seeds))
 
 
 def _pick(line: dict, rule: str) -> str:
@@ -252,7 +291,16 @@ def main() -> None:
     parser.add_argument("--tasks", default=META_TASKS)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--table", action="store_true", help="print the table of the cells")
+    parser.add_argument(
+        "--soups",
+        nargs="?",
+        const="2,3,4,5",
+        help="score the soups of these numbers of seeds (default 2,3,4,5) of the kept weights",
+    )
     args = parser.parse_args()
+    if args.soups:
+        score_soups(_csv(args.tasks), [int(k) for k in _csv(args.soups)])
+        return
     if args.table:
         text = (
             "# The LP-FT default averaged with what shares its start (issue 31, lever 2)\n\n"

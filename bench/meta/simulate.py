@@ -28,7 +28,7 @@ import numpy as np
 from bench.meta import META_DIR, store
 from hypertweaks.config import Experiment
 from hypertweaks.noise import KEEP_DEFAULTS_ERRORS
-from hypertweaks.strategies import Candidate, choose
+from hypertweaks.strategies import Candidate, choose, member_tags
 from hypertweaks.strategies import Strategy as ProductStrategy
 from hypertweaks.strategies.selectors import KeepDefaults, Selector
 
@@ -100,9 +100,41 @@ class Table:
     recipes: list[int]  # the balanced prefix: recipes recorded on every task at every seed
     seeds: list[int]
     reference_cost: dict[str, float] = field(default_factory=dict)  # task -> mean over seeds
+    # task -> the seeds of the LP-FT default averaged -> the soup's (validation, test) accuracy
+    soups: dict[str, dict[tuple[int, ...], tuple[float, float]]] = field(default_factory=dict)
 
     def run(self, task: str, recipe: int, seed: int) -> Run:
         return self.runs[(task, recipe, seed)]
+
+    def soup(self, task: str, seeds: tuple[int, ...]) -> tuple[float, float]:
+        """Validation and test accuracy of the LP-FT default's runs at `seeds`, weights averaged."""
+        try:
+            return self.soups[task][tuple(sorted(seeds))]
+        except KeyError:
+            raise KeyError(
+                f"no soup of {self.cut} {task} at seeds {sorted(seeds)}: score it with "
+                "`python -m bench.meta.averaging --soups`"
+            ) from None
+
+
+def load_soups(root: Path) -> dict[str, dict[tuple[int, ...], tuple[float, float]]]:
+    """The scored soups of bench/meta/averaging.py under a cut: the soup of each task's first
+    three seeds in its cells, and every soup in averaging/soups/<task>.json."""
+    soups: dict[str, dict[tuple[int, ...], tuple[float, float]]] = {}
+
+    def add(task: str, seeds, point: dict) -> None:
+        scores = (point["validation"]["accuracy"], point["test"]["accuracy"])
+        soups.setdefault(task, {})[tuple(sorted(seeds))] = scores
+
+    for path in sorted((root / "averaging").glob("*.json")):
+        cell = json.loads(path.read_text())
+        if "soup_line" in cell:
+            add(cell["task"], cell["soup_seeds"], cell["soup_line"]["1.0"])
+    for path in sorted((root / "averaging" / "soups").glob("*.json")):
+        record = json.loads(path.read_text())
+        for key, point in record["soups"].items():
+            add(record["task"], map(int, key.split("-")), point)
+    return soups
 
 
 def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) -> Table:
@@ -147,7 +179,7 @@ def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) 
             recipes.append(index)
         else:
             break
-    table = Table(root.name, tasks, runs, recipes, seeds)
+    table = Table(root.name, tasks, runs, recipes, seeds, soups=load_soups(root))
     for task in tasks:
         reference = [table.run(task, 0, s) for s in seeds]
         table.reference_cost[task] = float(np.mean([r.cost(r.epochs) for r in reference]))
@@ -195,10 +227,17 @@ class Replay:
             self.seeds[recipe] = int(self.rng.choice(self.table.seeds))
         return self.table.run(self.task, recipe, self.seeds[recipe])
 
-    def start(self, recipe: int, epochs: int | None = None, patience: int = PATIENCE) -> Trial:
+    def start(
+        self,
+        recipe: int,
+        epochs: int | None = None,
+        patience: int = PATIENCE,
+        seed: int | None = None,
+    ) -> Trial:
         """Run a recipe for `epochs` (default: all of its own schedule), stopping early after
-        `patience` epochs without improvement, as the real trial would."""
-        run = self._run(recipe)
+        `patience` epochs without improvement, as the real trial would; at the recorded `seed`
+        when given (another run of a recipe already replayed), else at the replay's seed."""
+        run = self._run(recipe) if seed is None else self.table.run(self.task, recipe, seed)
         trial = Trial(run, 0)
         self.trials.append(trial)
         self.advance(trial, epochs or run.epochs, patience)
@@ -486,11 +525,10 @@ def hypertweaks_keep_1se(ctx: Context) -> float:
 # The default recipe as the product trains it (bench meta candidates --which=-3): mean-pooled,
 # its head from a linear probe (LP-FT).
 DEFAULTS_LP_FT = -3
-PRODUCT = "hypertweaks_lp_ft"  # the strategy hypertweaks runs today
-# The Strategy an experiment gets by default, but its final model the kept trial: the soup's
-# extra runs of the default (final_model: soup) have no cells here yet; AVERAGING.md replays
-# the soup rule over real runs (issue 31).
-PRODUCT_STRATEGY = ProductStrategy(final="kept")
+PRODUCT = "hypertweaks_soup"  # the strategy hypertweaks runs today
+PRODUCT_STRATEGY = ProductStrategy()  # the Strategy an experiment gets by default
+# ... with final_model: kept (the product of sessions 7-35: `hypertweaks_lp_ft`)
+PRODUCT_KEPT = ProductStrategy(final="kept")
 
 
 def _has_cells(ctx: Context, index: int) -> bool:
@@ -522,7 +560,7 @@ def defaults_mean_pooled(ctx: Context) -> float:
 
 # The cells that replay each of the product's starting recipes (by tag): a start the product
 # gains and the table has no cells for stops the replay (KeyError), rather than drifting apart.
-START_CELLS = {"head-only": HEAD_ONLY, "defaults": DEFAULTS_LP_FT}
+START_CELLS = {"head-only": HEAD_ONLY, **{tag: DEFAULTS_LP_FT for tag in member_tags(9)}}
 # What the product's starts depend on, for a text study whose space leaves freezing to it.
 TEXT_STUDY = SimpleNamespace(task="text-classification", space={}, trials=None)
 
@@ -532,35 +570,77 @@ def product_starts(strategy: ProductStrategy = PRODUCT_STRATEGY) -> list[str]:
     return [s.tag for s in strategy.starting_recipes(TEXT_STUDY, {}, NUM_LAYERS)]
 
 
-def _run_product_starts(ctx: Context) -> Trial:
-    """The product's starting recipes, in its Strategy's order: its defaults trial."""
+def _run_product_starts(ctx: Context, product: ProductStrategy) -> dict[str, Trial]:
+    """The product's starting recipes, in its Strategy's order, by tag. The recommended recipe's
+    further runs (the soup's members) replay its cells at the table's other seeds, each started
+    only while the budget lasts, as the real ones."""
     r = ctx.replay
-    started = {}
-    for tag in product_starts():
+    started: dict[str, Trial] = {}
+    members = member_tags(product.make_final(TEXT_STUDY.task).runs)
+    for tag in product_starts(product):
         index = START_CELLS[tag]
         if tag == "defaults":
             started[tag] = r.start(_recorded(ctx, index))
+        elif tag in members:
+            if r.can_start():
+                seeds = [s for s in ctx.table.seeds if s != started["defaults"].run.seed]
+                if members.index(tag) > len(seeds):
+                    raise KeyError(
+                        f"{len(ctx.table.seeds)} seeds cannot replay {len(members)} runs of "
+                        "the default: replay the soup on a table of as many seeds"
+                    )
+                seed = seeds[members.index(tag) - 1]
+                started[tag] = r.start(started["defaults"].run.recipe_index, seed=seed)
         elif (r.task, index, ctx.table.seeds[0]) in ctx.table.runs:
             started[tag] = r.start(index)
-    return started["defaults"]
+    return started
 
 
-def _product_choice(trials: list[Trial], defaults: Trial) -> Trial:
+def _product_choice(trials: list[Trial], defaults: Trial, product: ProductStrategy) -> Trial:
     """What the product's selector keeps of the trials run so far."""
-    return _selected(
-        trials, defaults, lambda n: PRODUCT_STRATEGY.make_selector("maximize", "accuracy", n)
-    )
+    return _selected(trials, defaults, lambda n: product.make_selector("maximize", "accuracy", n))
+
+
+def _product_final(
+    ctx: Context, kept: Trial, started: dict[str, Trial], product: ProductStrategy
+) -> float:
+    """The product's final-model rule (strategies/finals.py, soup.py): with two or more of the
+    recommended recipe's runs finished, the soup of their weights (its scores recorded by
+    bench/meta/averaging.py), unless the kept trial leads it on validation by more than the
+    selector's margin; else the kept trial."""
+    r = ctx.replay
+    final = product.make_final(TEXT_STUDY.task)
+    runs = [started[t] for t in member_tags(final.runs) if t in started]
+    if len(runs) < 2:
+        return r.score(kept)
+    value, test = ctx.table.soup(r.task, tuple(t.run.seed for t in runs))
+    examples = kept.run.probs("validation").shape[1]
+    selector = product.make_selector("maximize", "accuracy", examples)
+    return test if final.keeps_soup(selector, "maximize", value, kept.value) else r.score(kept)
+
+
+def _replay_product(ctx: Context, product: ProductStrategy) -> float:
+    """The product, replayed by its own Strategy: its starting recipes (the head-only candidate,
+    then the default recipe trained LP-FT, its head from a linear probe, and with the soup its
+    further runs), random design recipes (their recorded fresh-head cells) while the budget
+    lasts, its selector and its final-model rule."""
+    r = ctx.replay
+    started = _run_product_starts(ctx, product)
+    _random_rest(ctx, skip=DEFAULTS)
+    kept = _product_choice(r.trials, started["defaults"], product)
+    return _product_final(ctx, kept, started, product)
+
+
+@strategy("hypertweaks_soup")
+def hypertweaks_soup(ctx: Context) -> float:
+    """hypertweaks now (final_model: soup, the default)."""
+    return _replay_product(ctx, PRODUCT_STRATEGY)
 
 
 @strategy("hypertweaks_lp_ft")
 def hypertweaks_lp_ft(ctx: Context) -> float:
-    """The product, replayed by its own Strategy: its starting recipes (the head-only candidate,
-    then the default recipe trained LP-FT, its head from a linear probe), random design recipes
-    (their recorded fresh-head cells) while the budget lasts, and its selector."""
-    r = ctx.replay
-    defaults = _run_product_starts(ctx)
-    _random_rest(ctx, skip=DEFAULTS)
-    return r.score(_product_choice(r.trials, defaults))
+    """hypertweaks of sessions 7-35: as now, but the final model the kept trial."""
+    return _replay_product(ctx, PRODUCT_KEPT)
 
 
 @strategy("hypertweaks_lp_ft_seeds")
@@ -570,7 +650,8 @@ def hypertweaks_lp_ft_seeds(ctx: Context) -> float:
     would); the final model averages their test probabilities (an ensemble of up to 3 seeds).
     With no budget left it is the product at 1x."""
     r = ctx.replay
-    kept = _product_choice(r.trials, _run_product_starts(ctx))
+    started = _run_product_starts(ctx, PRODUCT_KEPT)
+    kept = _product_choice(r.trials, started["defaults"], PRODUCT_KEPT)
     members = [kept]
     for seed in ctx.table.seeds:
         key = (r.task, kept.run.recipe_index, seed)
