@@ -36,6 +36,7 @@ from bench.tasks import PROFILES, WORK_DIR, load_task
 
 ALPHAS = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 CUT = PROFILES["standard"]
+TABLE_SEEDS = (0, 1, 2)  # the seeds the table compares: those of the soup in the cells
 OUT = META_DIR / CUT.key / "averaging"
 WEIGHTS = WORK_DIR / "averaging" / CUT.key
 
@@ -101,7 +102,7 @@ def run_cell(task: str, seed: int, device, loaded: dict) -> dict:
         "wall_seconds": time.perf_counter() - started,
         "line": line,
     }
-    seeds = sorted(int(p.stem.split("__s")[1]) for p in WEIGHTS.glob(f"{task}__s*.pt"))
+    seeds = _kept_seeds(task)
     if len(seeds) >= 3 and seed in seeds[:3]:  # the table's seeds: their soup, and its line
         soup = _soup([torch.load(WEIGHTS / f"{task}__s{s}.pt") for s in seeds[:3]])
         cell["soup_seeds"] = seeds[:3]
@@ -146,7 +147,7 @@ def score_soups(tasks: list[str], sizes: list[int]) -> None:
     device = torch.device("cpu")
     (OUT / "soups").mkdir(parents=True, exist_ok=True)
     for task in tasks:
-        seeds = sorted(int(p.stem.split("__s")[1]) for p in WEIGHTS.glob(f"{task}__s*.pt"))
+        seeds = _kept_seeds(task)
         path = OUT / "soups" / f"{task}.json"
         record = json.loads(path.read_text()) if path.exists() else {"task": task, "soups": {}}
         combos = [c for k in sizes for c in itertools.combinations(seeds, k)]
@@ -166,6 +167,11 @@ def score_soups(tasks: list[str], sizes: list[int]) -> None:
             partial.replace(path)
             test = record["soups"][_key(combo)]["test"]["accuracy"]
             print(f"[soups] {task} {_key(combo)} test {test:.3f}", flush=True)
+
+
+def _kept_seeds(task: str) -> list[int]:
+    """The seeds of a task whose trained weights are kept under bench/work."""
+    return sorted(int(p.stem.split("__s")[1]) for p in WEIGHTS.glob(f"{task}__s*.pt"))
 
 
 def _key(seeds) -> str:
@@ -196,6 +202,7 @@ def table(folder: Path = OUT) -> str:
     from bench.meta.simulate import paired_interval
 
     cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    cells = [c for c in cells if c["seed"] in TABLE_SEEDS]  # the soup's seeds: one design
     tasks = sorted({c["task"] for c in cells})
 
     def test(line: dict, alpha: str) -> float:

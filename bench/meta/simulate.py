@@ -19,6 +19,7 @@ import json
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -59,6 +60,11 @@ class Run:
     @property
     def epochs(self) -> int:
         return len(self.val_acc)
+
+    @cached_property
+    def validation_examples(self) -> int:
+        """Rows of the validation split (the selector's noise depends on them)."""
+        return self.probs("validation").shape[1]
 
     def probs(self, split: str) -> np.ndarray:
         """(epochs, rows, classes) float32, within store.ERROR of what was recorded."""
@@ -451,9 +457,8 @@ def _selected(trials: list[Trial], first: Trial, make_selector: Callable[[int], 
     of validation examples, keeps of the trials offered in the order they ran, `first` in the
     place of the recommended recipe."""
     complete = [t for t in trials if not t.run.diverged] or trials
-    examples = first.run.probs("validation").shape[1]
     tagged = [Candidate(t.value, "defaults" if t is first else "") for t in complete]
-    return complete[choose(make_selector(examples), tagged)]
+    return complete[choose(make_selector(first.run.validation_examples), tagged)]
 
 
 @strategy("defaults_keep_1se")
@@ -560,7 +565,7 @@ def defaults_mean_pooled(ctx: Context) -> float:
 
 # The cells that replay each of the product's starting recipes (by tag): a start the product
 # gains and the table has no cells for stops the replay (KeyError), rather than drifting apart.
-START_CELLS = {"head-only": HEAD_ONLY, **{tag: DEFAULTS_LP_FT for tag in member_tags(9)}}
+START_CELLS = {"head-only": HEAD_ONLY, "defaults": DEFAULTS_LP_FT}
 # What the product's starts depend on, for a text study whose space leaves freezing to it.
 TEXT_STUDY = SimpleNamespace(task="text-classification", space={}, trials=None)
 
@@ -578,10 +583,7 @@ def _run_product_starts(ctx: Context, product: ProductStrategy) -> dict[str, Tri
     started: dict[str, Trial] = {}
     members = member_tags(product.make_final(TEXT_STUDY.task).runs)
     for tag in product_starts(product):
-        index = START_CELLS[tag]
-        if tag == "defaults":
-            started[tag] = r.start(_recorded(ctx, index))
-        elif tag in members:
+        if tag in members[1:]:  # another run of the defaults trial's cells
             if r.can_start():
                 seeds = [s for s in ctx.table.seeds if s != started["defaults"].run.seed]
                 if members.index(tag) > len(seeds):
@@ -591,8 +593,10 @@ def _run_product_starts(ctx: Context, product: ProductStrategy) -> dict[str, Tri
                     )
                 seed = seeds[members.index(tag) - 1]
                 started[tag] = r.start(started["defaults"].run.recipe_index, seed=seed)
-        elif (r.task, index, ctx.table.seeds[0]) in ctx.table.runs:
-            started[tag] = r.start(index)
+        elif tag == "defaults":
+            started[tag] = r.start(_recorded(ctx, START_CELLS[tag]))
+        elif (r.task, START_CELLS[tag], ctx.table.seeds[0]) in ctx.table.runs:
+            started[tag] = r.start(START_CELLS[tag])
     return started
 
 
@@ -614,8 +618,7 @@ def _product_final(
     if len(runs) < 2:
         return r.score(kept)
     value, test = ctx.table.soup(r.task, tuple(t.run.seed for t in runs))
-    examples = kept.run.probs("validation").shape[1]
-    selector = product.make_selector("maximize", "accuracy", examples)
+    selector = product.make_selector("maximize", "accuracy", kept.run.validation_examples)
     return test if final.keeps_soup(selector, "maximize", value, kept.value) else r.score(kept)
 
 
