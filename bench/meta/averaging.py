@@ -278,6 +278,59 @@ def table(folder: Path = OUT) -> str:
     return "\n".join(lines) + "\n"
 
 
+def size_table(folder: Path = OUT) -> str:
+    """Per number of runs k, the soup of k of a task's kept seeds (every such set, averaged):
+    test accuracy, its paired difference to the mean single run and to the soups of k - 1."""
+    from bench.meta.simulate import paired_interval
+
+    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    soups = (folder / "soups").glob("*.json")
+    records = {p.stem: json.loads(p.read_text())["soups"] for p in soups}
+    tasks = sorted(records)
+    seeds = {t: sorted(c["seed"] for c in cells if c["task"] == t) for t in tasks}
+    sizes = range(1, min(map(len, seeds.values())) + 1)
+
+    def mean_of(task: str, k: int) -> float:
+        if k == 1:
+            runs = [c for c in cells if c["task"] == task]
+            return float(np.mean([c["line"]["1.0"]["test"]["accuracy"] for c in runs])) * 100
+        combos = [_key(c) for c in itertools.combinations(seeds[task], k)]
+        missing = [c for c in combos if c not in records[task]]
+        if missing:
+            raise KeyError(f"{task}: soups {missing} not scored: run --soups {k}")
+        return float(np.mean([records[task][c]["test"]["accuracy"] for c in combos])) * 100
+
+    by_size = {k: np.array([mean_of(t, k) for t in tasks]) for k in sizes}
+    lines = [
+        f"{len(tasks)} tasks, seeds {sorted(set().union(*map(set, seeds.values())))}; "
+        "each size averaged over every set of that many seeds",
+        "",
+        "| runs in the soup | test accuracy | minus the mean single run | won-lost "
+        "| minus one run fewer | won-lost |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, values in by_size.items():
+        row = [f"| {k} | {values.mean():.1f}"]
+        for base in (by_size[1], by_size.get(k - 1)):
+            if k == 1 or base is None:
+                row.append(" | | ")
+                continue
+            low = paired_interval(values, base)
+            wins, losses = int((values > base).sum()), int((values < base).sum())
+            row.append(f" | {low[0]:+.2f} [{low[1]:+.2f}, {low[2]:+.2f}] | {wins}-{losses}")
+        lines.append("".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+SIZE_NOTE = """\
+The soups of k runs of the LP-FT default (k of the task's five kept seeds, weights averaged
+uniformly, every such set scored by `--soups` and averaged per task), against the mean of the
+single runs and against the soups of one run fewer; in brackets the bootstrap 95% interval of
+the paired difference over tasks, then the tasks won and lost. What a soup that grows with the
+budget buys per extra run (strategies/finals.py).
+"""
+
+
 TABLE_NOTE = """\
 In brackets: the paired difference to the default (alpha 1) over tasks, each task's cells
 averaged over its seeds first, with its bootstrap 95% interval; then the tasks won and lost.
@@ -317,6 +370,10 @@ def main() -> None:
             + table()
             + "\n"
             + TABLE_NOTE
+            + "\n## Soups of more runs (issue 31, session 38)\n\n"
+            + size_table()
+            + "\n"
+            + SIZE_NOTE
         )
         (OUT.parent / "AVERAGING.md").write_text(text)
         print(text)
