@@ -225,14 +225,15 @@ def test_two_workers_share_one_study_on_postgresql(postgres, text_experiment, tm
     # the worker that creates the study enqueues the defaults; the others must not (they did,
     # racing, in 2 of 7 runs before)
     tags = [t.user_attrs.get("tag") for t in trials]
-    assert [tags.count(t) for t in ("defaults", "defaults-2", "defaults-3")] == [1, 1, 1]
+    runs = ("defaults", "defaults-2", "defaults-3", "defaults-4")
+    assert [tags.count(t) for t in runs] == [1, 1, 1, 1]  # head-only, then four runs: the soup
     assert all(t.state.is_finished() for t in trials)
     run_dir = tmp_path / "runs" / "shared"
     kept = [p.name for p in (run_dir / "checkpoints").iterdir() if p.name != "members"]
     assert len(kept) == 1  # one best model, whichever worker made the soup
     soup = json.loads((run_dir / "results.json").read_text())["final_model"]
-    assert len(soup["members"]) == 3  # the soup of every run, made after the last one
-    assert len(list((run_dir / "checkpoints" / "members").iterdir())) == 3
+    assert len(soup["members"]) == 4  # the soup of every run, made after the last one
+    assert len(list((run_dir / "checkpoints" / "members").iterdir())) == 4
     results = (run_dir / "results.json").read_text()
     for text in [results, *outputs]:
         assert server.password not in text

@@ -418,7 +418,8 @@ def test_the_simulator_replays_the_products_own_strategy(monkeypatch):
     # the Strategy an experiment gets by default is the one the simulator replays
     defaults = {k: f.default for k, f in Experiment.model_fields.items() if not f.is_required()}
     assert Strategy() == strategy_of(type("Exp", (), defaults)())
-    assert simulate.product_starts() == ["head-only", "defaults", "defaults-2", "defaults-3"]
+    members = ["defaults-2", "defaults-3", "defaults-4", "defaults-5"]
+    assert simulate.product_starts() == ["head-only", "defaults", *members]
     # a start the product gains is not silently left out of the replay
     gained = starts.STARTS["defaults"]
     monkeypatch.setitem(starts.STARTS, "defaults", lambda *a: gained(*a) + [Start("portfolio", {})])
@@ -428,27 +429,30 @@ def test_the_simulator_replays_the_products_own_strategy(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("budget", "soup_validation", "want"),
+    ("budget", "soup_validation", "want", "runs"),
     [
-        (1.0, 0.7, 0.70),  # no room for a second run: the default itself
-        (2.0, 0.7, 0.72),  # two runs: their soup
-        (3.0, 0.7, 0.75),  # three runs: their soup
-        (3.0, 0.1, 0.70),  # the kept run leads the soup beyond the noise: the kept run
+        (1.0, 0.7, 0.70, 1),  # no room for a second run: the default itself
+        (2.0, 0.7, 0.72, 2),  # two runs: their soup
+        (3.0, 0.7, 0.75, 3),  # three runs: their soup
+        (3.0, 0.1, 0.70, 3),  # the kept run leads the soup beyond the noise: the kept run
+        (4.0, 0.7, 0.77, 4),  # four: the fourth at a seed only the soups hold
+        (10.0, 0.7, 0.78, 5),  # five at most, then the search
     ],
 )
 def test_the_simulator_replays_the_products_soup_as_its_budget_allows(
-    tmp_path, budget, soup_validation, want
+    tmp_path, budget, soup_validation, want, runs
 ):
     for seed in (0, 1, 2):
         write_run(tmp_path, "a", 0, seed, [0.5], [0.5])  # the reference: a budget unit
         write_run(tmp_path, "a", 1, seed, [0.7], [0.7])  # the default (no LP-FT cells)
     pairs = {"0-1": (0.7, 0.72), "0-2": (0.7, 0.72), "1-2": (0.7, 0.72)}
-    write_soups(tmp_path, "a", {**pairs, "0-1-2": (soup_validation, 0.75)})
+    larger = {"0-1-2-3": (0.7, 0.77), "0-1-2-3-4": (0.7, 0.78)}
+    write_soups(tmp_path, "a", {**pairs, "0-1-2": (soup_validation, 0.75), **larger})
     table = load_table("cut", tmp_path)
     context = simulate.Context(replay_of(table, budget=budget), table.recipes, [], table)
     assert simulate.hypertweaks_soup(context) == pytest.approx(want)
     defaults = [t.run.seed for t in context.replay.trials if t.run.recipe_index == 1]
-    assert len(defaults) == len(set(defaults)) == min(int(budget), 3)  # each at its own seed
+    assert len(defaults) == len(set(defaults)) == runs  # each at its own seed
 
 
 def test_a_soup_the_table_never_scored_stops_the_replay(tmp_path):

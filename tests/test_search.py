@@ -179,6 +179,7 @@ def test_pruned_trials_are_recorded_with_their_curve(text_experiment):
         **text_experiment,
         "trials": 6,
         "pruner": "median",
+        "final_model": "kept",  # no soup runs: every trial after the starts is a search trial
         "space": {**text_experiment["space"], "epochs": 3},
     }
     tune(exp)

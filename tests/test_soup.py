@@ -1,5 +1,5 @@
 """The final model as a soup: a text study with the budget for it runs the recommended recipe at
-three seeds and hands over the average of their weights, unless the model the selector kept
+three to five seeds and hands over the average of their weights, unless the model the selector kept
 leads it on validation by more than the noise. One model, which load and predict read."""
 
 from __future__ import annotations
@@ -27,13 +27,18 @@ def start_tags(config: dict) -> list[str]:
     return [s.tag for s in strategy_of(exp).starting_recipes(exp, DEFAULTS, 2)]
 
 
-def test_a_text_study_with_the_budget_starts_with_three_runs_of_the_default(text_experiment):
-    config = {**text_experiment, "trials": 6}
+def test_a_text_study_s_soup_grows_with_its_budget(text_experiment):
+    config = {**text_experiment, "trials": 4}
     assert start_tags(config) == ["head-only", "defaults", "defaults-2", "defaults-3"]
     exp = make_experiment(config)
     starts = strategy_of(exp).starting_recipes(exp, DEFAULTS, 2)
     assert starts[2].recipe == starts[1].recipe == DEFAULTS and not starts[2].fixed
-    assert start_tags({**config, "trials": None, "timeout": 600})[-1] == "defaults-3"
+    assert start_tags({**config, "trials": 5})[-1] == "defaults-4"
+    five = [*start_tags(config), "defaults-4", "defaults-5"]
+    assert start_tags({**config, "trials": 20}) == five  # the rest is search
+    # a time budget starts each run only while it lasts (the backend's budget check)
+    assert start_tags({**config, "trials": None, "timeout": 600}) == five
+    assert strategy_of(exp).soup_tags(make_experiment({**config, "trials": 5}))[-1] == "defaults-4"
 
 
 @pytest.mark.parametrize(
@@ -45,7 +50,7 @@ def test_no_runs_for_a_soup_when_the_budget_or_the_experiment_says_no(change, te
 
 def test_only_kinds_whose_soup_was_measured_average_weights(text_experiment):
     strategy = strategy_of(make_experiment(text_experiment))
-    assert strategy.make_final("text-classification").runs == 3
+    assert strategy.make_final("text-classification").runs == 5
     assert strategy.make_final("image-classification") == Final(1)
     assert strategy.make_final("causal-lm") == Final(1)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
@@ -244,6 +244,10 @@ class Replay:
         `patience` epochs without improvement, as the real trial would; at the recorded `seed`
         when given (another run of a recipe already replayed), else at the replay's seed."""
         run = self._run(recipe) if seed is None else self.table.run(self.task, recipe, seed)
+        return self.start_run(run, epochs, patience)
+
+    def start_run(self, run: Run, epochs: int | None = None, patience: int = PATIENCE) -> Trial:
+        """Start a trial on this recorded run (see start)."""
         trial = Trial(run, 0)
         self.trials.append(trial)
         self.advance(trial, epochs or run.epochs, patience)
@@ -577,27 +581,41 @@ def product_starts(strategy: ProductStrategy = PRODUCT_STRATEGY) -> list[str]:
 
 def _run_product_starts(ctx: Context, product: ProductStrategy) -> dict[str, Trial]:
     """The product's starting recipes, in its Strategy's order, by tag. The recommended recipe's
-    further runs (the soup's members) replay its cells at the table's other seeds, each started
-    only while the budget lasts, as the real ones."""
+    further runs (the soup's members) replay its runs at other seeds, each started only while
+    the budget lasts, as the real ones: first the table's other seeds, then the seeds only the
+    averaging cells hold (bench/meta/averaging.py), whose trials replay the cost of the default's
+    own cell (same recipe) and enter the result only through the soup's recorded scores."""
     r = ctx.replay
     started: dict[str, Trial] = {}
     members = member_tags(product.make_final(TEXT_STUDY.task).runs)
     for tag in product_starts(product):
-        if tag in members[1:]:  # another run of the defaults trial's cells
+        if tag in members[1:]:  # another run of the defaults trial's recipe
             if r.can_start():
-                seeds = [s for s in ctx.table.seeds if s != started["defaults"].run.seed]
-                if members.index(tag) > len(seeds):
+                default = started["defaults"].run
+                seeds = _member_seeds(ctx, default.seed)
+                if members.index(tag) >= len(seeds):
                     raise KeyError(
-                        f"{len(ctx.table.seeds)} seeds cannot replay {len(members)} runs of "
-                        "the default: replay the soup on a table of as many seeds"
+                        f"{len(seeds)} seeds cannot replay {len(members)} runs of the default: "
+                        "record more (`python -m bench.meta.averaging --seeds`) or replay a "
+                        "smaller soup"
                     )
-                seed = seeds[members.index(tag) - 1]
-                started[tag] = r.start(started["defaults"].run.recipe_index, seed=seed)
+                seed = seeds[members.index(tag)]
+                key = (r.task, default.recipe_index, seed)
+                run = ctx.table.runs.get(key) or replace(default, seed=seed)
+                started[tag] = r.start_run(run)
         elif tag == "defaults":
             started[tag] = r.start(_recorded(ctx, START_CELLS[tag]))
         elif (r.task, START_CELLS[tag], ctx.table.seeds[0]) in ctx.table.runs:
             started[tag] = r.start(START_CELLS[tag])
     return started
+
+
+def _member_seeds(ctx: Context, seed: int) -> list[int]:
+    """The seeds of the default's runs in the order the soup takes them: the replay's own, the
+    table's others, then those only the scored soups hold."""
+    table_seeds = [s for s in ctx.table.seeds if s != seed]
+    scored = {s for soup in ctx.table.soups.get(ctx.replay.task, {}) for s in soup}
+    return [seed, *table_seeds, *sorted(scored - {seed, *table_seeds})]
 
 
 def _product_choice(trials: list[Trial], defaults: Trial, product: ProductStrategy) -> Trial:

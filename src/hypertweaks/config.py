@@ -119,9 +119,10 @@ class Experiment(BaseModel):
         "soup",
         description="what the study hands over: "
         + ", ".join(FINAL_NAMES)
-        + " (soup, text classification: the recommended recipe runs at three seeds and their "
-        "weights are averaged into one model, kept unless the selector's model leads it on "
-        "validation by more than one standard error; kept: the selector's model)",
+        + " (soup, text classification: the recommended recipe runs at up to five seeds, as the "
+        "budget allows, and their weights are averaged into one model, kept unless the "
+        "selector's model leads it on validation by more than one standard error; kept: the "
+        "selector's model)",
     )
     space: dict[str, Any] = Field(default_factory=dict)
     quiet: bool = False

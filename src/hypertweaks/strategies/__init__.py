@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hypertweaks.kinds import kind_of
-from hypertweaks.strategies.finals import FINALS, Final, member_tags
+from hypertweaks.strategies.finals import FINALS, MIN_SOUP, Final, member_tags
 from hypertweaks.strategies.names import (
     FINAL_NAMES,
     PRUNER_NAMES,
@@ -74,19 +74,22 @@ class Strategy:
         """The tags of the runs the final model averages; () when the study runs no soup."""
         starts = self.starting_recipes(exp, {}, 0)  # the tags only: no recipe is read
         tags = {s.tag for s in starts}
-        members = member_tags(self.make_final(exp.task).runs)
-        return members if len(members) > 1 and set(members) <= tags else ()
+        members = tuple(t for t in member_tags(self.make_final(exp.task).runs) if t in tags)
+        return members if len(members) > 1 else ()
 
     def soup_members(self, exp: Experiment, starts: list[Start]) -> list[Start]:
-        """The recommended recipe's runs 2..N, when the study starts from it and its trial budget
-        runs every start (a budget of trials smaller than that stays a search)."""
+        """The recommended recipe's runs 2..N, when the study starts from it. A time budget
+        starts each only while it lasts (the soup grows with it); a budget of trials gets as
+        many as it holds after the starts, and none below MIN_SOUP runs (it stays a search)."""
         final = self.make_final(exp.task)
         defaults = next((s for s in starts if s.tag == "defaults"), None)
         if not final.soups or defaults is None:
             return []
         members = [Start(tag, defaults.recipe) for tag in member_tags(final.runs)[1:]]
-        if exp.trials is not None and exp.trials < len(starts) + len(members):
-            return []
+        if exp.trials is not None:
+            members = members[: max(exp.trials - len(starts), 0)]
+            if len(members) + 1 < MIN_SOUP:
+                return []
         return members
 
     def make_sampler(self, exp: Experiment):
