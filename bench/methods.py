@@ -828,6 +828,127 @@ def embed_lr(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any
     }
 
 
+SETFIT_BATCH = 16  # SetFit's default batch of pairs
+
+
+def _pair_step_seconds(body, texts: list[str], batch: int, repeats: int = 3) -> float:
+    """Seconds of one contrastive training step (a batch of pairs: 2 x batch sentences through
+    the encoder, forward and backward), timed on the machine as it is now."""
+    sentences = (texts * (2 * batch // max(len(texts), 1) + 1))[: 2 * batch]
+    body.train()
+    times = []
+    for _ in range(repeats + 1):  # the first warms up
+        started = time.perf_counter()
+        features = body.tokenize(sentences)
+        features = {
+            k: v.to(body.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()
+        }
+        body(features)["sentence_embedding"].pow(2).mean().backward()
+        body.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - started)
+    return float(sorted(times[1:])[len(times[1:]) // 2]) * 1.1  # optimizer step, pairing on top
+
+
+def setfit(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
+    """SetFit (Tunstall et al. 2022) as its library trains it by default: the sentence encoder
+    fine-tuned contrastively on pairs of training rows (CosineSimilarityLoss, oversampled pairs,
+    batch 16, lr 2e-5, one epoch over the pairs), then a logistic-regression head on its
+    embeddings. Its one change: a full epoch of oversampled pairs of 600 rows is far more than
+    any budget here, so the budget sets SetFit's own `max_steps` (the steps it holds, from a
+    timed step; its warmup and linear decay then fit the budget), and a callback stops the pair
+    steps should the clock run out first; then the head is fitted. No selection on validation (the recipe has none): the validation score
+    is recorded, test scored once. The same cut, tokens (max_length) and seed as every method."""
+    import numpy as np
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+    from transformers import TrainerCallback
+
+    from hypertweaks.tasks.metrics import classification_metrics
+
+    start = time.perf_counter()
+    clock = Clock(budget_seconds)
+    at = clock.start()
+    splits = ctx.text.splits
+    _release(ctx)
+    steps = {"done": 0}
+
+    class StopWhenSpent(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps["done"] = state.global_step
+            if clock.spent:
+                control.should_training_stop = True
+
+    def rows(split) -> Dataset:
+        return Dataset.from_dict({"text": list(split.inputs), "label": [int(x) for x in split.labels]})
+
+    torch.manual_seed(ctx.seed)
+    model = SetFitModel.from_pretrained(ctx.model or model_path(), device=str(ctx.device))
+    model.model_body.max_seq_length = ctx.cut.max_length
+    step = _pair_step_seconds(model.model_body, list(splits.train.inputs), SETFIT_BATCH)
+    # the steps the budget holds, less the head's pass over train (a third of a training step)
+    head_pass = len(splits.train) / (2 * SETFIT_BATCH) * step / 3
+    left = (budget_seconds or 0) - clock.used - head_pass
+    max_steps = max(1, int(left / step)) if budget_seconds else -1
+    args = TrainingArguments(
+        output_dir=_tmp_root(),
+        batch_size=(SETFIT_BATCH, 2),
+        max_steps=max_steps,
+        max_length=ctx.cut.max_length,
+        seed=ctx.seed,
+        report_to="none",
+        save_strategy="no",
+        show_progress_bar=False,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=rows(splits.train), callbacks=[StopWhenSpent()]
+    )
+    trainer.train()
+    clock.stop()
+    search_seconds = clock.used
+
+    def logits(texts: list[str]) -> torch.Tensor:
+        """Log-probabilities in the task's class order."""
+        probs = np.asarray(model.predict_proba(list(texts), as_numpy=True), dtype=float)
+        out = np.full((len(texts), len(splits.classes)), -1e4)
+        out[:, np.asarray(model.model_head.classes_, dtype=int)] = np.log(np.maximum(probs, 1e-12))
+        return torch.as_tensor(out)
+
+    val_labels = torch.as_tensor(splits.validation.labels)
+    val_score = float(classification_metrics(logits(splits.validation.inputs), val_labels)[METRIC])
+    test_labels = torch.as_tensor(splits.test.labels)
+    test_metrics = classification_metrics(logits(splits.test.inputs), test_labels)
+    pairs = steps["done"] * args.embedding_batch_size
+    recipe = {
+        "pair_steps": steps["done"],
+        "pairs_batch": args.embedding_batch_size,
+        "body_learning_rate": args.body_embedding_learning_rate,
+        "head": "LogisticRegression",
+        "sampling": args.sampling_strategy,
+    }
+    trial = {
+        "number": 0,
+        "at": at,
+        "state": "complete",
+        "value": val_score,
+        "examples": 2 * pairs,  # two sentences a pair, each trained
+        "seconds": search_seconds,
+        "epochs": 1,
+        "recipe": recipe,
+    }
+    message = f"{steps['done']} pair steps val {val_score:.4f} test {test_metrics[METRIC]:.4f}"
+    _log(ctx, "setfit", f"{message} {search_seconds:.1f}s")
+    return {
+        "chosen_recipe": recipe,
+        "val_score": val_score,
+        "test_metrics": {k: test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
+        "examples": 2 * pairs,
+        "seconds": time.perf_counter() - start,
+        "search_seconds": search_seconds,
+        "curve": anytime_curve([trial]),
+        "trials": [trial],
+    }
+
+
 def _tmp_root() -> str:
     root = WORK_DIR / "tmp"
     root.mkdir(parents=True, exist_ok=True)
@@ -842,6 +963,7 @@ METHODS: dict[str, Callable[[Context, float], dict[str, Any]]] = {
     "hf_search": hf_search,
     "onepoch_topk": onepoch_topk,
     "embed_lr": embed_lr,
+    "setfit": setfit,
 }
 
 

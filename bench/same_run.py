@@ -9,12 +9,15 @@ then `python -m bench.same_run --budget 1x` writes bench/results/same_run/SAME_R
 pair, the paired difference to each peer with its bootstrap interval, and the gap per task,
 with the trial hypertweaks chose (where it trails, the first place to look for why).
 
-Peers measured later (EXTRA_PEERS: `embed_lr`, frozen embeddings and a logistic regression) are
+Peers measured later (EXTRA_PEERS: `embed_lr`, frozen embeddings and a logistic regression;
+`setfit`, the SetFit library's recipe with its steps bounded by the budget) are
 a column of their own once any of their cells exists at that budget; they need the budget unit
 cells only, so they run alone into the same folder:
 
     HYPERTWEAKS_BENCH_RESULTS=bench/results/same_run OMP_NUM_THREADS=1 python -m bench run \
         --tasks T --seeds S --methods embed_lr --budget 1x,3x --threads 1 --no-report
+
+(`--methods setfit` the same way, two processes at a time, as the budget units were timed.)
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from bench.confirm import (
 
 ROOT = RESULTS / "same_run"
 # Peers added after the table's first runs, shown where measured: method -> column header.
-EXTRA_PEERS = {"embed_lr": "embed+LR"}
+EXTRA_PEERS = {"embed_lr": "embed+LR", "setfit": "SetFit"}
 
 
 def peers_at(budget: str, root: Path = ROOT) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -447,6 +447,33 @@ def test_embed_lr_fits_frozen_embeddings_chooses_c_on_validation_and_beats_chanc
     assert result["curve"] == [[120, result["val_score"]]]
 
 
+def test_setfit_trains_pairs_for_the_steps_its_budget_holds_then_its_head(
+    tmp_path, monkeypatch, tiny_bert
+):
+    from conftest import make_texts
+
+    root = tmp_path / "data"
+    (root / "moods").mkdir(parents=True)
+    make_texts(40, 0).to_csv(root / "moods" / "train.csv", index=False)
+    make_texts(10, 1).to_csv(root / "moods" / "validation.csv", index=False)
+    make_texts(20, 2).to_csv(root / "moods" / "test.csv", index=False)
+    monkeypatch.setattr(tasks, "WORK_DIR", tmp_path / "work")
+    monkeypatch.setattr(methods, "WORK_DIR", tmp_path / "work")
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    monkeypatch.setattr(methods, "_pair_step_seconds", lambda *a: 0.5)  # a step: half a second
+    ctx = methods.make_context("moods", Cut(120, 30, 60, 16), 0, "cpu", root, str(tiny_bert))
+    result = methods.METHODS["setfit"](ctx, 10.0)
+
+    recipe = result["chosen_recipe"]
+    # the budget's steps (10 s less the head's pass, at 0.5 s a step) set SetFit's schedule
+    assert 10 <= recipe["pair_steps"] <= 19 and recipe["pairs_batch"] == methods.SETFIT_BATCH
+    assert result["examples"] == 2 * methods.SETFIT_BATCH * recipe["pair_steps"]
+    (trial,) = result["trials"]
+    assert trial["value"] == result["val_score"] and trial["state"] == "complete"
+    assert set(result["test_metrics"]) == {"accuracy", "macro_f1", "loss"}
+    assert result["test_metrics"]["accuracy"] > 0.5  # chance: 1/3
+
+
 def test_the_same_run_table_adds_embed_lr_as_a_peer_once_measured(tmp_path):
     from bench import same_run
     from bench.confirm import CUT, PEERS
