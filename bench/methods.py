@@ -856,8 +856,9 @@ def setfit(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
     embeddings. Its one change: a full epoch of oversampled pairs of 600 rows is far more than
     any budget here, so the budget sets SetFit's own `max_steps` (the steps it holds, from a
     timed step; its warmup and linear decay then fit the budget), and a callback stops the pair
-    steps should the clock run out first; then the head is fitted. No selection on validation (the recipe has none): the validation score
-    is recorded, test scored once. The same cut, tokens (max_length) and seed as every method."""
+    steps should the clock run out first; then the head is fitted. No selection on validation
+    (the recipe has none): the validation score is recorded, test scored once. The same cut,
+    tokens (max_length) and seed as every method."""
     import numpy as np
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
@@ -879,7 +880,8 @@ def setfit(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
                 control.should_training_stop = True
 
     def rows(split) -> Dataset:
-        return Dataset.from_dict({"text": list(split.inputs), "label": [int(x) for x in split.labels]})
+        labels = [int(x) for x in split.labels]
+        return Dataset.from_dict({"text": list(split.inputs), "label": labels})
 
     torch.manual_seed(ctx.seed)
     model = SetFitModel.from_pretrained(ctx.model or model_path(), device=str(ctx.device))
