@@ -10,7 +10,7 @@ from pathlib import Path
 import bench  # noqa: F401  (sets the offline environment first)
 from bench.tasks import DATA_ROOT, PROFILES, TASKS, Cut, check_tasks
 
-ALL_METHODS = "hypertweaks,defaults,random,tpe_median,hf_search,onepoch_topk,embed_lr"
+ALL_METHODS = "hypertweaks,defaults,random,tpe_median,hf_search,onepoch_topk,embed_lr,setfit"
 QUICK = {
     "tasks": ["tweeteval-emotion"],
     "methods": ["defaults", "hypertweaks", "hf_search", "random"],
