@@ -18,7 +18,7 @@ from hypertweaks.objective import is_better
 from hypertweaks.strategies.selectors import Selector
 
 SOUP_RUNS = 5  # the most runs of the recommended recipe a soup averages: the most measured
-MIN_SOUP = 3  # a trial budget's smallest soup: two runs bought +0.1 points, three +0.4
+MIN_SOUP = 3  # a trial budget's smallest soup: replayed, two runs bought +0.1 points, three +0.5
 
 
 def member_tags(runs: int = SOUP_RUNS) -> tuple[str, ...]:
