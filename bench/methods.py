@@ -800,31 +800,43 @@ def embed_lr(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any
 
     test_metrics = classification_metrics(logits(test), torch.as_tensor(splits.test.labels))
     recipe = {"C": c, "features": "mean-pooled last layer, standardized", "penalty": "l2"}
+    message = f"C {c:.3g} val {val_score:.4f} test {test_metrics[METRIC]:.4f}"
+    _log(ctx, "embed_lr", f"{message} {search_seconds:.1f}s")
+    # examples: one forward pass over train (no training of the encoder)
+    result = _one_trial_result(recipe, val_score, test_metrics, len(train), at, search_seconds)
+    result["trials"][0]["train_seconds"] = search_seconds - features_seconds
+    return {
+        **result,
+        "seconds": time.perf_counter() - start,
+        "features_seconds": features_seconds,
+        "val_by_C": {f"{x:.4g}": round(float(v), 4) for x, v in zip(model.Cs_, per_c, strict=True)},
+        "converged": converged,
+    }
+
+
+def _one_trial_result(
+    recipe: dict, val_score: float, test_metrics: dict, examples: int, at: float, seconds: float
+) -> dict[str, Any]:
+    """The cell result of a method that is one trial on the clock (its `seconds` added by the
+    caller, who knows where it started)."""
     trial = {
         "number": 0,
         "at": at,
         "state": "complete",
         "value": val_score,
-        "examples": len(train),  # one forward pass over train (no training of the encoder)
-        "seconds": search_seconds,
-        "train_seconds": search_seconds - features_seconds,
+        "examples": examples,
+        "seconds": seconds,
         "epochs": 1,
         "recipe": recipe,
     }
-    message = f"C {c:.3g} val {val_score:.4f} test {test_metrics[METRIC]:.4f}"
-    _log(ctx, "embed_lr", f"{message} {search_seconds:.1f}s")
     return {
         "chosen_recipe": recipe,
         "val_score": val_score,
         "test_metrics": {k: test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
-        "examples": len(train),
-        "seconds": time.perf_counter() - start,
-        "search_seconds": search_seconds,
+        "examples": examples,
+        "search_seconds": seconds,
         "curve": anytime_curve([trial]),
         "trials": [trial],
-        "features_seconds": features_seconds,
-        "val_by_C": {f"{x:.4g}": round(float(v), 4) for x, v in zip(model.Cs_, per_c, strict=True)},
-        "converged": converged,
     }
 
 
@@ -919,7 +931,6 @@ def setfit(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
     val_score = float(classification_metrics(logits(splits.validation.inputs), val_labels)[METRIC])
     test_labels = torch.as_tensor(splits.test.labels)
     test_metrics = classification_metrics(logits(splits.test.inputs), test_labels)
-    pairs = steps["done"] * args.embedding_batch_size
     recipe = {
         "pair_steps": steps["done"],
         "pairs_batch": args.embedding_batch_size,
@@ -927,28 +938,11 @@ def setfit(ctx: Context, budget_seconds: float | None = None) -> dict[str, Any]:
         "head": "LogisticRegression",
         "sampling": args.sampling_strategy,
     }
-    trial = {
-        "number": 0,
-        "at": at,
-        "state": "complete",
-        "value": val_score,
-        "examples": 2 * pairs,  # two sentences a pair, each trained
-        "seconds": search_seconds,
-        "epochs": 1,
-        "recipe": recipe,
-    }
     message = f"{steps['done']} pair steps val {val_score:.4f} test {test_metrics[METRIC]:.4f}"
     _log(ctx, "setfit", f"{message} {search_seconds:.1f}s")
-    return {
-        "chosen_recipe": recipe,
-        "val_score": val_score,
-        "test_metrics": {k: test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
-        "examples": 2 * pairs,
-        "seconds": time.perf_counter() - start,
-        "search_seconds": search_seconds,
-        "curve": anytime_curve([trial]),
-        "trials": [trial],
-    }
+    examples = 2 * steps["done"] * args.embedding_batch_size  # two sentences a pair, each trained
+    result = _one_trial_result(recipe, val_score, test_metrics, examples, at, search_seconds)
+    return {**result, "seconds": time.perf_counter() - start}
 
 
 def _tmp_root() -> str:

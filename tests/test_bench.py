@@ -411,11 +411,9 @@ def test_bench_quick_runs_its_cells_on_a_fresh_clone_not_the_committed_ones(tmp_
     assert bench_main.QUICK_RESULTS.parent.name == "work"  # ignored by git: a fresh clone has none
 
 
-def test_embed_lr_fits_frozen_embeddings_chooses_c_on_validation_and_beats_chance(
-    tmp_path, monkeypatch, tiny_bert
-):
-    # frozen mean-pooled features of the tiny random BERT, a logistic regression on them: the
-    # words tell the classes apart, so even random embeddings separate them
+@pytest.fixture
+def moods(tmp_path, monkeypatch, tiny_bert):
+    """A bench context on a small three-class text set and the tiny random BERT."""
     from conftest import make_texts
 
     root = tmp_path / "data"
@@ -426,9 +424,13 @@ def test_embed_lr_fits_frozen_embeddings_chooses_c_on_validation_and_beats_chanc
     monkeypatch.setattr(tasks, "WORK_DIR", tmp_path / "work")
     monkeypatch.setattr(methods, "WORK_DIR", tmp_path / "work")
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # make_context takes all cores
-    cut = Cut(120, 30, 60, 16)
-    ctx = methods.make_context("moods", cut, 0, "cpu", root, str(tiny_bert))
-    result = methods.METHODS["embed_lr"](ctx, 600.0)
+    return methods.make_context("moods", Cut(120, 30, 60, 16), 0, "cpu", root, str(tiny_bert))
+
+
+def test_embed_lr_fits_frozen_embeddings_chooses_c_on_validation_and_beats_chance(moods):
+    # frozen mean-pooled features of the tiny random BERT, a logistic regression on them: the
+    # words tell the classes apart, so even random embeddings separate them
+    result = methods.METHODS["embed_lr"](moods, 600.0)
 
     keys = {"chosen_recipe", "val_score", "test_metrics", "examples", "seconds"}
     keys |= {"search_seconds", "curve", "trials"}
@@ -447,22 +449,9 @@ def test_embed_lr_fits_frozen_embeddings_chooses_c_on_validation_and_beats_chanc
     assert result["curve"] == [[120, result["val_score"]]]
 
 
-def test_setfit_trains_pairs_for_the_steps_its_budget_holds_then_its_head(
-    tmp_path, monkeypatch, tiny_bert
-):
-    from conftest import make_texts
-
-    root = tmp_path / "data"
-    (root / "moods").mkdir(parents=True)
-    make_texts(40, 0).to_csv(root / "moods" / "train.csv", index=False)
-    make_texts(10, 1).to_csv(root / "moods" / "validation.csv", index=False)
-    make_texts(20, 2).to_csv(root / "moods" / "test.csv", index=False)
-    monkeypatch.setattr(tasks, "WORK_DIR", tmp_path / "work")
-    monkeypatch.setattr(methods, "WORK_DIR", tmp_path / "work")
-    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+def test_setfit_trains_pairs_for_the_steps_its_budget_holds_then_its_head(moods, monkeypatch):
     monkeypatch.setattr(methods, "_pair_step_seconds", lambda *a: 0.5)  # a step: half a second
-    ctx = methods.make_context("moods", Cut(120, 30, 60, 16), 0, "cpu", root, str(tiny_bert))
-    result = methods.METHODS["setfit"](ctx, 10.0)
+    result = methods.METHODS["setfit"](moods, 10.0)
 
     recipe = result["chosen_recipe"]
     # the budget's steps (10 s less the head's pass, at 0.5 s a step) set SetFit's schedule
