@@ -514,3 +514,45 @@ def test_weight_averaging_interpolates_floats_soups_seeds_and_scores_the_rules(t
     text = averaging.table(tmp_path)
     assert "| default (alpha 1) | 80.0 | +0.0" in text
     assert "| alpha by validation loss | 78.0 | -2.0 [-2.0, -2.0] | 0-2 |" in text
+
+
+def test_member_folds_hold_out_each_third_of_train_and_train_on_validation_plus_the_rest():
+    import numpy as np
+
+    from bench.meta.members import fold_splits
+    from hypertweaks.data import Split, Splits
+
+    labels = np.arange(60) % 3
+    train = Split([f"t{i}" for i in range(60)], labels, "train")
+    validation = Split([f"v{i}" for i in range(20)], np.arange(20) % 3, "validation")
+    splits = Splits([0, 1, 2], train, validation, None)
+    assert fold_splits(splits, 0) is splits  # the cut's own split
+    held_out = []
+    for fold in (1, 2, 3):
+        folded = fold_splits(splits, fold)
+        assert len(folded.train) == 60 and len(folded.validation) == 20  # as many as the cut's
+        assert set(folded.validation.inputs).isdisjoint(folded.train.inputs)
+        assert set(validation.inputs) <= set(folded.train.inputs)
+        assert sorted(np.bincount(folded.validation.labels)) == [6, 7, 7]  # stratified
+        assert folded.train.key != splits.train.key  # never the cut's cached tokens
+        held_out += folded.validation.inputs
+    assert sorted(held_out) == sorted(train.inputs)  # each training row held out once
+
+
+def test_greedy_soup_adds_runs_in_validation_order_while_the_soup_does_not_drop():
+    from bench.meta.members import greedy_soup
+
+    def run(value):
+        return {"held_out": {"accuracy": value}}
+
+    cells = {"fold0": run(0.80), "lr1e-4": run(0.82), "lr2.5e-5": run(0.78)}
+    soups = {
+        "fold0+lr1e-4": {"validation": {"accuracy": 0.83}},
+        "lr1e-4+lr2.5e-5": {"validation": {"accuracy": 0.84}},
+        "fold0+lr1e-4+lr2.5e-5": {"validation": {"accuracy": 0.81}},
+    }
+    assert greedy_soup(cells, soups) == ["fold0", "lr1e-4"]  # the third would drop it to 0.81
+    soups["fold0+lr1e-4"]["validation"]["accuracy"] = 0.80
+    assert greedy_soup(cells, soups) == ["lr1e-4", "lr2.5e-5"]  # fold0 skipped, not the end
+    soups["lr1e-4+lr2.5e-5"]["validation"]["accuracy"] = 0.81
+    assert greedy_soup(cells, soups) == ["lr1e-4"]  # no soup beats the best run alone
