@@ -7,7 +7,9 @@ same on both (checked here, cell by cell). Run the new cells first, e.g.
     HYPERTWEAKS_BENCH_RESULTS=bench/results/confirm python -m bench run \\
         --tasks banking77,sst2 --methods defaults,hypertweaks --budget 3x --seeds 0 --threads 1
 
-then `python -m bench.confirm` writes bench/results/confirm/CONFIRM.md.
+then `python -m bench.confirm` writes bench/results/confirm/CONFIRM.md. `--new FOLDER --old
+FOLDER --extra-peers` pairs another folder's runs with another folder's peers, SetFit and
+embed+LR included (CONFIRM.md in the new folder).
 """
 
 from __future__ import annotations
@@ -111,19 +113,24 @@ def _mean_sd(values: np.ndarray) -> str:
     return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
 
-def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str:
+def table(
+    new_root: Path = RESULTS / "confirm",
+    old_root: Path = RESULTS,
+    peers: tuple[str, ...] = PEERS,
+    headers: tuple[str, ...] = HEADERS,
+) -> str:
     """hypertweaks' new cells against the committed peers of the same task and seed, with the
     earlier hypertweaks (the committed bench cells, and session 6's confirm cells where kept in
     `new_root/session6`), and the paired difference to each peer with its bootstrap interval
-    over task/seed pairs."""
+    over task/seed pairs; where every pair has a new 1x cell too, 3x minus 1x."""
     earlier = ("hypertweaks before", "hypertweaks session 6")
     lines = [
         "# hypertweaks now against the committed peers (3x, test accuracy %)",
         "",
-        "| task | seed | reference | " + " | ".join(HEADERS + earlier) + " | hypertweaks now |",
-        "|---|---|---|" + "---|" * (len(PEERS) + 3),
+        "| task | seed | reference | " + " | ".join(headers + earlier) + " | hypertweaks now |",
+        "|---|---|---|" + "---|" * (len(peers) + 3),
     ]  # fmt: skip
-    rows = []
+    rows, at_1x = [], []
     for path in sorted((new_root / "cells" / CUT).glob("*__hypertweaks__3x__s*.json")):
         task, _, _, seed = path.stem.split("__")
         reference = test_accuracy(cell(old_root, task, "defaults", seed))
@@ -131,19 +138,46 @@ def table(new_root: Path = RESULTS / "confirm", old_root: Path = RESULTS) -> str
         if abs(reference - here) > 1e-9:
             raise SystemExit(f"{task} {seed}: the reference recipe scored {here} here and "
                              f"{reference} in the committed cell: not the same runs")  # fmt: skip
-        peers = [test_accuracy(cell(old_root, task, m, seed)) for m in PEERS]
+        scores = [test_accuracy(cell(old_root, task, m, seed)) for m in peers]
         before = [_maybe(cell(old_root, task, "hypertweaks", seed)),
                   _maybe(cell(new_root / "session6", task, "hypertweaks", seed))]  # fmt: skip
         now = test_accuracy(path)
-        rows.append((reference, peers, now, task))
-        shown = percents([reference, *peers, *before, now])
+        rows.append((reference, scores, now, task))
+        at_1x.append(_maybe(cell(new_root, task, "hypertweaks", seed, "1x")))
+        shown = percents([reference, *scores, *before, now])
         lines.append(f"| {task} | {seed[1:]} | " + " | ".join(shown) + " |")
     if rows:
-        lines += paired_lines(rows)
+        lines += paired_lines(rows, headers)
+    if rows and None not in at_1x:
+        from bench.meta.simulate import paired_interval
+
+        now, then = np.array([r[2] for r in rows]) * 100, np.array(at_1x) * 100
+        mean, low, high = paired_interval(now, then)
+        lines += ["", f"hypertweaks now, 3x minus its own 1x (mean {then.mean():.1f}): "
+                  f"{mean:+.1f} [{low:+.1f}, {high:+.1f}], {int((now > then).sum())}-"
+                  f"{int((now < then).sum())}"]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    text = table()
-    (RESULTS / "confirm" / "CONFIRM.md").write_text(text)
+def main() -> None:
+    import argparse
+
+    from bench.same_run import EXTRA_PEERS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new", type=Path, default=RESULTS / "confirm", help="the new cells")
+    parser.add_argument("--old", type=Path, default=RESULTS, help="the peers' cells")
+    parser.add_argument(
+        "--extra-peers", action="store_true", help=f"also {', '.join(EXTRA_PEERS.values())}"
+    )
+    args = parser.parse_args()
+    peers, headers = PEERS, HEADERS
+    if args.extra_peers:
+        peers, headers = peers + tuple(EXTRA_PEERS), headers + tuple(EXTRA_PEERS.values())
+    text = table(args.new, args.old, peers, headers)
+    (args.new / "CONFIRM.md").write_text(text)
     print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -488,3 +488,31 @@ def test_the_same_run_table_adds_embed_lr_as_a_peer_once_measured(tmp_path):
     assert "Pairs left out, a peer's cell missing: sst2 s1." in text
     assert "- embed+LR: -10.0 [-10.0, -10.0], 0-1" in text
     assert "- the best fine-tuning search of each pair (HF search, random, TPE+median, " in text
+
+
+def test_confirm_pairs_new_runs_with_the_committed_peers_and_their_own_1x(tmp_path):
+    from bench import confirm
+
+    new, old = tmp_path / "new", tmp_path / "old"
+
+    def write(root, task, method, seed, accuracy, budget="3x"):
+        folder = root / "cells" / confirm.CUT
+        folder.mkdir(parents=True, exist_ok=True)
+        body = {"result": {"test_metrics": {"accuracy": accuracy}}}
+        (confirm.cell(root, task, method, f"s{seed}", budget)).write_text(json.dumps(body))
+
+    for seed, (at_1x, at_3x) in enumerate([(0.80, 0.82), (0.84, 0.83)]):
+        for root in (new, old):
+            write(root, "sst2", "defaults", seed, 0.6)  # the same reference run in both
+        for method in (*confirm.PEERS, "setfit"):
+            write(old, "sst2", method, seed, 0.7)
+        write(new, "sst2", "hypertweaks", seed, at_1x, "1x")
+        write(new, "sst2", "hypertweaks", seed, at_3x)
+    text = confirm.table(new, old, (*confirm.PEERS, "setfit"), (*confirm.HEADERS, "SetFit"))
+    assert "| one-epoch top-K | hypertweaks before |" not in text  # SetFit's column between
+    assert "| SetFit | hypertweaks before | hypertweaks session 6 | hypertweaks now |" in text
+    assert "- SetFit: +12.5 [+12.0, +13.0], 2-0" in text
+    assert "3x minus its own 1x (mean 82.0): +0.5 [-1.0, +2.0], 1-1" in text
+    write(new, "sst2", "defaults", 1, 0.61)  # another reference score: not the same runs
+    with pytest.raises(SystemExit, match="not the same runs"):
+        confirm.table(new, old)
