@@ -136,7 +136,7 @@ def collect(tasks: list[str], names: list[str]) -> None:
             if path.exists():
                 continue
             cell = run_cell(task, name, device, loaded)
-            path.write_text(json.dumps(cell, indent=1))
+            path.write_text(json.dumps(cell))
             print(
                 f"[members] {task} {name} held-out {cell['held_out']['accuracy']:.3f} test "
                 f"{cell['test']['accuracy']:.3f} {cell['wall_seconds']:.0f}s",
@@ -176,7 +176,7 @@ def score_soups(tasks: list[str]) -> None:
         for combo in todo:
             scores = _scores(text, model, _soup([states[m] for m in combo]), device)
             record["soups"][_soup_key(combo)] = scores
-            path.write_text(json.dumps(record, indent=1))
+            path.write_text(json.dumps(record))
             test = scores["test"]["accuracy"]
             print(f"[member soups] {task} {_soup_key(combo)} test {test:.3f}", flush=True)
 
