@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.meta import simulate, store
+from bench.meta import records, simulate, store
 from bench.meta.simulate import Replay, load_table, replay
 
 TEST_LABELS = [0, 0, 1, 1]
@@ -36,7 +36,7 @@ def write_run(
     recipe = {"freeze_layers": freeze, "epochs": len(val)}
     cell = {"task": task, "recipe_index": recipe_index, "seed": seed, "recipe": recipe}
     cell.update(status="completed", epochs=epochs)
-    (cells / f"{stem}.json").write_text(json.dumps(cell))
+    records.write(cells, stem, cell)
     tasks = root / "cut" / "tasks"
     tasks.mkdir(exist_ok=True)
     info = {"meta_features": {"classes": 2}, "test_labels": TEST_LABELS}
@@ -411,6 +411,25 @@ def test_pack_moves_old_npz_cells_into_the_task_files(tmp_path):
     assert np.abs(back - probs[:1].astype(np.float32)).max() <= store.ERROR
 
 
+def test_cell_records_live_one_file_per_task_and_old_ones_pack_in(tmp_path):
+    folder = tmp_path / "cells"
+    records.write(folder, "t__r000__s0", {"seed": 0})
+    records.write(folder, "u__r000__s0", {"seed": 0})
+    records.write(folder, "t__r000__s0", {"seed": 1})  # a rerun replaces its record
+    assert sorted(p.name for p in folder.iterdir()) == ["t.json", "u.json"]
+    assert records.read(folder) == {"t__r000__s0": {"seed": 1}, "u__r000__s0": {"seed": 0}}
+    assert records.has(folder, "u__r000__s0") and not records.has(folder, "u__r001__s0")
+    (folder / "t__r001__s0.json").write_text(json.dumps({"seed": 2}))  # the older layout
+    with pytest.raises(RuntimeError, match="1 one-file-per-cell.*bench meta pack"):
+        records.read(folder)
+    assert records.pack(folder) == 1
+    assert records.read_task(folder, "t") == {
+        "t__r000__s0": {"seed": 1},
+        "t__r001__s0": {"seed": 2},
+    }
+    assert sorted(p.name for p in folder.iterdir()) == ["t.json", "u.json"]
+
+
 def test_the_simulator_replays_the_products_own_strategy(monkeypatch):
     from hypertweaks.config import Experiment
     from hypertweaks.strategies import Start, Strategy, starts, strategy_of
@@ -510,7 +529,7 @@ def test_weight_averaging_interpolates_floats_soups_seeds_and_scores_the_rules(t
     assert averaging._pick(line, "loss") == "0.5"
     for task, seed in (("a", 0), ("b", 0)):
         cell = {"task": task, "seed": seed, "line": line}
-        (tmp_path / f"{task}__s{seed}.json").write_text(json.dumps(cell))
+        records.write(tmp_path, f"{task}__s{seed}", cell)
     text = averaging.table(tmp_path)
     assert "| default (alpha 1) | 80.0 | +0.0" in text
     assert "| alpha by validation loss | 78.0 | -2.0 [-2.0, -2.0] | 0-2 |" in text

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.meta import META_DIR
+from bench.meta import META_DIR, records
 from bench.meta.cli import META_TASKS, _csv
 from bench.tasks import PROFILES, WORK_DIR, load_task
 
@@ -123,14 +123,13 @@ def collect(tasks: list[str], seeds: list[int]) -> None:
     torch.set_num_threads(1)
     device = torch.device("cpu")
     loaded: dict = {}
-    OUT.mkdir(parents=True, exist_ok=True)
     for seed in seeds:
         for task in tasks:
-            path = OUT / f"{task}__s{seed}.json"
-            if path.exists():
+            stem = f"{task}__s{seed}"
+            if records.has(OUT, stem):
                 continue
             cell = run_cell(task, seed, device, loaded)
-            path.write_text(json.dumps(cell, indent=1))
+            records.write(OUT, stem, cell)
             one = cell["line"]["1.0"]["test"]["accuracy"]
             print(
                 f"[averaging] {task} s{seed} test {one:.3f} {cell['wall_seconds']:.0f}s", flush=True
@@ -140,33 +139,43 @@ def collect(tasks: list[str], seeds: list[int]) -> None:
 def score_soups(tasks: list[str], sizes: list[int]) -> None:
     """Every soup of `sizes` of a task's seeds whose weights are kept, scored at alpha 1 on
     validation and test into averaging/soups/<task>.json. Resumable: a scored soup is kept."""
+    for task in tasks:
+        seeds = _kept_seeds(task)
+        combos = [c for k in sizes for c in itertools.combinations(seeds, k)]
+        combos.sort(key=lambda c: (max(c), len(c)))  # the first seeds' soups first
+        weights = {_key(c): [WEIGHTS / f"{task}__s{s}.pt" for s in c] for c in combos}
+        score_weight_sets(task, weights, OUT / "soups" / f"{task}.json")
+
+
+def score_weight_sets(task: str, weights: dict[str, list[Path]], path: Path) -> None:
+    """The uniform soup of each set of a task's kept weights (name -> its weight files) scored on
+    the cut's validation and test rows into `path` (a task's soups file), the sets in order.
+    Resumable: a set already in the file is kept."""
     from bench.meta.collect import candidate_recipe
     from hypertweaks.space import Recipe
 
+    record = json.loads(path.read_text()) if path.exists() else {"task": task, "soups": {}}
+    todo = [name for name in weights if name not in record["soups"]]
+    if not todo:
+        return
     torch.set_num_threads(1)
     device = torch.device("cpu")
-    (OUT / "soups").mkdir(parents=True, exist_ok=True)
-    for task in tasks:
-        seeds = _kept_seeds(task)
-        path = OUT / "soups" / f"{task}.json"
-        record = json.loads(path.read_text()) if path.exists() else {"task": task, "soups": {}}
-        combos = [c for k in sizes for c in itertools.combinations(seeds, k)]
-        todo = [c for c in combos if _key(c) not in record["soups"]]
-        todo.sort(key=lambda c: (max(c), len(c)))  # the first seeds' soups first
-        if not todo:
-            continue
-        text, _ = load_task(task, CUT, "cpu")
-        text.fine_tune_head = "probe"
-        model, _ = text.build(Recipe(**candidate_recipe(-3, text)))
-        states = {s: torch.load(WEIGHTS / f"{task}__s{s}.pt") for s in seeds}
-        for combo in todo:
-            soup = _soup([states[s] for s in combo])
-            record["soups"][_key(combo)] = _scores(text, model, soup, device)
-            partial = path.with_suffix(".part")
-            partial.write_text(json.dumps(record, indent=1))
-            partial.replace(path)
-            test = record["soups"][_key(combo)]["test"]["accuracy"]
-            print(f"[soups] {task} {_key(combo)} test {test:.3f}", flush=True)
+    text, _ = load_task(task, CUT, "cpu")
+    text.fine_tune_head = "probe"
+    model, _ = text.build(Recipe(**candidate_recipe(-3, text)))
+    states = {f: torch.load(f) for name in todo for f in weights[name]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for name in todo:
+        record["soups"][name] = _scores(
+            text, model, _soup([states[f] for f in weights[name]]), device
+        )
+        partial = path.with_suffix(".part")
+        partial.write_text(json.dumps(record, separators=(",", ":")))
+        partial.replace(path)
+        print(
+            f"[soups] {task} {name} test {record['soups'][name]['test']['accuracy']:.3f}",
+            flush=True,
+        )
 
 
 def _kept_seeds(task: str) -> list[int]:
@@ -201,8 +210,8 @@ def table(folder: Path = OUT) -> str:
     (alpha 1) per task, means over seeds first; the soups against the mean single model."""
     from bench.meta.simulate import paired_interval
 
-    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
-    cells = [c for c in cells if c["seed"] in TABLE_SEEDS]  # the soup's seeds: one design
+    # the soup's seeds: one design
+    cells = [c for c in records.read(folder).values() if c["seed"] in TABLE_SEEDS]
     tasks = sorted({c["task"] for c in cells})
 
     def test(line: dict, alpha: str) -> float:
@@ -283,10 +292,10 @@ def size_table(folder: Path = OUT) -> str:
     test accuracy, its paired difference to the mean single run and to the soups of k - 1."""
     from bench.meta.simulate import paired_interval
 
-    cells = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    cells = list(records.read(folder).values())
     soups = (folder / "soups").glob("*.json")
-    records = {p.stem: json.loads(p.read_text())["soups"] for p in soups}
-    tasks = sorted(records)
+    scored = {p.stem: json.loads(p.read_text())["soups"] for p in soups}
+    tasks = sorted(scored)
     seeds = {t: sorted(c["seed"] for c in cells if c["task"] == t) for t in tasks}
     sizes = range(1, min(map(len, seeds.values())) + 1)
 
@@ -295,10 +304,10 @@ def size_table(folder: Path = OUT) -> str:
             runs = [c for c in cells if c["task"] == task]
             return float(np.mean([c["line"]["1.0"]["test"]["accuracy"] for c in runs])) * 100
         combos = [_key(c) for c in itertools.combinations(seeds[task], k)]
-        missing = [c for c in combos if c not in records[task]]
+        missing = [c for c in combos if c not in scored[task]]
         if missing:
             raise KeyError(f"{task}: soups {missing} not scored: run --soups {k}")
-        return float(np.mean([records[task][c]["test"]["accuracy"] for c in combos])) * 100
+        return float(np.mean([scored[task][c]["test"]["accuracy"] for c in combos])) * 100
 
     by_size = {k: np.array([mean_of(t, k) for t in tasks]) for k in sizes}
     lines = [

@@ -61,7 +61,9 @@ def add_parser(sub) -> None:
         "combine", help="what an ensemble of the default with other runs adds (COMBINE.md)"
     ).add_argument("--profile", default="standard")
     msub.add_parser(
-        "pack", help="move old per-cell .npz probabilities into the task files (meta/README.md)"
+        "pack",
+        help="move old one-file-per-cell probabilities and records into the task files "
+        "(meta/README.md)",
     )
     probe = msub.add_parser("probe", help="LogME of the frozen model on each task (meta-features)")
     probe.add_argument("--tasks", default=META_TASKS)
@@ -86,9 +88,12 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.meta_command == "pack":
-        from bench.meta import META_DIR, store
+        from bench.meta import META_DIR, records, store
 
-        print(f"[meta] {store.pack(META_DIR)} cells packed")
+        print(f"[meta] {store.pack(META_DIR)} cells' probabilities packed")
+        folders = [f for cut in META_DIR.iterdir() for f in (cut / "cells", cut / "averaging",
+                   cut / "members") if f.is_dir()]  # fmt: skip
+        print(f"[meta] {sum(map(records.pack, folders))} cell records packed")
         return 0
     import torch
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.meta import META_DIR, store
+from bench.meta import META_DIR, records, store
 from bench.meta.design import design
 from bench.tasks import Cut, load_task
 
@@ -140,14 +140,12 @@ def run_cell(text, recipe_dict: dict[str, Any], seed: int, device: torch.device)
 
 
 def write_cell(folder: Path, stem: str, record: dict, probs: dict) -> None:
-    """The probabilities into the task's file (bench/meta/store.py), then the metrics as JSON:
-    the JSON is written last, so a cell is present only when both are."""
+    """The probabilities into the task's file (bench/meta/store.py), then the metrics into the
+    task's records (bench/meta/records.py): the record is written last, so a cell is present
+    only when both are."""
     folder.mkdir(parents=True, exist_ok=True)
-    cell = folder / f"{stem}.json"
-    store.write(cell, {k: v for k, v in probs.items() if v})
-    tmp = folder / f"{stem}.json.tmp"
-    tmp.write_text(json.dumps(record, separators=(",", ":")))
-    tmp.replace(cell)
+    store.write(folder / f"{stem}.json", {k: v for k, v in probs.items() if v})
+    records.write(folder, stem, record)
 
 
 # Cells of the product's own candidates, beside the design: negative recipe indices, which the
@@ -266,7 +264,7 @@ def collect_candidates(
         for seed in seeds:
             for task in tasks:
                 stem = f"{task}__{name}__s{seed}"
-                if (folder / "cells" / f"{stem}.json").exists():
+                if records.has(folder / "cells", stem):
                     continue
                 text = _task(texts, task, cut, device, data_root, folder)
                 recipe = candidate_recipe(index, text)
@@ -331,7 +329,7 @@ def _collect_design(folder: Path, cut_key: str, tasks: list[str], recipes: int,
         for seed in seeds:
             for task in tasks:
                 stem = cell_stem(task, index, seed)
-                if (folder / "cells" / f"{stem}.json").exists():
+                if records.has(folder / "cells", stem):
                     continue
                 if task not in loaded:
                     loaded[task] = load(task)

@@ -68,13 +68,10 @@ stage() {  # stage NAME RECIPES SEEDS [extra args]: one process per task, until 
 stage calibrate "$CALIBRATE" 0 --out /tmp/calibrate
 for r in $RECIPES; do stage "r$r" "$r" "$SEEDS"; done
 
-cells=bench/results/meta/$CUT/cells
-find $cells /tmp/calibrate -name "*.tmp*" -delete 2>/dev/null
-for s in ${SEEDS//,/ }; do
-  find $cells -newer /tmp/collect-marker -name "*__s$s.*" -printf "%f\n" >/tmp/list-$s
-  tar -czf "$OUT/cells-s$s.tgz" -C $cells -T /tmp/list-$s
-  echo "[device] seed $s: $(($(wc -l </tmp/list-$s) / 2)) cells"
-done
+meta=bench/results/meta/$CUT
+find $meta /tmp/calibrate -name "*.tmp*" -delete 2>/dev/null
+# the task files of records and probabilities (bench/README.md: merge the probabilities back)
+tar -czf "$OUT/cells.tgz" -C $meta cells probs
 [ -d /tmp/calibrate ] && tar -czf "$OUT/calibrate.tgz" -C /tmp/calibrate .
 tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -r "$OUT/logs"
 echo "[device] done in $(($(date +%s) - start))s"

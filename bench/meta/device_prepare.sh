@@ -50,7 +50,7 @@ for task in META_TASKS.split(","):
 EOF
 du -sh .dev bench/work/data/$CUT
 cat <<EOF
-Ready. The committed cells' probabilities (bench/results/meta/*/cells/*.npz, ~51 MB) do not fit
+Ready. The committed cells' probabilities (bench/results/meta/*/probs/*.npz, ~14 MB) do not fit
 the device's 64 MiB working tree beside the weights: bench/README.md ("On a lent GPU") says how
 to keep them from travelling, then run, with carry [".dev", "bench/work/data/$CUT"]:
   OUT=\$OUT bash bench/meta/device_collect.sh

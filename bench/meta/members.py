@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
 
-from bench.meta.averaging import CUT, _scores, _soup
+from bench.meta import records
+from bench.meta.averaging import CUT, _scores, score_weight_sets
 from bench.meta.averaging import OUT as AVERAGING
 from bench.meta.cli import META_TASKS, _csv
 from bench.tasks import WORK_DIR, load_task
@@ -129,14 +130,13 @@ def collect(tasks: list[str], names: list[str]) -> None:
     torch.set_num_threads(1)
     device = torch.device("cpu")
     loaded: dict = {}
-    OUT.mkdir(parents=True, exist_ok=True)
     for task in tasks:
         for name in names:
-            path = OUT / f"{task}__{name}.json"
-            if path.exists():
+            stem = f"{task}__{name}"
+            if records.has(OUT, stem):
                 continue
             cell = run_cell(task, name, device, loaded)
-            path.write_text(json.dumps(cell))
+            records.write(OUT, stem, cell)
             print(
                 f"[members] {task} {name} held-out {cell['held_out']['accuracy']:.3f} test "
                 f"{cell['test']['accuracy']:.3f} {cell['wall_seconds']:.0f}s",
@@ -153,32 +153,16 @@ def score_soups(tasks: list[str]) -> None:
     """The soups of SOUPS and every soup of two or more of LR_GROUP (the greedy soup's steps)
     whose members are kept, scored on the cut's validation and test rows into
     members/soups/<task>.json. A soup with a fold run has trained on some validation rows."""
-    from bench.meta.collect import candidate_recipe
-    from hypertweaks.space import Recipe
-
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    (OUT / "soups").mkdir(parents=True, exist_ok=True)
     wanted = [m for m, _ in SOUPS.values()]
     wanted += [c for k in (2, 3) for c in itertools.combinations(LR_GROUP, k)]
     for task in tasks:
         kept = {p.stem.split("__")[1] for p in WEIGHTS.glob(f"{task}__*.pt")}
-        path = OUT / "soups" / f"{task}.json"
-        record = json.loads(path.read_text()) if path.exists() else {"task": task, "soups": {}}
-        todo = [c for c in dict.fromkeys(wanted) if set(c) <= kept]
-        todo = [c for c in todo if _soup_key(c) not in record["soups"]]
-        if not todo:
-            continue
-        text, _ = load_task(task, CUT, "cpu")
-        text.fine_tune_head = "probe"
-        model, _ = text.build(Recipe(**candidate_recipe(-3, text)))
-        states = {m: torch.load(WEIGHTS / f"{task}__{m}.pt") for m in kept}
-        for combo in todo:
-            scores = _scores(text, model, _soup([states[m] for m in combo]), device)
-            record["soups"][_soup_key(combo)] = scores
-            path.write_text(json.dumps(record))
-            test = scores["test"]["accuracy"]
-            print(f"[member soups] {task} {_soup_key(combo)} test {test:.3f}", flush=True)
+        weights = {
+            _soup_key(c): [WEIGHTS / f"{task}__{m}.pt" for m in c]
+            for c in dict.fromkeys(wanted)
+            if set(c) <= kept
+        }
+        score_weight_sets(task, weights, OUT / "soups" / f"{task}.json")
 
 
 def greedy_soup(cells: dict[str, dict], soups: dict[str, dict]) -> list[str]:
@@ -200,16 +184,14 @@ def table() -> str:
     from bench.meta.simulate import paired_interval
 
     cells: dict[str, dict[str, dict]] = {}
-    for p in sorted(OUT.glob("*__*.json")):
-        cell = json.loads(p.read_text())
+    for cell in records.read(OUT).values():
         cells.setdefault(cell["task"], {})[cell["member"]] = cell
     soups = {p.stem: json.loads(p.read_text())["soups"] for p in (OUT / "soups").glob("*.json")}
     seed_soups = {
         p.stem: json.loads(p.read_text())["soups"] for p in (AVERAGING / "soups").glob("*.json")
     }
     seed_runs: dict[str, dict[int, float]] = {}
-    for p in sorted(AVERAGING.glob("*__s*.json")):
-        cell = json.loads(p.read_text())
+    for cell in records.read(AVERAGING).values():
         seed_runs.setdefault(cell["task"], {})[cell["seed"]] = cell["line"]["1.0"]["test"]
     rows: dict[str, list[tuple[float, float]]] = {}
     for name, member in MEMBERS.items():

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.meta import META_DIR, store
+from bench.meta import META_DIR, records, store
 from hypertweaks.config import Experiment
 from hypertweaks.noise import KEEP_DEFAULTS_ERRORS
 from hypertweaks.strategies import Candidate, choose, member_tags
@@ -132,8 +132,7 @@ def load_soups(root: Path) -> dict[str, dict[tuple[int, ...], tuple[float, float
         scores = (point["validation"]["accuracy"], point["test"]["accuracy"])
         soups.setdefault(task, {})[tuple(sorted(seeds))] = scores
 
-    for path in sorted((root / "averaging").glob("*.json")):
-        cell = json.loads(path.read_text())
+    for cell in records.read(root / "averaging").values():
         if "soup_line" in cell:
             add(cell["task"], cell["soup_seeds"], cell["soup_line"]["1.0"])
     for path in sorted((root / "averaging" / "soups").glob("*.json")):
@@ -148,8 +147,7 @@ def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) 
     root = (folder or META_DIR) / (cut if isinstance(cut, str) else cut.key)
     tasks = {p.stem: json.loads(p.read_text()) for p in sorted((root / "tasks").glob("*.json"))}
     runs = {}
-    for path in sorted((root / "cells").glob("*.json")):
-        cell = json.loads(path.read_text())
+    for stem, cell in records.read(root / "cells").items():
         epochs = cell["epochs"]
         if not epochs or (seeds is not None and cell["seed"] not in seeds):
             continue
@@ -169,7 +167,7 @@ def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) 
             examples=np.array([e["examples"] for e in epochs], dtype=float),
             seconds=np.array([e["seconds"] for e in epochs], dtype=float),
             diverged=cell["status"] != "completed",
-            cell=path,
+            cell=root / "cells" / f"{stem}.json",  # its name in bench/meta/store.py
             num_layers=tasks.get(cell["task"], {})
             .get("meta_features", {})
             .get("num_layers", NUM_LAYERS),
@@ -970,8 +968,7 @@ def headroom(
             row["lp_ft_default"] = _candidate_test(table, task, DEFAULTS_LP_FT)
         for budget in budgets:
             for name in ("random", "onepoch_topk", product):
-                single = Table(table.cut, {task: table.tasks[task]}, table.runs, table.recipes,
-                               table.seeds, table.reference_cost)  # fmt: skip
+                single = replace(table, tasks={task: table.tasks[task]})
                 row[f"{name}@{budget:g}x"] = float(
                     np.mean(replay(single, name, budget, repeats)[task])
                 )

@@ -6,8 +6,10 @@ the (epochs, rows, classes) probabilities as q = rint(p * SCALE), multiples of 1
 10), split into bytes and transposed (`encode`): a uint8 array of shape (2, classes, rows, epochs),
 [0] the high byte of q, [1] the low byte; `decode` undoes it. LZMA compresses the two bytes apart,
 each class's epochs side by side, about 15% smaller than the plain uint16 array.
-The cell's metrics stay in `<cut>/cells/<cell stem>.json`, written after its probabilities: a cell
-is present when its JSON is. bench/meta/README.md describes the format, its error and its sizes.
+The cell's metrics go into its task's `<cut>/cells/<task>.json` (records.py) after its
+probabilities: a cell is present when its record is. A cell is named by the path
+`<cut>/cells/<stem>.json` here, which gives its stem and its cut. bench/meta/README.md describes
+the format, its error and its sizes.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def _member(cell: Path, split: str) -> str:
 
 
 @contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def locked(folder: Path) -> Iterator[None]:
     """One writer at a time per cut (two collectors on other tasks may share the folder)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -81,7 +83,7 @@ def write(cell: Path, probs: dict[str, np.ndarray]) -> None:
               if len(v)}  # fmt: skip
     stem = _stem(cell)
     tmp = path.with_name(f"{path.stem}.tmp.npz")
-    with _locked(path.parent):
+    with locked(path.parent):
         kept: dict[str, np.ndarray] = {}
         mode = "w"
         if path.exists():
