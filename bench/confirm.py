@@ -38,9 +38,9 @@ def test_accuracy(path: Path) -> float:
     return json.loads(path.read_text())["result"]["test_metrics"]["accuracy"]
 
 
-def cell(root: Path, task: str, method: str, seed: str, budget: str = "3x") -> Path:
+def cell(root: Path, task: str, method: str, seed: str, budget: str = "3x", cut: str = CUT) -> Path:
     middle = "" if method == "defaults" else f"{budget}__"
-    return root / "cells" / CUT / f"{task}__{method}__{middle}{seed}.json"
+    return root / "cells" / cut / f"{task}__{method}__{middle}{seed}.json"
 
 
 def _maybe(path: Path) -> float | None:

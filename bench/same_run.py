@@ -44,12 +44,16 @@ ROOT = RESULTS / "same_run"
 EXTRA_PEERS = {"embed_lr": "embed+LR", "setfit": "SetFit"}
 
 
-def peers_at(budget: str, root: Path = ROOT) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def peers_at(
+    budget: str, root: Path = ROOT, cut: str = CUT
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The peers of the table at `budget` and their headers: the fine-tuning searches
-    (bench.confirm.PEERS), then each of EXTRA_PEERS with a cell at that budget."""
-    folder = root / "cells" / CUT
-    extra = [m for m in EXTRA_PEERS if any(folder.glob(f"*__{m}__{budget}__s*.json"))]
-    return PEERS + tuple(extra), HEADERS + tuple(EXTRA_PEERS[m] for m in extra)
+    (bench.confirm.PEERS), then each of EXTRA_PEERS, each where it has a cell at that budget
+    (the same-run table has every search; a table on another model or cut may have fewer)."""
+    folder = root / "cells" / cut
+    known = dict(zip(PEERS, HEADERS, strict=True)) | EXTRA_PEERS
+    names = [m for m in known if any(folder.glob(f"*__{m}__{budget}__s*.json"))]
+    return tuple(names), tuple(known[m] for m in names)
 
 
 def _chosen_tag(path: Path) -> str:
@@ -67,7 +71,7 @@ def _chosen_tag(path: Path) -> str:
 
 
 def _against_other_budget(
-    budget: str, rows: list, seeds: list[str], root: Path, peers: tuple[str, ...] = PEERS
+    budget: str, rows: list, seeds: list[str], root: Path, peers: tuple[str, ...], cut: str
 ) -> list[str]:
     """What the extra budget bought: hypertweaks' and the best peer's mean on the pairs run at
     both 1x and `budget` (every one of `peers` at both)."""
@@ -75,7 +79,7 @@ def _against_other_budget(
         return []
     now, best, then, best_then = [], [], [], []
     for (_, scores, score, task), seed in zip(rows, seeds, strict=True):
-        cells = [cell(root, task, m, seed, "1x") for m in ("hypertweaks", *peers)]
+        cells = [cell(root, task, m, seed, "1x", cut) for m in ("hypertweaks", *peers)]
         if all(c.exists() for c in cells):
             now.append(score)
             best.append(max(scores))
@@ -89,23 +93,24 @@ def _against_other_budget(
             f" -> {100 * np.mean(best):.1f}."]  # fmt: skip
 
 
-def table(budget: str, root: Path = ROOT) -> str:
+def table(budget: str, root: Path = ROOT, cut: str = CUT) -> str:
     """Every task/seed pair of `root` where hypertweaks and every peer ran at `budget`."""
-    names, headers = peers_at(budget, root)
+    names, headers = peers_at(budget, root, cut)
     lines = [
         f"# hypertweaks against every peer in the same run ({budget}, test accuracy %)",
         "",
+        *([f"Cut and model: {cut}.", ""] if cut != CUT else []),
         "| task | seed | reference | " + " | ".join(headers) + " | hypertweaks | its choice |",
         "|---|---|---|" + "---|" * (len(names) + 2),
     ]
     rows, seeds, missing = [], [], []
-    for path in sorted((root / "cells" / CUT).glob(f"*__hypertweaks__{budget}__s*.json")):
+    for path in sorted((root / "cells" / cut).glob(f"*__hypertweaks__{budget}__s*.json")):
         task, _, _, seed = path.stem.split("__")
-        peers = [cell(root, task, m, seed, budget) for m in names]
+        peers = [cell(root, task, m, seed, budget, cut) for m in names]
         if not all(p.exists() for p in peers):
             missing.append(f"{task} {seed}")
             continue
-        reference = test_accuracy(cell(root, task, "defaults", seed))
+        reference = test_accuracy(cell(root, task, "defaults", seed, cut=cut))
         scores = [test_accuracy(p) for p in peers]
         now = test_accuracy(path)
         rows.append((reference, scores, now, task))
@@ -114,7 +119,7 @@ def table(budget: str, root: Path = ROOT) -> str:
         lines.append(f"| {task} | {seed[1:]} | {shown} | {_chosen_tag(path)} |")
     if rows:
         lines += paired_lines(rows, headers)
-        lines += _against_other_budget(budget, rows, seeds, root, names)
+        lines += _against_other_budget(budget, rows, seeds, root, names, cut)
     if missing:
         lines += ["", f"Pairs left out, a peer's cell missing: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
@@ -124,8 +129,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="1x")
     parser.add_argument("--root", type=Path, default=ROOT)
+    parser.add_argument(
+        "--cut", default=CUT, help="the cells' table: a cut's key, and another model's name"
+    )
     args = parser.parse_args()
-    text = table(args.budget, args.root)
+    text = table(args.budget, args.root, args.cut)
     (args.root / f"SAME_RUN_{args.budget}.md").write_text(text)
     print(text)
 

@@ -490,6 +490,25 @@ def test_the_same_run_table_adds_embed_lr_as_a_peer_once_measured(tmp_path):
     assert "- the best fine-tuning search of each pair (HF search, random, TPE+median, " in text
 
 
+def test_the_same_run_table_of_another_model_has_the_peers_run_there(tmp_path):
+    from bench import same_run
+    from bench.confirm import CUT
+
+    cut = f"{CUT}-all-mpnet-base-v2"
+    folder = tmp_path / "cells" / cut
+    folder.mkdir(parents=True)
+    for method, accuracy in (("defaults", 0.6), ("hypertweaks", 0.8), ("setfit", 0.7)):
+        middle = "" if method == "defaults" else "3x__"
+        body = {"result": {"test_metrics": {"accuracy": accuracy}, "trials": []}}
+        (folder / f"sst2__{method}__{middle}s0.json").write_text(json.dumps(body))
+    text = same_run.table("3x", tmp_path, cut)
+    assert f"Cut and model: {cut}." in text
+    assert "| task | seed | reference | SetFit | hypertweaks | its choice |" in text
+    assert "| sst2 | 0 | 60.0 | 70.0 | **80.0** | ? |" in text
+    assert "- SetFit: +10.0 [+10.0, +10.0], 1-0" in text
+    assert "sst2" not in same_run.table("3x", tmp_path)  # the MiniLM table: no cells
+
+
 def test_confirm_pairs_new_runs_with_the_committed_peers_and_their_own_1x(tmp_path):
     from bench import confirm
 
