@@ -173,9 +173,11 @@ def patch_fit(monkeypatch, replacement) -> None:
 
 
 def readme_snippet(first_line: str, replacements: dict[str, str]) -> dict:
-    """Run the README's python block that starts with `first_line`, paths replaced."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+    """Run the python block of the README or docs/without-hypertweaks.md (where the loading
+    examples live) that starts with `first_line`, paths replaced."""
+    root = Path(__file__).resolve().parents[1]
+    guides = "".join((root / f).read_text() for f in ("README.md", "docs/without-hypertweaks.md"))
+    blocks = [b.split("```", 1)[0] for b in guides.split("```python\n")[1:]]
     (code,) = [b for b in blocks if b.startswith(first_line)]
     for old, new in replacements.items():
         assert old in code, old

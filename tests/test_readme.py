@@ -1,6 +1,7 @@
-"""Every README example runs as written (issue 33).
+"""Every README example runs as written (issue 33), and those of docs/without-hypertweaks.md
+after them (GUIDES).
 
-The README's fenced blocks are read in order: every ```python block runs as a script, the one
+The guides' fenced blocks are read in order: every ```python block runs as a script, the one
 ```yaml block is the `experiment.yaml` the commands use, and every line of the other blocks
 (```, ```console, ```bash) that starts with `hypertweaks ` runs as a command, unchanged. A line
 that is neither run nor named in SKIPPED below fails the test, so a new example cannot go
@@ -28,6 +29,8 @@ import pytest
 from conftest import SHARED_DATA
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# read after the README, as one guide: their examples use the README's studies
+GUIDES = (README, README.parent / "docs" / "without-hypertweaks.md")
 FENCE = re.compile(r"^```([a-z]*)\n(.*?)^```\n", re.MULTILINE | re.DOTALL)
 SHELL_BLOCKS = ("", "console", "bash", "sh", "shell")
 SNAPSHOT = "0123456789abcdef0123456789abcdef01234567"  # any hash: refs/main names it
@@ -77,13 +80,25 @@ SKIPPED: dict[str, tuple[re.Pattern, str]] = {
 }
 
 
-def readme_steps(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """The README's examples in order, as ("command", line), ("python", code) and
+def guide_steps() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """readme_steps of every file of GUIDES, in order."""
+    steps, skipped = [], []
+    for guide in GUIDES:
+        more, also = readme_steps(guide.read_text(), guide.name)
+        steps += more
+        skipped += also
+    return steps, skipped
+
+
+def readme_steps(
+    text: str, name: str = "README.md"
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """A guide's examples in order, as ("command", line), ("python", code) and
     ("yaml", text) steps, and the shell lines skipped, as (kind, line)."""
     steps, skipped = [], []
     for match in FENCE.finditer(text):
         lang, body = match.groups()
-        where = f"README.md line {text[: match.start()].count(chr(10)) + 1}"
+        where = f"{name} line {text[: match.start()].count(chr(10)) + 1}"
         if lang == "python":
             steps.append(("python", body))
         elif lang == "yaml":
@@ -106,7 +121,7 @@ def readme_steps(text: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]
 
 
 def test_every_readme_block_is_run_or_explicitly_skipped(tmp_path):
-    steps, skipped = readme_steps(README.read_text())
+    steps, skipped = guide_steps()
     kinds = [kind for kind, _ in steps]
     assert kinds.count("yaml") == 1, "the test writes the one yaml block as experiment.yaml"
     assert kinds.count("command") >= 10 and kinds.count("python") >= 5
@@ -148,7 +163,7 @@ def test_the_configuration_reference_has_every_field_and_its_flag():
 
 def test_the_readmes_refer_to_nothing_outside_the_repository():
     outside = re.compile(r"\.\./|shared/data|shared/docs")
-    for readme in (README, README.parent / "bench" / "README.md"):
+    for readme in (*GUIDES, README.parent / "bench" / "README.md"):
         for number, line in enumerate(readme.read_text().splitlines(), 1):
             assert not outside.search(line), f"{readme.name}:{number}: {line}"
 
@@ -305,7 +320,7 @@ def test_readme_examples_run_as_written(workdir):
     block is written first: no command before it in the README uses experiment.yaml."""
     work, env, dequantise = workdir
     env = {**env, "OMP_NUM_THREADS": "1"}  # one core per chain
-    steps = [(n, kind, body) for n, (kind, body) in enumerate(readme_steps(README.read_text())[0])]
+    steps = [(n, kind, body) for n, (kind, body) in enumerate(guide_steps()[0])]
     (yaml,) = [step for step in steps if step[1] == "yaml"]
     assert not [s for s in steps[: yaml[0]] if "experiment.yaml" in s[2]]
     (work / "experiment.yaml").write_text(yaml[2])
