@@ -174,6 +174,45 @@ def test_the_timeout_counts_the_whole_study(text_experiment):
     assert "ended the search after 2 of 10 trials" in result.report_path.read_text()
 
 
+def test_no_trial_starts_that_the_time_left_cannot_hold():
+    from datetime import datetime, timedelta
+
+    from optuna.trial import TrialState, create_trial
+
+    from hypertweaks.study import no_time_for
+
+    def finished(tag: str, minutes: float, epochs: int = 3):
+        trial = create_trial(
+            state=TrialState.COMPLETE, value=0.5, user_attrs={"tag": tag, "curve": [{}] * epochs}
+        )
+        trial.datetime_start = datetime(2026, 1, 1)
+        trial.datetime_complete = trial.datetime_start + timedelta(minutes=minutes)
+        return trial
+
+    trials = [finished("head-only", 1, 1), finished("defaults", 6)]  # 7 minutes used
+    assert no_time_for(13 * 60, trials, soup_run=True) is None  # 6 left: another run fits
+    refused = no_time_for(12 * 60, trials, soup_run=True)
+    assert refused == "300s of the timeout left, less than a run of the default (360s)"
+    assert no_time_for(12 * 60, trials, soup_run=False) is None  # an epoch (2 minutes) fits
+    assert "less than an epoch of the default (120s)" in no_time_for(8 * 60, trials, False)
+    assert no_time_for(None, trials, soup_run=True) is None  # no timeout
+    assert no_time_for(60, trials[:1], soup_run=True) is None  # no measured default yet
+
+
+def test_a_timeout_is_not_overrun_by_a_run_it_cannot_hold(text_experiment):
+    tune({**text_experiment, "trials": 2, "smoke": False})  # head-only and the default
+    trials = study_trials(text_experiment)
+    run = trial_seconds(trials[1])
+    used = sum(map(trial_seconds, trials))
+    # more trials, but less time than a soup run or an epoch of the default: nothing starts
+    result = tune({**text_experiment, "trials": 10, "timeout": used + 0.3 * run, "smoke": False})
+    assert result.trials == 2
+    skipped = [t for t in study_trials(text_experiment) if t.user_attrs.get("skipped")]
+    assert skipped and all(t.user_attrs.get("surplus") for t in skipped)
+    assert "less than a run of the default" in skipped[0].user_attrs["skipped"]
+    assert len(json.loads(result.results_path.read_text())["trials"]) == 2
+
+
 def test_pruned_trials_are_recorded_with_their_curve(text_experiment):
     exp = {
         **text_experiment,

@@ -122,3 +122,18 @@ def test_a_tuned_text_study_hands_over_the_soup_as_its_model(
     assert len(predictor.predict(["I am so happy today"])) == 1
     again = tune(config)  # resumed with nothing to run: the same model, not made again
     assert again.final_model == soup and again.best_value == result.best_value
+
+
+def test_a_resume_with_more_trials_runs_the_soup_its_first_budget_had_no_room_for(
+    text_experiment, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(Final, "keeps_soup", lambda *args: True)
+    config = {**text_experiment, "trials": 2, "smoke": False}
+    first = tune(config)  # head-only and the default: no room for a soup
+    assert first.final_model is None
+    again = tune({**config, "trials": 5})  # three trials more: the default at three more seeds
+    saved = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
+    tags = [row["tag"] for row in saved["trials"]]
+    assert tags == ["head-only", "defaults", "defaults-2", "defaults-3", "defaults-4"]
+    # the first run of the default kept no weights for a soup: the three new runs make it
+    assert again.final_model["members"] == [2, 3, 4] and again.final_model["kept"]

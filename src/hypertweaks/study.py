@@ -281,6 +281,26 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
     return 0.0
 
 
+def no_time_for(
+    timeout: float | None, trials: list[optuna.trial.FrozenTrial], soup_run: bool
+) -> str | None:
+    """Why a trial must not start under `timeout`, or None. The recommended recipe's finished
+    run tells what a trial costs: a further run of it (a soup run) needs as long, any other trial
+    at least one of its epochs (less scores nothing). Without that run, or a timeout, None."""
+    first = next((t for t in trials if t.user_attrs.get("tag") == "defaults"), None)
+    if timeout is None or first is None or first.state != TrialState.COMPLETE:
+        return None
+    left = timeout - sum(trial_seconds(t) for t in trials if counted(t))
+    run = trial_seconds(first)
+    if soup_run:
+        need, what = run, "a run"
+    else:
+        need, what = run / max(len(first.user_attrs.get("curve") or []), 1), "an epoch"
+    if need <= left:
+        return None
+    return f"{max(left, 0):.0f}s of the timeout left, less than {what} of the default ({need:.0f}s)"
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
     fail_dead_trials(study)
     with warnings.catch_warnings():

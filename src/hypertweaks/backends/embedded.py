@@ -7,13 +7,15 @@ import optuna
 from optuna.trial import TrialState
 
 from hypertweaks.results import trial_row, write_results
+from hypertweaks.soup import soup_members
 from hypertweaks.space import Recipe, fit_into, max_epochs, suggest
-from hypertweaks.strategies import strategy_of
+from hypertweaks.strategies import MIN_SOUP, strategy_of
 from hypertweaks.study import (
     claim,
     counted,
     enqueue_interrupted,
     fail_stale_trials,
+    no_time_for,
     open_study,
     same_experiment,
     trial_seconds,
@@ -33,7 +35,7 @@ class EmbeddedBackend:
         if created:
             # Only the worker that created the study enqueues the starting recipes: workers that
             # start together would otherwise all see an empty study and each enqueue them.
-            self._enqueue_starts(self.study, fixed_only=False)
+            self._enqueue_starts(self.study, resumed=False)
         self.finished = [t for t in self.study.get_trials(deepcopy=False) if counted(t)]
         if self.finished:
             ctx.display.message(f"resuming study {exp.name!r}: {len(self.finished)} trials done")
@@ -42,10 +44,9 @@ class EmbeddedBackend:
         ctx, exp, study, finished = self.ctx, self.exp, self.study, self.finished
         enqueue_interrupted(study)
         if finished and not self._budget_spent(study, count_waiting=True):
-            # The fixed (cheap) candidates a resumed study never ran, e.g. the head-only one that
-            # `trials: 1` skipped, once a resume with more trials can afford them. Workers
-            # resuming at the same moment may each add one; only the first runs (_ran_before).
-            self._enqueue_starts(study, fixed_only=True)
+            # Workers resuming at the same moment may each add a start; only the first of a tag
+            # runs (_ran_before).
+            self._enqueue_starts(study, resumed=True)
         running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         ctx.best.remove_orphans(running)
         if not self._budget_spent(study):
@@ -61,13 +62,28 @@ class EmbeddedBackend:
             )
         return study
 
-    def _enqueue_starts(self, study: optuna.Study, fixed_only: bool) -> None:
-        """The starting recipes the study has not had yet (by tag)."""
+    def _enqueue_starts(self, study: optuna.Study, resumed: bool) -> None:
+        """The starting recipes the study has not had yet (by tag). A resumed study adds those a
+        larger budget now affords: the fixed (cheap) candidates, e.g. the head-only one that
+        `trials: 1` skipped, and the soup's runs its first budget had no room for, as many as the
+        trials left hold, and only if the soup then has MIN_SOUP runs."""
         ctx, exp = self.ctx, self.exp
-        tags = {t.user_attrs.get("tag") for t in study.get_trials(deepcopy=False)}
-        for start in strategy_of(exp).starting_recipes(exp, ctx.defaults, ctx.task.num_layers):
-            if start.tag in tags or (fixed_only and not start.fixed):
-                continue
+        strategy = strategy_of(exp)
+        trials = study.get_trials(deepcopy=False)
+        tags = {t.user_attrs.get("tag") for t in trials if not t.user_attrs.get("surplus")}
+        starts = strategy.starting_recipes(exp, ctx.defaults, ctx.task.num_layers)
+        starts = [s for s in starts if s.tag not in tags]
+        if resumed:
+            fixed = [s for s in starts if s.fixed]
+            soup = strategy.soup_tags(exp)
+            runs = [s for s in starts if s.tag in soup and not s.fixed]
+            if exp.trials is not None:
+                used = [t for t in trials if counted(t) or t.state in _PENDING]
+                runs = runs[: max(exp.trials - len(used) - len(fixed), 0)]
+            if len(soup_members(study, exp)) + len(runs) < MIN_SOUP:
+                runs = []
+            starts = fixed + runs
+        for start in starts:
             if start.fixed:  # no Optuna parameters: the sampler and pruner never see it
                 study.enqueue_trial({}, {"tag": start.tag, "fixed_recipe": start.recipe})
             else:
@@ -94,17 +110,30 @@ class EmbeddedBackend:
             raise optuna.TrialPruned("the study's budget is spent")
         fixed = trial.user_attrs.get("fixed_recipe")
         tag = trial.user_attrs.get("tag", "")
-        if fixed and (first := _ran_before(trial, tag)) is not None:
-            # Workers that resumed together may each have enqueued this candidate: run it once.
+        soup_runs = strategy_of(exp).soup_tags(exp)[1:]
+        if (fixed or tag in soup_runs) and (first := _ran_before(trial, tag)) is not None:
+            # Workers that resumed together may each have enqueued this start: run it once.
             trial.set_user_attr("surplus", True)
             trial.set_user_attr("duplicate_of", first)
             raise optuna.TrialPruned(f"trial {first} already ran the {tag} candidate")
+        if not fixed and (
+            why := no_time_for(
+                exp.timeout, trial.study.get_trials(deepcopy=False), tag in soup_runs
+            )
+        ):
+            # A trial the time left cannot hold would overrun the timeout (Optuna only stops
+            # starting trials once it has passed): not started, and not counted.
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("skipped", why)
+            ctx.display.message(f"trial {trial.number} ({tag or 'search'}) not started: {why}")
+            if tag not in soup_runs:  # no trial costs less than an epoch: the study is done
+                trial.study.stop()
+            raise optuna.TrialPruned(why)
         recipe = Recipe(**fixed) if fixed else suggest(trial, ctx.space)
         seed = exp.seed_of(trial.number)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())
         ctx.display.trial_started(trial.number, recipe.as_dict(), tag)
-        soup_runs = strategy_of(exp).soup_tags(exp)[1:]
 
         def on_epoch(report) -> bool:
             ctx.display.epoch(trial.number, report.as_dict())
@@ -144,9 +173,7 @@ class EmbeddedBackend:
         if before is not None:
             trials = [t for t in trials if t.number < before]
         done = [t for t in trials if counted(t)]
-        pending = (
-            (TrialState.RUNNING, TrialState.WAITING) if count_waiting else (TrialState.RUNNING,)
-        )
+        pending = _PENDING if count_waiting else (TrialState.RUNNING,)
         running = [t for t in trials if t.state in pending]
         if self.exp.trials is not None and len(done) + len(running) >= self.exp.trials:
             return True
@@ -160,6 +187,9 @@ class EmbeddedBackend:
         write_results(self.ctx.run_dir / "results.json", study, exp=self.exp, task=self.ctx.task)
         if self._budget_spent(study):
             study.stop()
+
+
+_PENDING = (TrialState.RUNNING, TrialState.WAITING)  # trials that will count
 
 
 def _ran_before(trial: optuna.Trial, tag: str) -> int | None:
