@@ -2,6 +2,7 @@
 
     chosen_recipe  the recipe the method picked (its own knob names for hf_search)
     chosen_trial   hypertweaks only: the number of the trial it kept
+    final_model    hypertweaks only: its soup's members and whether it was kept (None: no soup)
     val_score      the validation accuracy it picked that recipe on
     test_metrics   the chosen model on the held-out test split (accuracy, macro_f1, loss)
     examples       training examples processed, the whole search
@@ -376,6 +377,7 @@ def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
     return {
         "chosen_recipe": result.best_params,
         "chosen_trial": data.get("best_trial"),
+        "final_model": _soup_record(data.get("final_model")),
         "val_score": result.best_value,
         "test_metrics": {k: result.test_metrics[k] for k in ("accuracy", "macro_f1", "loss")},
         "examples": sum(t["examples"] for t in trials),
@@ -385,6 +387,11 @@ def hypertweaks_tune(ctx: Context, budget_seconds: float) -> dict[str, Any]:
         "trials": trials,
         "study_dir": str(Path(result.results_path).parent),
     }
+
+
+def _soup_record(soup: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the same-run table needs of the soup: which runs, and whether it is the final model."""
+    return None if soup is None else {k: soup[k] for k in ("members", "value", "kept")}
 
 
 # ---------------------------------------------------------------- plain Optuna

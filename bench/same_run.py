@@ -57,8 +57,11 @@ def peers_at(
 
 
 def _chosen_tag(path: Path) -> str:
-    """Which of hypertweaks' trials made the final model: head-only, defaults or a searched one."""
+    """What made hypertweaks' final model: a soup of its runs, head-only, defaults or a searched
+    trial (cells written before `final_model` was recorded name the soup's first run)."""
     result = json.loads(path.read_text())["result"]
+    if (soup := result.get("final_model")) and soup["kept"]:
+        return f"soup of {len(soup['members'])}"
     number = result.get("chosen_trial")
     for trial in result["trials"]:
         if number is not None:

@@ -352,8 +352,16 @@ def test_the_same_run_table_gives_each_tasks_spread_and_the_kept_trial(tmp_path)
         write("trec6", method, 0, accuracy)
     write("trec6", "hypertweaks", 0, 0.72, {"chosen_trial": 0, "trials": trials})
 
+    write("trec6", "defaults", 1, 0.60)  # its final model, a soup of three runs, kept
+    for method in PEERS:
+        write("trec6", method, 1, 0.70)
+    souped = {"members": [1, 2, 3], "value": 0.8, "kept": True}
+    write("trec6", "hypertweaks", 1, 0.78, {"chosen_trial": 1, "trials": trials,
+                                            "final_model": souped})  # fmt: skip
+
     text = same_run.table("1x", tmp_path)
     assert "| sst2 | 0 | 60.0 |" in text and "| **80.0** | searched |" in text
+    assert "| trec6 | 1 | 60.0 | 70.0 | 70.0 | 70.0 | 70.0 | **78.0** | soup of 3 |" in text
     assert "| trec6 | 0 | 60.0 | **75.0** | 70.0 | 70.0 | 70.0 | 72.0 | defaults |" in text
     assert "| sst2 | 2 | 60.0 ± 0.0 |" in text  # two seeds: mean ± sd
     assert "85.0 ± 7.1 | +13.0 (+10.0 to +16.0) |" in text
