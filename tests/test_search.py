@@ -191,9 +191,14 @@ def test_no_trial_starts_that_the_time_left_cannot_hold():
 
     trials = [finished("head-only", 1, 1), finished("defaults", 6)]  # 7 minutes used
     assert no_time_for(13 * 60, trials, soup_run=True) is None  # 6 left: another run fits
-    refused = no_time_for(12 * 60, trials, soup_run=True)
-    assert refused == "300s of the timeout left, less than a run of the default (360s)"
-    assert no_time_for(12 * 60, trials, soup_run=False) is None  # an epoch (2 minutes) fits
+    # 4 left: the run ends at most its last epoch (2 minutes) past the timeout, as a search
+    # trial may end an epoch past it
+    assert no_time_for(11 * 60, trials, soup_run=True) is None
+    refused = no_time_for(10 * 60, trials, soup_run=True)
+    assert refused == (
+        "180s of the timeout left, less than a run of the default less its last epoch (240s)"
+    )
+    assert no_time_for(10 * 60, trials, soup_run=False) is None  # an epoch (2 minutes) fits
     assert "less than an epoch of the default (120s)" in no_time_for(8 * 60, trials, False)
     assert no_time_for(None, trials, soup_run=True) is None  # no timeout
     assert no_time_for(60, trials[:1], soup_run=True) is None  # no measured default yet
@@ -209,7 +214,7 @@ def test_a_timeout_is_not_overrun_by_a_run_it_cannot_hold(text_experiment):
     assert result.trials == 2
     skipped = [t for t in study_trials(text_experiment) if t.user_attrs.get("skipped")]
     assert skipped and all(t.user_attrs.get("surplus") for t in skipped)
-    assert "less than a run of the default" in skipped[0].user_attrs["skipped"]
+    assert "less than a run of the default less its last epoch" in skipped[0].user_attrs["skipped"]
     assert len(json.loads(result.results_path.read_text())["trials"]) == 2
 
 

@@ -285,20 +285,24 @@ def no_time_for(
     timeout: float | None, trials: list[optuna.trial.FrozenTrial], soup_run: bool
 ) -> str | None:
     """Why a trial must not start under `timeout`, or None. The recommended recipe's finished
-    run tells what a trial costs: a further run of it (a soup run) needs as long, any other trial
-    at least one of its epochs (less scores nothing). Without that run, or a timeout, None."""
+    run tells what a trial costs: a search trial needs one of its epochs (less scores nothing);
+    a soup run, which runs whole, all but its last epoch, so it ends at most an epoch past the
+    timeout (a third soup run at 3x, where one run costs a little over a budget unit, is worth
+    more than the search trial that would otherwise take that time). Without that run, or a
+    timeout, None."""
     first = next((t for t in trials if t.user_attrs.get("tag") == "defaults"), None)
     if timeout is None or first is None or first.state != TrialState.COMPLETE:
         return None
     left = timeout - sum(trial_seconds(t) for t in trials if counted(t))
     run = trial_seconds(first)
+    epoch = run / max(len(first.user_attrs.get("curve") or []), 1)
     if soup_run:
-        need, what = run, "a run"
+        need, what = run - epoch, "a run of the default less its last epoch"
     else:
-        need, what = run / max(len(first.user_attrs.get("curve") or []), 1), "an epoch"
+        need, what = epoch, "an epoch of the default"
     if need <= left:
         return None
-    return f"{max(left, 0):.0f}s of the timeout left, less than {what} of the default ({need:.0f}s)"
+    return f"{max(left, 0):.0f}s of the timeout left, less than {what} ({need:.0f}s)"
 
 
 def fail_stale_trials(study: optuna.Study) -> None:
