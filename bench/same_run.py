@@ -103,7 +103,9 @@ def table(budget: str, root: Path = ROOT, cut: str = CUT) -> str:
         f"# hypertweaks against every peer in the same run ({budget}, test accuracy %)",
         "",
         *([f"Cut and model: {cut}.", ""] if cut != CUT else []),
-        "| task | seed | reference | " + " | ".join(headers) + " | hypertweaks | its choice |",
+        "| "
+        + " | ".join(["task", "seed", "reference", *headers, "hypertweaks", "its choice"])
+        + " |",
         "|---|---|---|" + "---|" * (len(names) + 2),
     ]
     rows, seeds, missing = [], [], []
@@ -120,8 +122,10 @@ def table(budget: str, root: Path = ROOT, cut: str = CUT) -> str:
         seeds.append(seed)
         shown = " | ".join(percents([reference, *scores, now]))
         lines.append(f"| {task} | {seed[1:]} | {shown} | {_chosen_tag(path)} |")
-    if rows:
+    if rows and names:
         lines += paired_lines(rows, headers)
+    elif rows:
+        lines += ["", f"No peer ran at {budget}: the table holds the reference and hypertweaks."]
         lines += _against_other_budget(budget, rows, seeds, root, names, cut)
     if missing:
         lines += ["", f"Pairs left out, a peer's cell missing: {', '.join(missing)}."]
