@@ -124,9 +124,9 @@ def table(budget: str, root: Path = ROOT, cut: str = CUT) -> str:
         lines.append(f"| {task} | {seed[1:]} | {shown} | {_chosen_tag(path)} |")
     if rows and names:
         lines += paired_lines(rows, headers)
+        lines += _against_other_budget(budget, rows, seeds, root, names, cut)
     elif rows:
         lines += ["", f"No peer ran at {budget}: the table holds the reference and hypertweaks."]
-        lines += _against_other_budget(budget, rows, seeds, root, names, cut)
     if missing:
         lines += ["", f"Pairs left out, a peer's cell missing: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"

@@ -515,6 +515,11 @@ def test_the_same_run_table_of_another_model_has_the_peers_run_there(tmp_path):
     assert "| sst2 | 0 | 60.0 | 70.0 | **80.0** | ? |" in text
     assert "- SetFit: +10.0 [+10.0, +10.0], 1-0" in text
     assert "sst2" not in same_run.table("3x", tmp_path)  # the MiniLM table: no cells
+    body = {"result": {"test_metrics": {"accuracy": 0.75}, "trials": []}}
+    (folder / "sst2__hypertweaks__1x__s0.json").write_text(json.dumps(body))
+    alone = same_run.table("1x", tmp_path, cut)  # hypertweaks alone at 1x: no peer column
+    assert "| task | seed | reference | hypertweaks | its choice |" in alone
+    assert "| sst2 | 0 | 60.0 | **75.0** | ? |" in alone and "No peer ran at 1x" in alone
 
 
 def test_confirm_pairs_new_runs_with_the_committed_peers_and_their_own_1x(tmp_path):
