@@ -169,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (dest, kind, help_text) in FLAGS.items():
         tune_cmd.add_argument(flag, dest=dest, type=kind, help=with_default(help_text, dest))
     tune_cmd.add_argument(
+        "--larger-model",
+        dest="larger_models",
+        action="append",
+        metavar="MODEL",
+        help="a larger encoder to tune instead of --model when the --timeout holds its default "
+        "run 1.25 times (text classification; repeat it, smallest first)",
+    )
+    tune_cmd.add_argument(
         "--quiet",
         action="store_true",
         default=None,

@@ -58,6 +58,11 @@ class Experiment(BaseModel):
 
     task: str = Field("text-classification", description="what is tuned: " + ", ".join(KINDS))
     model: str = Field(description="Hugging Face hub id, local model folder, or timm name")
+    larger_models: list[str] = Field(
+        default_factory=list,
+        description="text classification with a timeout: larger encoders, smallest first; the "
+        "largest whose default run the timeout holds 1.25 times is tuned instead of model",
+    )
     weights: Path | None = Field(None, description="local weights file (image backbones)")
     gguf_file: str | None = Field(None, description="GGUF file name inside the model folder/repo")
     train: Path
@@ -154,6 +159,15 @@ class Experiment(BaseModel):
     def _model(cls, value: Any) -> Any:
         return str(value) if isinstance(value, Path) else value  # a Path to a model folder
 
+    @field_validator("larger_models", mode="before")
+    @classmethod
+    def _larger_models(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            value = [value]
+        if isinstance(value, list | tuple):
+            return [str(v) if isinstance(v, Path) else v for v in value]
+        return value
+
     @field_validator("train", "validation", "test", "weights", "runs_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -218,6 +232,8 @@ class Experiment(BaseModel):
             if knob not in kind.knobs:
                 owners = ", ".join(k.name for k in KINDS.values() if knob in k.knobs)
                 raise ValueError(f"knob {knob!r} is for {owners} only; {self.task} has no adapters")
+        if self.larger_models:
+            self._check_larger_models()
         if self.gguf_file is not None and not kind.generates:
             raise ValueError("gguf_file is for causal-lm models only")
         if self.class_weights != "none" and kind.generates:
@@ -225,6 +241,25 @@ class Experiment(BaseModel):
                 f"class_weights is for classification; {self.task} trains on tokens: remove it"
             )
         return self
+
+    def _check_larger_models(self) -> None:
+        if self.task != "text-classification":
+            raise ValueError(
+                f"larger_models is for text-classification (measured there); {self.task}: "
+                "give the one model to tune"
+            )
+        if self.timeout is None:
+            raise ValueError(
+                "larger_models needs a timeout: the time budget decides which model it holds "
+                "(e.g. --timeout 2h)"
+            )
+        seen = {self.model}
+        for model in self.larger_models:
+            if not model.strip():
+                raise ValueError("larger_models: an empty model name; remove it")
+            if model in seen:
+                raise ValueError(f"larger_models: {model!r} is given twice (or is model itself)")
+            seen.add(model)
 
     def seed_of(self, number: int) -> int:
         """The seed of trial `number` (best.yaml sets trial_seed so its trial 0 is the best)."""
@@ -367,6 +402,14 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
+def _model_relative_to(model: Any, folder: Path) -> Any:
+    """A local model folder given relative to `folder`, made absolute; a hub id or name as is."""
+    if isinstance(model, str) and not Path(model).expanduser().is_absolute():
+        if (folder / model).exists():
+            return str((folder / model).absolute())
+    return model
+
+
 def _relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A YAML file's relative paths are relative to the file's folder, not to where it runs."""
     data = dict(data)
@@ -374,10 +417,10 @@ def _relative_to(data: dict[str, Any], folder: Path) -> dict[str, Any]:
         value = data.get(key)
         if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             data[key] = str(folder / value)
-    model = data.get("model")
-    if isinstance(model, str) and not Path(model).expanduser().is_absolute():
-        if (folder / model).exists():  # a local model folder; anything else is a hub id / name
-            data["model"] = str((folder / model).absolute())
+    if "model" in data:
+        data["model"] = _model_relative_to(data["model"], folder)
+    if isinstance(data.get("larger_models"), list):
+        data["larger_models"] = [_model_relative_to(m, folder) for m in data["larger_models"]]
     storage = data.get("storage")
     if isinstance(storage, str) and storage.startswith("sqlite:///"):
         database = storage.removeprefix("sqlite:///")

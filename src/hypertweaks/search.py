@@ -21,6 +21,7 @@ from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, check_run_dir_place, make_experiment
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.kinds import kind_of
+from hypertweaks.larger_models import choose_backbone
 from hypertweaks.ledger import budget_ledger
 from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
@@ -56,13 +57,15 @@ class Result:
     stopped_early: str | None = None  # the timeout ended the search before its trials: why
     budget_bought: dict[str, Any] | None = None  # the kept model as the budget grew (ledger.py)
     final_model: dict[str, Any] | None = None  # the soup of the default's runs (soup.py)
+    backbone: dict[str, Any] | None = None  # the larger model chosen, or not (larger_models.py)
 
 
 class Search:
     """One study from a validated experiment."""
 
-    def __init__(self, exp: Experiment, display: LogDisplay):
+    def __init__(self, exp: Experiment, display: LogDisplay, backbone: dict | None = None):
         self.exp, self.display = exp, display
+        self.backbone = backbone or None  # larger_models: which backbone, and why
         self.run_dir = exp.run_dir
         self.device = resolve_device(exp.device)
         self.task = make_task(exp, self.run_dir / "cache")
@@ -168,6 +171,8 @@ class Search:
             "budget_bought": budget_ledger(rows, self.best.selector, soup),
             "final_model": soup,  # the soup of the default recipe's runs, kept or not (soup.py)
         }
+        if self.backbone:
+            summary["backbone"] = self.backbone
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
             best_params=best.user_attrs["recipe"],
@@ -185,6 +190,7 @@ class Search:
             stopped_early=summary["stopped_early"],
             budget_bought=summary["budget_bought"],
             final_model=soup,
+            backbone=self.backbone,
         )
 
     def _defaults_kept(self, best, complete) -> dict[str, Any] | None:
@@ -233,4 +239,5 @@ def tune(config: Experiment | dict[str, Any], display: LogDisplay | None = None)
     if display is None:
         display = LogDisplay(exp.metric) if exp.quiet else LiveDisplay(exp.metric)
     with display:
-        return Search(exp, display).run()
+        exp, backbone = choose_backbone(exp, resolve_device(exp.device), display.message)
+        return Search(exp, display, backbone).run()

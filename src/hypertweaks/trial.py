@@ -251,6 +251,7 @@ def write_refit_yaml(
         space=recipe,
         trials=1,
         timeout=None,
+        larger_models=[],  # the backbone this study tuned
         defaults_first=False,
         final_model="kept",
         name=f"{exp.name}-refit",

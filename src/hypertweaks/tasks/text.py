@@ -294,18 +294,20 @@ class TextClassification(TaskBase):
         """Every layer frozen for every epoch: a linear head on cached mean-pooled features."""
         return recipe.freeze_layers >= self.num_layers and not recipe.gradual_unfreeze
 
-    def build(self, recipe: Recipe):
+    def build(self, recipe: Recipe, probe: bool = True):
         """The mean-pooled classifier: a head-only recipe's head on the frozen encoder, or, for a
         recipe that trains some layers, its head from a linear probe on the frozen features
         (LP-FT, Kumar et al. 2022). The simulator's evidence for LP-FT over a fresh head or the
-        CLS pooler: bench/results/meta/<cut>/SIMULATED.md."""
+        CLS pooler: bench/results/meta/<cut>/SIMULATED.md. `probe=False`: a fresh head (only to
+        time training steps, larger_models.py)."""
         if self.trains_head_only(recipe):
             encoder = load_encoder(self.model_source)
             model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
             return model, layer_stack(model, body=encoder)
         encoder = load_encoder(self.model_source, recipe.dropout)
         model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
-        model.head.load_state_dict(self._probe_head(encoder).state_dict())
+        if probe:
+            model.head.load_state_dict(self._probe_head(encoder).state_dict())
         return model, layer_stack(model, body=encoder)
 
     def _probe_head(self, encoder: nn.Module) -> nn.Linear:

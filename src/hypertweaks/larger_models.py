@@ -1,0 +1,126 @@
+"""Which backbone a study tunes when the user offers larger ones: the largest whose default run
+the timeout holds. Within one backbone, more budget buys little past a soup of the default's runs
+(bench/README.md, issue 31); a larger encoder buys more (all-mpnet-base-v2 at 1x scored 2.4 test
+points above MiniLM at 1x on six text sets, 6-0, for about ten times its compute). The choice is
+made once, when the study starts, and kept in RUN_DIR/backbone.json, so a resumed study (or
+another worker of it) goes on with the same backbone."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hypertweaks import atomic
+from hypertweaks.config import Experiment
+from hypertweaks.kinds import kind_of
+from hypertweaks.space import Recipe
+from hypertweaks.tasks import make_task
+from hypertweaks.train import fit, release_memory
+
+# A larger backbone is tuned when the timeout holds its estimated default run this many times:
+# the head-only candidate, the estimate's error, and the timeout gate (a run starts only if the
+# time left holds it) all need room. Below it, one run of the larger backbone might not finish.
+HEADROOM = 1.25
+TIMED_STEPS = 8  # training steps that are timed (after an epoch of them that warms up)
+# A forward pass (the validation at each epoch, the probe's frozen features) costs about a third
+# of a training step's forward and backward passes.
+FORWARD_SHARE = 1 / 3
+CHOICE_FILE = "backbone.json"
+
+
+def choose_backbone(exp: Experiment, device: torch.device, say=print) -> tuple[Experiment, dict]:
+    """The experiment to tune: `exp` itself, or a copy on the largest of its `larger_models`
+    (listed smallest first) whose default run the timeout holds HEADROOM times; and what was
+    measured, for results.json. Without larger_models, `exp` and {}."""
+    if not exp.larger_models:
+        return exp, {}
+    candidates = [exp.model, *exp.larger_models]
+    chosen = None if exp.fresh else _chosen_before(exp, candidates)
+    if chosen is not None:
+        choice = {**chosen, "kept": "chosen when the study started (--fresh chooses again)"}
+        say(f"backbone {choice['model']}: {choice['kept']}")
+        return _on(exp, choice["model"]), choice
+    estimates: dict[str, float] = {}
+    model = exp.model
+    for candidate in reversed(exp.larger_models):
+        seconds = estimate_default_run(_on(exp, candidate), device)
+        estimates[candidate] = round(seconds, 1)
+        fits = seconds * HEADROOM <= exp.timeout
+        say(
+            f"backbone {candidate}: a default run takes about {seconds / 60:.3g} min; the "
+            f"timeout ({exp.timeout / 60:.3g} min) {'holds' if fits else 'does not hold'} "
+            f"{HEADROOM:g} of it"
+        )
+        if fits:
+            model = candidate
+            break
+    choice = {"model": model, "candidates": candidates, "estimated_seconds": estimates}
+    say(f"tuning {model}")
+    exp.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(exp.run_dir / CHOICE_FILE, json.dumps(choice, indent=2))
+    return _on(exp, model), choice
+
+
+def _on(exp: Experiment, model: str) -> Experiment:
+    """`exp` on this backbone, with no larger models left to choose (its best.yaml retrains it)."""
+    return exp.model_copy(update={"model": model, "larger_models": []})
+
+
+def _chosen_before(exp: Experiment, candidates: list[str]) -> dict[str, Any] | None:
+    """The choice this study made when it started, if it is still one of the candidates."""
+    path: Path = exp.run_dir / CHOICE_FILE
+    try:
+        choice = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(choice, dict) or choice.get("model") not in candidates:
+        return None
+    return choice
+
+
+def estimate_default_run(exp: Experiment, device: torch.device) -> float:
+    """Seconds one run of the text default recipe takes on this backbone and device: TIMED_STEPS
+    training steps on real training rows, timed as the difference between two epochs over them
+    and one (after a warm-up epoch, so that loading, warming up and evaluating cancel), scaled to
+    every epoch of every row, plus the forward passes of the probe and of each validation."""
+    task = make_task(exp, exp.run_dir / "cache")
+    task.prepare()
+    train, validation = task.splits.train, task.splits.validation
+    recipe = Recipe(**kind_of(exp.task).default_recipe(task.pretrained_dropout, len(train)))
+    order = np.random.default_rng(exp.seed).permutation(len(train))
+    rows = train.subset(order[: recipe.batch_size * TIMED_STEPS])
+    few = validation.subset(range(min(len(validation), 8)))
+    timed = len(rows) // recipe.batch_size or 1  # (fewer rows than TIMED_STEPS batches)
+    model, layers = task.build(recipe, probe=False)
+    seconds = []
+    try:
+        for epochs in (1, 1, 2):  # the first warms up (memory, kernels) and is not counted
+            one = Recipe(**{**recipe.as_dict(), "epochs": epochs})
+            result = fit(
+                task,
+                model,
+                layers,
+                one,
+                task.dataset(rows, True, one),
+                task.dataset(few, False, one),
+                metric=exp.metric,
+                direction=exp.direction,
+                patience=epochs,
+                device=device,
+                seed=exp.seed,
+            )
+            seconds.append(result.seconds)
+    finally:
+        model = None
+        release_memory(device)
+    per_example = max(seconds[2] - seconds[1], 1e-6) / (timed * recipe.batch_size)
+    forward = FORWARD_SHARE * per_example
+    epochs = recipe.epochs
+    run = per_example * len(train) * epochs
+    run += forward * (len(validation) * epochs + len(train) + len(validation))
+    return run if math.isfinite(run) else float("inf")

@@ -1,0 +1,113 @@
+"""larger_models: the largest backbone whose default run the timeout holds is tuned, the choice is
+kept when the study resumes, and a setting that cannot work is refused before any compute."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+import hypertweaks.larger_models as larger
+from hypertweaks import tune
+from hypertweaks.config import ConfigError, load_experiment, make_experiment
+
+
+@pytest.fixture(scope="session")
+def wider_bert(tiny_bert, tmp_path_factory) -> Path:
+    """The tiny BERT's vocabulary on a wider, deeper encoder: the 'larger model'."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = tmp_path_factory.mktemp("wider-bert")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_bert / name).exists():
+            shutil.copy(tiny_bert / name, folder / name)
+    small = BertConfig.from_pretrained(tiny_bert)
+    config = BertConfig(
+        vocab_size=small.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+def with_larger(text_experiment, wider_bert, timeout):
+    return {**text_experiment, "larger_models": [str(wider_bert)], "timeout": timeout}
+
+
+@pytest.mark.parametrize(
+    "change, says",
+    [
+        ({"timeout": None}, "needs a timeout"),
+        ({"task": "image-classification"}, "is for text-classification"),
+        ({"larger_models": ["same"], "model": "same"}, "given twice"),
+        ({"larger_models": ["a", "a"]}, "given twice"),
+        ({"larger_models": [" "]}, "empty model name"),
+    ],
+)
+def test_larger_models_that_cannot_work_are_refused(text_experiment, change, says):
+    data = {**text_experiment, "larger_models": ["bigger"], "timeout": 3600, **change}
+    with pytest.raises((ConfigError, ValueError), match=says):
+        make_experiment(data)
+
+
+def test_a_yaml_files_larger_models_are_relative_to_it(text_experiment, wider_bert, tmp_path):
+    folder = wider_bert.parent
+    path = folder / "experiment.yaml"
+    data = {**text_experiment, "timeout": 3600, "larger_models": [wider_bert.name, "org/hub-id"]}
+    path.write_text(yaml.safe_dump(data))
+    exp = load_experiment(path)
+    assert exp.larger_models == [str(wider_bert), "org/hub-id"]
+
+
+def test_the_estimate_is_a_positive_number_of_seconds(text_experiment, wider_bert):
+    exp = make_experiment({**text_experiment, "model": str(wider_bert)})
+    seconds = larger.estimate_default_run(exp, larger.torch.device("cpu"))
+    assert 0 < seconds < 600 and math.isfinite(seconds)
+
+
+def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert, monkeypatch):
+    estimates = {str(wider_bert): 100.0}
+    monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: estimates[exp.model])
+    device, said = larger.torch.device("cpu"), []
+
+    short = make_experiment(with_larger(text_experiment, wider_bert, 120))  # < 1.25 x 100 s
+    exp, choice = larger.choose_backbone(short, device, said.append)
+    assert exp.model == text_experiment["model"] and choice["model"] == exp.model
+    assert choice["estimated_seconds"] == {str(wider_bert): 100.0}
+    assert "does not hold" in said[0]
+
+    # the same study resumed with a longer timeout keeps its backbone: no estimate is made
+    monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: 1 / 0)
+    longer = make_experiment(with_larger(text_experiment, wider_bert, 3600))
+    exp, choice = larger.choose_backbone(longer, device, said.append)
+    assert exp.model == text_experiment["model"] and "kept" in choice
+
+    # --fresh chooses again
+    monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: estimates[exp.model])
+    fresh = make_experiment({**with_larger(text_experiment, wider_bert, 3600), "fresh": True})
+    exp, choice = larger.choose_backbone(fresh, device, said.append)
+    assert exp.model == str(wider_bert) and exp.larger_models == []
+    stored = json.loads((exp.run_dir / larger.CHOICE_FILE).read_text())
+    assert stored["model"] == str(wider_bert)
+
+
+def test_a_study_tunes_the_larger_model_the_timeout_holds(text_experiment, wider_bert):
+    data = with_larger(text_experiment, wider_bert, 3600)
+    result = tune({**data, "trials": 2})
+    assert result.backbone["model"] == str(wider_bert)
+    results = json.loads(result.results_path.read_text())
+    assert results["backbone"]["model"] == str(wider_bert)
+    saved = json.loads((result.best_model_dir / "config.json").read_text())
+    assert saved["hidden_size"] == 64  # the wider encoder's weights were tuned and saved
+    best = yaml.safe_load((result.best_model_dir / "best.yaml").read_text())
+    assert best["model"] == str(wider_bert) and best["larger_models"] == []
+    make_experiment(best)  # retrains without a timeout: no larger model is left to choose
