@@ -84,6 +84,7 @@ def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert,
     assert exp.model == text_experiment["model"] and choice["model"] == exp.model
     assert choice["estimated_seconds"] == {str(wider_bert): 100.0}
     assert "does not hold" in said[0]
+    assert "holds none of the larger models" in larger.describe_backbone(choice)
 
     # the same study resumed with a longer timeout keeps its backbone: no estimate is made
     monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: 1 / 0)
@@ -106,6 +107,7 @@ def test_a_study_tunes_the_larger_model_the_timeout_holds(text_experiment, wider
     assert result.backbone["model"] == str(wider_bert)
     results = json.loads(result.results_path.read_text())
     assert results["backbone"]["model"] == str(wider_bert)
+    assert "the largest offered" in larger.describe_backbone(result.backbone)
     saved = json.loads((result.best_model_dir / "config.json").read_text())
     assert saved["hidden_size"] == 64  # the wider encoder's weights were tuned and saved
     best = yaml.safe_load((result.best_model_dir / "best.yaml").read_text())

@@ -21,6 +21,7 @@ from hypertweaks.config import ConfigError, Experiment, load_experiment
 from hypertweaks.data import DataError
 from hypertweaks.display import format_value
 from hypertweaks.kinds import KINDS, kind_of
+from hypertweaks.larger_models import describe_backbone
 from hypertweaks.ledger import describe_ledger
 from hypertweaks.models import ModelError
 from hypertweaks.noise import describe, describe_kept
@@ -486,6 +487,8 @@ def print_result(result: Result, console: Console) -> None:
     if result.final_model:
         console.print(describe_soup(result.final_model, result.metric))
     if line := describe_ledger(result.budget_bought, result.metric):
+        console.print(line)
+    if line := describe_backbone(result.backbone):
         console.print(line)
     console.print(
         f"best model: {result.best_model_dir} (recipe: {result.best_model_dir / 'best.yaml'})",

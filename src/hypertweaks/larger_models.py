@@ -124,3 +124,23 @@ def estimate_default_run(exp: Experiment, device: torch.device) -> float:
     run = per_example * len(train) * epochs
     run += forward * (len(validation) * epochs + len(train) + len(validation))
     return run if math.isfinite(run) else float("inf")
+
+
+def describe_backbone(choice: dict[str, Any] | None) -> str | None:
+    """One line for the user: which backbone was tuned, and why."""
+    if not choice:
+        return None
+    model, estimates = choice["model"], choice.get("estimated_seconds") or {}
+    if "kept" in choice:
+        return f"backbone: {model}, {choice['kept']}"
+    if model in estimates:
+        return (
+            f"backbone: {model}, the largest offered whose default run (about "
+            f"{estimates[model] / 60:.3g} min) the timeout holds {HEADROOM:g} times"
+        )
+    return (
+        f"backbone: {model}; the timeout holds none of the larger models' default runs "
+        f"{HEADROOM:g} times ("
+        + ", ".join(f"{m}: about {s / 60:.3g} min" for m, s in estimates.items())
+        + ")"
+    )
