@@ -113,3 +113,18 @@ def test_a_study_tunes_the_larger_model_the_timeout_holds(text_experiment, wider
     best = yaml.safe_load((result.best_model_dir / "best.yaml").read_text())
     assert best["model"] == str(wider_bert) and best["larger_models"] == []
     make_experiment(best)  # retrains without a timeout: no larger model is left to choose
+
+
+def test_a_worker_on_another_machine_joins_the_backbone_the_study_started_on(
+    text_experiment, wider_bert, tmp_path, monkeypatch
+):
+    """Workers share the storage, not RUN_DIR: the stored study tells the backbone."""
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    data = {**with_larger(text_experiment, wider_bert, 3600), "storage": storage, "trials": 1}
+    data["space"] = {**data["space"], "epochs": 1}
+    first = tune(data)
+    assert first.backbone["model"] == str(wider_bert)
+    monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: 1 / 0)
+    elsewhere = {**data, "runs_dir": str(tmp_path / "other-machine"), "trials": 2}
+    exp, choice = larger.choose_backbone(make_experiment(elsewhere), larger.torch.device("cpu"))
+    assert exp.model == str(wider_bert) and "kept" in choice

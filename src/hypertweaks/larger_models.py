@@ -17,6 +17,7 @@ import torch
 
 from hypertweaks import atomic
 from hypertweaks.config import Experiment
+from hypertweaks.fingerprint import model_key
 from hypertweaks.kinds import kind_of
 from hypertweaks.space import Recipe
 from hypertweaks.tasks import make_task
@@ -72,15 +73,36 @@ def _on(exp: Experiment, model: str) -> Experiment:
 
 
 def _chosen_before(exp: Experiment, candidates: list[str]) -> dict[str, Any] | None:
-    """The choice this study made when it started, if it is still one of the candidates."""
+    """The choice this study made when it started, if it is still one of the candidates: from
+    RUN_DIR/backbone.json, or, for a worker that joins a study in a shared storage from another
+    machine, the model the study's trials were started on."""
     path: Path = exp.run_dir / CHOICE_FILE
     try:
         choice = json.loads(path.read_text())
     except (OSError, ValueError):
+        choice = None
+    if isinstance(choice, dict) and choice.get("model") in candidates:
+        return choice
+    if exp.storage is None or exp.backend != "optuna":
+        return None  # (the default SQLite file lives in RUN_DIR, beside backbone.json)
+    stored = _stored_model(exp)
+    started_on = [m for m in candidates if model_key(m) == stored]
+    if not started_on:
         return None
-    if not isinstance(choice, dict) or choice.get("model") not in candidates:
+    return {"model": started_on[0], "candidates": candidates}
+
+
+def _stored_model(exp: Experiment) -> str | None:
+    """The model in the stored fingerprint of the study `exp` names; None if it has none yet."""
+    import optuna
+
+    from hypertweaks.study import storage_url
+
+    try:
+        study = optuna.load_study(study_name=exp.name, storage=storage_url(exp))
+    except KeyError:  # no such study yet
         return None
-    return choice
+    return (study.user_attrs.get("experiment_fingerprint") or {}).get("model")
 
 
 def estimate_default_run(exp: Experiment, device: torch.device) -> float:
