@@ -79,7 +79,7 @@ def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert,
     monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: estimates[exp.model])
     device, said = larger.torch.device("cpu"), []
 
-    short = make_experiment(with_larger(text_experiment, wider_bert, 120))  # < 1.25 x 100 s
+    short = make_experiment(with_larger(text_experiment, wider_bert, 90))  # < 100 s
     exp, choice = larger.choose_backbone(short, device, said.append)
     assert exp.model == text_experiment["model"] and choice["model"] == exp.model
     assert choice["estimated_seconds"] == {str(wider_bert): 100.0}

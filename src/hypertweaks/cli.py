@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="MODEL",
         help="a larger encoder to tune instead of --model when the --timeout holds its default "
-        "run 1.25 times (text classification; repeat it, smallest first)",
+        "run (text classification; repeat it, smallest first)",
     )
     tune_cmd.add_argument(
         "--quiet",
