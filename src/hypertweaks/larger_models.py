@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ FORWARD_SHARE = 1 / 3
 CHOICE_FILE = "backbone.json"
 
 
-def choose_backbone(exp: Experiment, device: torch.device, say=print) -> tuple[Experiment, dict]:
+def choose_backbone(
+    exp: Experiment, device: torch.device, say: Callable[[str], None] = print
+) -> tuple[Experiment, dict[str, Any]]:
     """The experiment to tune: `exp` itself, or a copy on the largest of its `larger_models`
     (listed smallest first) whose estimated default run the timeout holds; and what was
     measured, for results.json. Without larger_models, `exp` and {}."""
