@@ -1,0 +1,97 @@
+"""What `larger_models` buys at a budget (issue 31): the product on MiniLM at 1x and at the budget,
+and the product offered all-mpnet-base-v2 at the same budget (`hypertweaks_larger`), all in the
+same run on MiniLM's cut, each pair with its own reference run.
+
+    python -m bench.larger [--root bench/results/larger] [--budget 10x]
+
+writes LARGER_<budget>.md beside the cells and prints it. Cells:
+`HYPERTWEAKS_BENCH_RESULTS=bench/results/larger python -m bench run --tasks T --seeds S
+--methods hypertweaks --budget 1x,10x --threads 1 --no-report`, then the same with
+`--methods hypertweaks_larger --budget 10x`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bench.confirm import CUT, RESULTS, cell, percents
+
+ROOT = RESULTS / "larger"
+
+
+def _backbone(path: Path) -> str:
+    """Which backbone the cell's study tuned, its estimated default run, its final model."""
+    result = json.loads(path.read_text())["result"]
+    choice, soup = result.get("backbone") or {}, result.get("final_model") or {}
+    name = Path(choice.get("model", "MiniLM")).name
+    name = "MiniLM" if "minilm" in name.lower() or name == "model" else name
+    estimate = next(iter((choice.get("estimated_seconds") or {}).values()), None)
+    runs = f"soup of {len(soup['members'])}" if soup.get("kept") else "one run kept"
+    return f"{name} ({runs}; estimate {estimate:.0f}s)" if estimate else f"{name} ({runs})"
+
+
+def table(budget: str, root: Path = ROOT) -> str:
+    from bench.meta.simulate import paired_interval
+
+    folder = root / "cells" / CUT
+    lines = [
+        f"# The product offered a larger encoder, at {budget} (test accuracy %)",
+        "",
+        f"Cut {CUT}; the budget unit is MiniLM's reference run. `larger` is hypertweaks with "
+        "`larger_models: [all-mpnet-base-v2]`.",
+        "",
+        f"| task | seed | unit (s) | reference | hypertweaks 1x | hypertweaks {budget} | "
+        f"larger {budget} | what larger tuned |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for path in sorted(folder.glob(f"*__hypertweaks_larger__{budget}__s*.json")):
+        task, _, _, seed = path.stem.split("__")
+        paths = [
+            cell(root, task, "defaults", seed),
+            cell(root, task, "hypertweaks", seed, "1x"),
+            cell(root, task, "hypertweaks", seed, budget),
+            path,
+        ]
+        if not all(p.exists() for p in paths):
+            continue
+        scores = [json.loads(p.read_text())["result"]["test_metrics"]["accuracy"] for p in paths]
+        unit = json.loads(paths[1].read_text())["unit_seconds"]
+        rows.append((task, scores))
+        lines.append(
+            f"| {task} | {seed[1:]} | {unit:.0f} | "
+            + " | ".join(percents(scores))
+            + f" | {_backbone(path)} |"
+        )
+    if not rows:
+        return "\n".join(lines + ["", "(no complete pair yet)"]) + "\n"
+    score = {i: np.array([r[1][i] for r in rows]) * 100 for i in range(4)}
+    lines += ["", f"Paired over {len(rows)} task/seed pairs (points, bootstrap 95% interval, "
+              "won-lost):", ""]  # fmt: skip
+    for name, a, b in (
+        (f"larger {budget} minus hypertweaks {budget}", 3, 2),
+        (f"larger {budget} minus hypertweaks 1x", 3, 1),
+        (f"hypertweaks {budget} minus hypertweaks 1x", 2, 1),
+    ):
+        mean, low, high = paired_interval(score[a], score[b])
+        won, lost = int((score[a] > score[b]).sum()), int((score[a] < score[b]).sum())
+        lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.larger", description=__doc__)
+    parser.add_argument("--root", type=Path, default=ROOT)
+    parser.add_argument("--budget", default="10x")
+    args = parser.parse_args()
+    text = table(args.budget, args.root)
+    (args.root / f"LARGER_{args.budget}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
