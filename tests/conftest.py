@@ -52,20 +52,25 @@ def make_texts(n_per_class: int, seed: int = 0, classes=("joy", "anger", "calm")
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer BERT with random weights and a word-level vocabulary, as a model folder."""
+
+    return make_bert(tmp_path_factory.mktemp("tiny-bert"), hidden_size=32, layers=2)
+
+
+def make_bert(folder: Path, hidden_size: int, layers: int) -> Path:
+    """A BERT with random weights and the word-level vocabulary of WORDS and FILLER."""
     import torch
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-    folder = tmp_path_factory.mktemp("tiny-bert")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER]
     vocab += [w for words in WORDS.values() for w in words]
     tokenizer = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)})
     tokenizer.save_pretrained(folder)
     config = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=64,
         hidden_dropout_prob=0.1,
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import make_bert
 
 import hypertweaks.larger_models as larger
 from hypertweaks import tune
@@ -14,29 +15,9 @@ from hypertweaks.config import ConfigError, load_experiment, make_experiment
 
 
 @pytest.fixture(scope="session")
-def wider_bert(tiny_bert, tmp_path_factory) -> Path:
+def wider_bert(tmp_path_factory) -> Path:
     """The tiny BERT's vocabulary on a wider, deeper encoder: the 'larger model'."""
-    import shutil
-
-    import torch
-    from transformers import BertConfig, BertForMaskedLM
-
-    folder = tmp_path_factory.mktemp("wider-bert")
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (tiny_bert / name).exists():
-            shutil.copy(tiny_bert / name, folder / name)
-    small = BertConfig.from_pretrained(tiny_bert)
-    config = BertConfig(
-        vocab_size=small.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    BertForMaskedLM(config).save_pretrained(folder)
-    return folder
+    return make_bert(tmp_path_factory.mktemp("wider-bert"), hidden_size=64, layers=3)
 
 
 def with_larger(text_experiment, wider_bert, timeout):
