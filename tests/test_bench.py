@@ -232,6 +232,13 @@ def test_every_method_runs_for_real_within_its_budget(tmp_path, monkeypatch, tin
     monkeypatch.setattr(tasks, "WORK_DIR", tmp_path / "work")
     monkeypatch.setattr(methods, "WORK_DIR", tmp_path / "work")
     monkeypatch.setattr(run, "CELLS_DIR", tmp_path / "cells")
+    # hypertweaks_larger is offered a wider tiny BERT in place of mpnet (not assembled in CI)
+    from conftest import make_bert
+
+    import bench.mpnet
+
+    wider = make_bert(tmp_path / "wider-bert", hidden_size=64, layers=2)
+    monkeypatch.setattr(bench.mpnet, "MODEL_DIR", wider)
     argv = ["run", "--data-root", str(root), "--tasks", "moods", "--profile", "tiny"]
     argv += ["--train-size", "48", "--val-size", "24", "--test-size", "30", "--max-length", "16"]
     argv += ["--model", str(tiny_bert), "--budget", "2x", "--seeds", "0", "--device", "cpu"]
