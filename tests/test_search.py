@@ -218,6 +218,40 @@ def test_a_timeout_is_not_overrun_by_a_run_it_cannot_hold(text_experiment):
     assert len(json.loads(result.results_path.read_text())["trials"]) == 2
 
 
+def test_the_timeout_stops_a_search_trial_at_the_end_of_its_epoch(text_experiment, monkeypatch):
+    from datetime import datetime, timedelta
+
+    from optuna.trial import TrialState, create_trial
+
+    from hypertweaks.backends import embedded
+    from hypertweaks.study import timeout_passed
+
+    done = create_trial(state=TrialState.COMPLETE, value=0.5)
+    done.datetime_start = datetime(2026, 1, 1)
+    done.datetime_complete = done.datetime_start + timedelta(minutes=5)
+    assert not timeout_passed(10 * 60, [done], running_seconds=299)
+    assert timeout_passed(10 * 60, [done], running_seconds=300)
+    assert not timeout_passed(None, [done], running_seconds=10**6)
+
+    # the timeout passes during every trial: the starting recipes still run whole (the
+    # default is the recipe the study trusts most), a search trial stops after one epoch
+    monkeypatch.setattr(embedded, "timeout_passed", lambda timeout, trials, seconds: True)
+    exp = {
+        **text_experiment,
+        "trials": 3,
+        "timeout": 3600,
+        "final_model": "kept",  # no soup runs: the third trial is a search trial
+        "space": {**text_experiment["space"], "epochs": 3},
+    }
+    result = tune(exp)
+    rows = json.loads(result.results_path.read_text())["trials"]
+    starts, search = rows[:2], rows[2]
+    assert [r["state"] for r in starts] == ["complete", "complete"]
+    assert len(starts[1]["curve"]) == 3  # the default's every epoch
+    assert search["state"] == "pruned" and search["stopped"] == "timeout"
+    assert len(search["curve"]) == 1
+
+
 def test_pruned_trials_are_recorded_with_their_curve(text_experiment):
     exp = {
         **text_experiment,

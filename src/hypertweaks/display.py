@@ -76,6 +76,8 @@ class LogDisplay:
             shown = f"best val {self.metric}={row['value']:.4f}"
         elif row["state"] == "pruned":
             shown = f"at epoch {len(row['curve'])}, val {self.metric}={row['last_value']:.4f}"
+            if row.get("stopped") == "timeout":
+                shown = f"stopped by the timeout {shown}"
         else:
             shown = row.get("error") or ("interrupted" if row.get("interrupted") else "")
         log.info("trial %d %s: %s", row["number"], row["state"], shown)

@@ -305,6 +305,16 @@ def no_time_for(
     return f"{max(left, 0):.0f}s of the timeout left, less than {what} ({need:.0f}s)"
 
 
+def timeout_passed(
+    timeout: float | None, trials: list[optuna.trial.FrozenTrial], running_seconds: float
+) -> bool:
+    """Whether the counted trials and `running_seconds` of the one running have used the
+    timeout: a search trial then stops at the end of its epoch."""
+    if timeout is None:
+        return False
+    return sum(trial_seconds(t) for t in trials if counted(t)) + running_seconds >= timeout
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
     fail_dead_trials(study)
     with warnings.catch_warnings():

@@ -47,7 +47,7 @@ class TrialRecord:
     examples: int = 0
     train_seconds: float | None = None
     best_epoch: int | None = None
-    stopped: str | None = None  # completed | early_stopped | pruned | max_steps
+    stopped: str | None = None  # completed | early_stopped | pruned | timeout | max_steps
     metrics: dict[str, float] | None = None  # validation metrics at the best epoch
     micro_batch: int | None = None
     test_metrics: dict[str, float] | None = None  # the defaults trial's, for comparison only

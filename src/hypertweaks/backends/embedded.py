@@ -3,6 +3,8 @@ or PostgreSQL shared by many workers). The budget is shared by every worker of t
 
 from __future__ import annotations
 
+import time
+
 import optuna
 from optuna.trial import TrialState
 
@@ -18,6 +20,7 @@ from hypertweaks.study import (
     no_time_for,
     open_study,
     same_experiment,
+    timeout_passed,
     trial_seconds,
 )
 from hypertweaks.trial import TRIAL_FAILURES, StudyContext, run_trial
@@ -134,6 +137,7 @@ class EmbeddedBackend:
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())
         ctx.display.trial_started(trial.number, recipe.as_dict(), tag)
+        started = time.monotonic()
 
         def on_epoch(report) -> bool:
             ctx.display.epoch(trial.number, report.as_dict())
@@ -142,8 +146,15 @@ class EmbeddedBackend:
             trial.report(report.metrics[exp.metric], report.epoch)
             if tag in soup_runs:  # the default again, at another seed: the soup needs it whole
                 return False
-            # pruning after the last epoch would save nothing and throw the trial away
-            return report.epoch < recipe.epochs and trial.should_prune()
+            if report.epoch >= recipe.epochs:  # pruning now would save nothing
+                return False
+            trials = trial.study.get_trials(deepcopy=False)
+            if not tag and timeout_passed(exp.timeout, trials, time.monotonic() - started):
+                # a search trial ends at most an epoch past the timeout, as a soup run does (the
+                # starting recipes run whole: the default is the one the study trusts most)
+                trial.set_user_attr("stopped_by_timeout", True)
+                return True
+            return trial.should_prune()
 
         record = run_trial(
             exp,
@@ -156,10 +167,12 @@ class EmbeddedBackend:
             tag=tag,
             on_epoch=on_epoch,
         )
+        if record.stopped == "pruned" and trial.user_attrs.get("stopped_by_timeout"):
+            record.stopped = "timeout"
         for key, value in record.attrs().items():
             trial.set_user_attr(key, value)
-        if record.stopped == "pruned":
-            raise optuna.TrialPruned(f"pruned at epoch {len(record.curve)}")
+        if record.stopped in ("pruned", "timeout"):
+            raise optuna.TrialPruned(f"{record.stopped} at epoch {len(record.curve)}")
         return record.value
 
     def _budget_spent(
