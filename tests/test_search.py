@@ -244,12 +244,15 @@ def test_the_timeout_stops_a_search_trial_at_the_end_of_its_epoch(text_experimen
         "space": {**text_experiment["space"], "epochs": 3},
     }
     result = tune(exp)
-    rows = json.loads(result.results_path.read_text())["trials"]
-    starts, search = rows[:2], rows[2]
+    results = json.loads(result.results_path.read_text())
+    starts, search = results["trials"][:2], results["trials"][2]
     assert [r["state"] for r in starts] == ["complete", "complete"]
     assert len(starts[1]["curve"]) == 3  # the default's every epoch
     assert search["state"] == "pruned" and search["stopped"] == "timeout"
     assert len(search["curve"]) == 1
+    from hypertweaks.report import reading
+
+    assert "1 of 3 trials were pruned (1 stopped by the timeout)" in " ".join(reading(results, {}))
 
 
 def test_pruned_trials_are_recorded_with_their_curve(text_experiment):

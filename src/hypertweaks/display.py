@@ -120,7 +120,7 @@ class LiveDisplay(LogDisplay):
             style = "bold green" if chosen else None
             cells = (
                 str(row["number"]),
-                row["state"],
+                "timeout" if row.get("stopped") == "timeout" else row["state"],
                 "-" if value is None else f"{value:.4f}",
                 str(row.get("best_epoch", "-")),
                 f"{row.get('seconds', 0):.0f}",

@@ -231,9 +231,11 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
     if pruned:
         epochs_run = sum(len(t["curve"]) for t in pruned)
         epochs_planned = sum(t["recipe"].get("epochs", len(t["curve"])) for t in pruned)
+        timed_out = sum(t.get("stopped") == "timeout" for t in pruned)
+        by_timeout = f" ({timed_out} stopped by the timeout)" if timed_out else ""
         lines.append(
-            f"{len(pruned)} of {len(trials)} trials were pruned, after {epochs_run} of "
-            f"the {epochs_planned} epochs they asked for."
+            f"{len(pruned)} of {len(trials)} trials were pruned{by_timeout}, after {epochs_run} "
+            f"of the {epochs_planned} epochs they asked for."
         )
     if failed:  # a trial killed early may lack some knobs
         lrs = sorted(t["recipe"]["learning_rate"] for t in failed if "learning_rate" in t["recipe"])
