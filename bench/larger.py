@@ -23,6 +23,14 @@ from bench.confirm import CUT, RESULTS, cell, percents
 ROOT = RESULTS / "larger"
 
 
+def _used(path: Path) -> float | None:
+    """The cell's wall seconds (the larger encoder's estimate included) over its budget."""
+    body = json.loads(path.read_text())
+    if not body.get("wall_seconds") or not body.get("budget_seconds"):
+        return None
+    return body["wall_seconds"] / body["budget_seconds"]
+
+
 def _backbone(path: Path) -> str:
     """Which backbone the cell's study tuned, its estimated default run, its final model."""
     result = json.loads(path.read_text())["result"]
@@ -48,7 +56,7 @@ def table(budget: str, root: Path = ROOT) -> str:
         f"larger {budget} | what larger tuned |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    rows = []
+    rows, used = [], {budget: [], "larger": []}
     for path in sorted(folder.glob(f"*__hypertweaks_larger__{budget}__s*.json")):
         task, _, _, seed = path.stem.split("__")
         paths = [
@@ -62,6 +70,9 @@ def table(budget: str, root: Path = ROOT) -> str:
         scores = [json.loads(p.read_text())["result"]["test_metrics"]["accuracy"] for p in paths]
         unit = json.loads(paths[1].read_text())["unit_seconds"]
         rows.append((task, scores))
+        for key, spent in ((budget, _used(paths[2])), ("larger", _used(path))):
+            if spent is not None:
+                used[key].append(spent)
         lines.append(
             f"| {task} | {seed[1:]} | {unit:.0f} | "
             + " | ".join(percents(scores))
@@ -80,6 +91,15 @@ def table(budget: str, root: Path = ROOT) -> str:
         mean, low, high = paired_interval(score[a], score[b])
         won, lost = int((score[a] > score[b]).sum()), int((score[a] < score[b]).sum())
         lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
+    if used[budget] and used["larger"]:
+        spans = [
+            f"{name} {np.mean(v):.2f} ({min(v):.2f}-{max(v):.2f})"
+            for name, v in (
+                (f"hypertweaks {budget}", used[budget]),
+                (f"larger {budget}", used["larger"]),
+            )
+        ]
+        lines.append(f"- wall time over budget, mean (range): {'; '.join(spans)}")
     return "\n".join(lines) + "\n"
 
 

@@ -564,8 +564,9 @@ def test_the_larger_table_pairs_the_larger_encoder_with_minilm_at_the_same_budge
     folder = tmp_path / "cells" / CUT
     folder.mkdir(parents=True)
 
-    def write(name, accuracy, result=None, unit=60.0):
+    def write(name, accuracy, result=None, unit=60.0, used=1.0):
         body = {"unit_seconds": unit, "result": {"test_metrics": {"accuracy": accuracy}}}
+        body.update(budget_seconds=600.0, wall_seconds=600.0 * used)
         body["result"].update(result or {})
         (folder / name).write_text(json.dumps(body))
 
@@ -573,10 +574,11 @@ def test_the_larger_table_pairs_the_larger_encoder_with_minilm_at_the_same_budge
     for task, scores in (("sst2", (0.8, 0.85, 0.86, 0.9)), ("trec6", (0.7, 0.9, 0.92, 0.91))):
         write(f"{task}__defaults__s0.json", scores[0])
         write(f"{task}__hypertweaks__1x__s0.json", scores[1])
-        write(f"{task}__hypertweaks__10x__s0.json", scores[2])
-        write(f"{task}__hypertweaks_larger__10x__s0.json", scores[3], {"backbone": chose})
+        write(f"{task}__hypertweaks__10x__s0.json", scores[2], used=1.02)
+        write(f"{task}__hypertweaks_larger__10x__s0.json", scores[3], {"backbone": chose}, used=1.3)
     write("ag-news__hypertweaks_larger__10x__s0.json", 0.9)  # its pair unfinished: left out
     text = larger.table("10x", tmp_path)
     assert "| sst2 | 0 | 60 | 80.0 | 85.0 | 86.0 | **90.0** | all-mpnet-base-v2 (one run" in text
     assert "estimate 400s" in text and "ag-news" not in text
     assert "- larger 10x minus hypertweaks 10x: +1.5" in text and "1-1" in text
+    assert "hypertweaks 10x 1.02 (1.02-1.02); larger 10x 1.30 (1.30-1.30)" in text
