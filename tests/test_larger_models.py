@@ -109,3 +109,15 @@ def test_a_worker_on_another_machine_joins_the_backbone_the_study_started_on(
     elsewhere = {**data, "runs_dir": str(tmp_path / "other-machine"), "trials": 2}
     exp, choice = larger.choose_backbone(make_experiment(elsewhere), larger.torch.device("cpu"))
     assert exp.model == str(wider_bert) and "kept" in choice
+
+
+def test_a_timeout_that_held_many_default_runs_points_to_a_larger_encoder(text_experiment):
+    exp = make_experiment({**text_experiment, "timeout": 3600})
+    hint = larger.larger_model_hint(exp, {"units": 9.6})
+    assert "held 9.6 runs of the default recipe" in hint and "--larger-model" in hint
+    assert larger.larger_model_hint(exp, {"units": 4.0}) is None  # the soup still had room
+    assert larger.larger_model_hint(exp, {"units": None}) is None  # no default run finished
+    offered = make_experiment({**text_experiment, "timeout": 3600, "larger_models": ["m"]})
+    assert larger.larger_model_hint(offered, {"units": 9.6}) is None
+    trials_only = make_experiment(text_experiment)  # a number of trials, not a time budget
+    assert larger.larger_model_hint(trials_only, {"units": 9.6}) is None

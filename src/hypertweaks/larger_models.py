@@ -164,3 +164,24 @@ def describe_backbone(choice: dict[str, Any] | None) -> str | None:
         + ", ".join(f"{m}: about {s / 60:.3g} min" for m, s in estimates.items())
         + ")"
     )
+
+
+# The head-only candidate and a soup of five default runs take about six default runs; time past
+# them goes to search trials, which rarely change the model (bench/README.md, issue 31).
+HINT_UNITS = 6.0
+
+
+def larger_model_hint(exp: Experiment, ledger: dict[str, Any] | None) -> str | None:
+    """A line for a text-classification study whose timeout held many default runs of one
+    encoder and offered no larger one: that is where a larger encoder turns time into
+    accuracy."""
+    if exp.task != "text-classification" or exp.timeout is None or exp.larger_models:
+        return None
+    units = (ledger or {}).get("units")
+    if units is None or units < HINT_UNITS:
+        return None
+    return (
+        f"the timeout held {units:.3g} runs of the default recipe on {exp.model}; past a soup "
+        "of five runs, more time on one encoder buys little: offer a larger encoder with "
+        "--larger-model (larger_models) and the timeout will tune it if its default run fits"
+    )

@@ -21,7 +21,7 @@ from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, check_run_dir_place, make_experiment
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.kinds import kind_of
-from hypertweaks.larger_models import choose_backbone
+from hypertweaks.larger_models import choose_backbone, larger_model_hint
 from hypertweaks.ledger import budget_ledger
 from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
@@ -173,6 +173,8 @@ class Search:
         }
         if self.backbone:
             summary["backbone"] = self.backbone
+        if hint := larger_model_hint(self.exp, summary["budget_bought"]):
+            self.display.message(hint)
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(
             best_params=best.user_attrs["recipe"],
