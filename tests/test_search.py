@@ -224,6 +224,7 @@ def test_the_timeout_stops_a_search_trial_at_the_end_of_its_epoch(text_experimen
     from optuna.trial import TrialState, create_trial
 
     from hypertweaks.backends import embedded
+    from hypertweaks.report import reading
     from hypertweaks.study import timeout_passed
 
     done = create_trial(state=TrialState.COMPLETE, value=0.5)
@@ -250,8 +251,6 @@ def test_the_timeout_stops_a_search_trial_at_the_end_of_its_epoch(text_experimen
     assert len(starts[1]["curve"]) == 3  # the default's every epoch
     assert search["state"] == "pruned" and search["stopped"] == "timeout"
     assert len(search["curve"]) == 1
-    from hypertweaks.report import reading
-
     assert "1 of 3 trials were pruned (1 stopped by the timeout)" in " ".join(reading(results, {}))
 
 
