@@ -23,17 +23,15 @@ from bench.confirm import CUT, RESULTS, cell, percents
 ROOT = RESULTS / "larger"
 
 
-def _used(path: Path) -> float | None:
+def _used(body: dict) -> float | None:
     """The cell's wall seconds (the larger encoder's estimate included) over its budget."""
-    body = json.loads(path.read_text())
     if not body.get("wall_seconds") or not body.get("budget_seconds"):
         return None
     return body["wall_seconds"] / body["budget_seconds"]
 
 
-def _backbone(path: Path) -> str:
+def _backbone(result: dict) -> str:
     """Which backbone the cell's study tuned, its estimated default run, its final model."""
-    result = json.loads(path.read_text())["result"]
     choice, soup = result.get("backbone") or {}, result.get("final_model") or {}
     name = Path(choice.get("model", "MiniLM")).name
     name = "MiniLM" if "minilm" in name.lower() or name == "model" else name
@@ -67,16 +65,17 @@ def table(budget: str, root: Path = ROOT) -> str:
         ]
         if not all(p.exists() for p in paths):
             continue
-        scores = [json.loads(p.read_text())["result"]["test_metrics"]["accuracy"] for p in paths]
-        unit = json.loads(paths[1].read_text())["unit_seconds"]
+        bodies = [json.loads(p.read_text()) for p in paths]  # each cell read once
+        scores = [body["result"]["test_metrics"]["accuracy"] for body in bodies]
+        unit = bodies[1]["unit_seconds"]
         rows.append((task, scores))
-        for key, spent in ((budget, _used(paths[2])), ("larger", _used(path))):
+        for key, spent in ((budget, _used(bodies[2])), ("larger", _used(bodies[3]))):
             if spent is not None:
                 used[key].append(spent)
         lines.append(
             f"| {task} | {seed[1:]} | {unit:.0f} | "
             + " | ".join(percents(scores))
-            + f" | {_backbone(path)} |"
+            + f" | {_backbone(bodies[3]['result'])} |"
         )
     if not rows:
         return "\n".join(lines + ["", "(no complete pair yet)"]) + "\n"

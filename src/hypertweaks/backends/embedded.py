@@ -137,9 +137,10 @@ class EmbeddedBackend:
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())
         ctx.display.trial_started(trial.number, recipe.as_dict(), tag)
-        started = time.monotonic()
+        started, timed_out = time.monotonic(), False
 
         def on_epoch(report) -> bool:
+            nonlocal timed_out
             ctx.display.epoch(trial.number, report.as_dict())
             if fixed:  # outside the search space: its curve must not set the pruner's bar
                 return False
@@ -152,7 +153,7 @@ class EmbeddedBackend:
             if not tag and timeout_passed(exp.timeout, trials, time.monotonic() - started):
                 # a search trial ends at most an epoch past the timeout, as a soup run does (the
                 # starting recipes run whole: the default is the one the study trusts most)
-                trial.set_user_attr("stopped_by_timeout", True)
+                timed_out = True
                 return True
             return trial.should_prune()
 
@@ -167,7 +168,7 @@ class EmbeddedBackend:
             tag=tag,
             on_epoch=on_epoch,
         )
-        if record.stopped == "pruned" and trial.user_attrs.get("stopped_by_timeout"):
+        if record.stopped == "pruned" and timed_out:
             record.stopped = "timeout"
         for key, value in record.attrs().items():
             trial.set_user_attr(key, value)
