@@ -190,18 +190,22 @@ def test_no_trial_starts_that_the_time_left_cannot_hold():
         return trial
 
     trials = [finished("head-only", 1, 1), finished("defaults", 6)]  # 7 minutes used
-    assert no_time_for(13 * 60, trials, soup_run=True) is None  # 6 left: another run fits
-    # 4 left: the run ends at most its last epoch (2 minutes) past the timeout, as a search
-    # trial may end an epoch past it
-    assert no_time_for(11 * 60, trials, soup_run=True) is None
-    refused = no_time_for(10 * 60, trials, soup_run=True)
+    # a trial starts if the time left holds all but its last epoch, at the default's pace (2
+    # minutes an epoch): it then ends at most an epoch past the timeout
+    assert no_time_for(13 * 60, trials, epochs=3) is None  # 6 left: a whole run fits
+    assert no_time_for(11 * 60, trials, epochs=3) is None  # 4 left: all but its last epoch
+    refused = no_time_for(10 * 60, trials, epochs=3)
     assert refused == (
-        "180s of the timeout left, less than a run of the default less its last epoch (240s)"
+        "180s of the timeout left, less than the 240s a 3-epoch trial needs (all but its last "
+        "epoch, at the default's pace)"
     )
-    assert no_time_for(10 * 60, trials, soup_run=False) is None  # an epoch (2 minutes) fits
-    assert "less than an epoch of the default (120s)" in no_time_for(8 * 60, trials, False)
-    assert no_time_for(None, trials, soup_run=True) is None  # no timeout
-    assert no_time_for(60, trials[:1], soup_run=True) is None  # no measured default yet
+    # a search trial of 5 epochs would be stopped at the timeout, scoring nothing; of 2, it fits
+    assert "less than the 480s a 5-epoch trial" in no_time_for(13 * 60, trials, epochs=5)
+    assert no_time_for(10 * 60, trials, epochs=2) is None
+    assert no_time_for(9 * 60, trials, epochs=1) is None  # a one-epoch trial needs one
+    assert "less than the 120s a 1-epoch trial" in no_time_for(8 * 60, trials, epochs=1)
+    assert no_time_for(None, trials, epochs=3) is None  # no timeout
+    assert no_time_for(60, trials[:1], epochs=3) is None  # no measured default yet
 
 
 def test_a_timeout_is_not_overrun_by_a_run_it_cannot_hold(text_experiment):
@@ -214,8 +218,27 @@ def test_a_timeout_is_not_overrun_by_a_run_it_cannot_hold(text_experiment):
     assert result.trials == 2
     skipped = [t for t in study_trials(text_experiment) if t.user_attrs.get("skipped")]
     assert skipped and all(t.user_attrs.get("surplus") for t in skipped)
-    assert "less than a run of the default less its last epoch" in skipped[0].user_attrs["skipped"]
+    assert "trial needs (all but its last epoch" in skipped[0].user_attrs["skipped"]
     assert len(json.loads(result.results_path.read_text())["trials"]) == 2
+
+
+def test_a_search_trial_that_could_not_end_is_not_started(text_experiment):
+    exp = {
+        **text_experiment,
+        "final_model": "kept",  # no soup runs: the third trial is a search trial
+        "space": {**text_experiment["space"], "epochs": 3},
+        "smoke": False,
+    }
+    tune({**exp, "trials": 2})  # head-only and the default
+    trials = study_trials(text_experiment)
+    epoch = trial_seconds(trials[1]) / len(trials[1].user_attrs["curve"])
+    used = sum(map(trial_seconds, trials))
+    # an epoch and a half left: one epoch fits, but a trial of three would be stopped at the
+    # timeout and score nothing
+    result = tune({**exp, "trials": 10, "timeout": used + 1.5 * epoch})
+    assert result.trials == 2
+    skipped = [t for t in study_trials(text_experiment) if t.user_attrs.get("skipped")]
+    assert len(skipped) == 1 and "a 3-epoch trial needs" in skipped[0].user_attrs["skipped"]
 
 
 def test_the_timeout_stops_a_search_trial_at_the_end_of_its_epoch(text_experiment, monkeypatch):

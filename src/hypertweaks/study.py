@@ -282,27 +282,26 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
 
 
 def no_time_for(
-    timeout: float | None, trials: list[optuna.trial.FrozenTrial], soup_run: bool
+    timeout: float | None, trials: list[optuna.trial.FrozenTrial], epochs: int
 ) -> str | None:
-    """Why a trial must not start under `timeout`, or None. The recommended recipe's finished
-    run tells what a trial costs: a search trial needs one of its epochs (less scores nothing);
-    a soup run, which runs whole, all but its last epoch, so it ends at most an epoch past the
-    timeout (a third soup run at 3x, where one run costs a little over a budget unit, is worth
-    more than the search trial that would otherwise take that time). Without that run, or a
-    timeout, None."""
+    """Why a trial of `epochs` epochs must not start under `timeout`, or None. It starts only if
+    the time left holds all but its last epoch (and at least one), at the pace of the recommended
+    recipe's finished run: it then ends at most an epoch past the timeout. A soup run runs whole
+    (a third one at 3x, where a run costs a little over a budget unit, is worth more than a
+    search trial in that time); a search trial that could not end would be stopped at the
+    timeout and score nothing, so its time is saved. Without that run, or a timeout, None."""
     first = next((t for t in trials if t.user_attrs.get("tag") == "defaults"), None)
     if timeout is None or first is None or first.state != TrialState.COMPLETE:
         return None
     left = timeout - sum(trial_seconds(t) for t in trials if counted(t))
-    run = trial_seconds(first)
-    epoch = run / max(len(first.user_attrs.get("curve") or []), 1)
-    if soup_run:
-        need, what = run - epoch, "a run of the default less its last epoch"
-    else:
-        need, what = epoch, "an epoch of the default"
+    epoch = trial_seconds(first) / max(len(first.user_attrs.get("curve") or []), 1)
+    need = epoch * max(epochs - 1, 1)
     if need <= left:
         return None
-    return f"{max(left, 0):.0f}s of the timeout left, less than {what} ({need:.0f}s)"
+    return (
+        f"{max(left, 0):.0f}s of the timeout left, less than the {need:.0f}s a {epochs}-epoch "
+        "trial needs (all but its last epoch, at the default's pace)"
+    )
 
 
 def timeout_passed(

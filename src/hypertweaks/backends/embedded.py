@@ -119,20 +119,18 @@ class EmbeddedBackend:
             trial.set_user_attr("surplus", True)
             trial.set_user_attr("duplicate_of", first)
             raise optuna.TrialPruned(f"trial {first} already ran the {tag} candidate")
+        recipe = Recipe(**fixed) if fixed else suggest(trial, ctx.space)
         if not fixed and (
-            why := no_time_for(
-                exp.timeout, trial.study.get_trials(deepcopy=False), tag in soup_runs
-            )
+            why := no_time_for(exp.timeout, trial.study.get_trials(deepcopy=False), recipe.epochs)
         ):
             # A trial the time left cannot hold would overrun the timeout (Optuna only stops
-            # starting trials once it has passed): not started, and not counted.
+            # starting trials once it has passed), or be stopped there: not started, not counted.
             trial.set_user_attr("surplus", True)
             trial.set_user_attr("skipped", why)
             ctx.display.message(f"trial {trial.number} ({tag or 'search'}) not started: {why}")
-            if tag not in soup_runs:  # no trial costs less than an epoch: the study is done
+            if tag not in soup_runs:  # the search ends here, though a shorter trial might fit
                 trial.study.stop()
             raise optuna.TrialPruned(why)
-        recipe = Recipe(**fixed) if fixed else suggest(trial, ctx.space)
         seed = exp.seed_of(trial.number)
         trial.set_user_attr("seed", seed)
         trial.set_user_attr("recipe", recipe.as_dict())
