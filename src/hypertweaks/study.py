@@ -281,6 +281,11 @@ def trial_seconds(trial: optuna.trial.FrozenTrial) -> float:
     return 0.0
 
 
+def seconds_used(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """The wall time of the trials that count against the budget (`counted`)."""
+    return sum(trial_seconds(t) for t in trials if counted(t))
+
+
 def no_time_for(
     timeout: float | None, trials: list[optuna.trial.FrozenTrial], epochs: int
 ) -> str | None:
@@ -293,7 +298,7 @@ def no_time_for(
     first = next((t for t in trials if t.user_attrs.get("tag") == "defaults"), None)
     if timeout is None or first is None or first.state != TrialState.COMPLETE:
         return None
-    left = timeout - sum(trial_seconds(t) for t in trials if counted(t))
+    left = timeout - seconds_used(trials)
     epoch = trial_seconds(first) / max(len(first.user_attrs.get("curve") or []), 1)
     need = epoch * max(epochs - 1, 1)
     if need <= left:
@@ -311,7 +316,7 @@ def timeout_passed(
     timeout: a search trial then stops at the end of its epoch."""
     if timeout is None:
         return False
-    return sum(trial_seconds(t) for t in trials if counted(t)) + running_seconds >= timeout
+    return seconds_used(trials) + running_seconds >= timeout
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -20,8 +20,8 @@ from hypertweaks.study import (
     no_time_for,
     open_study,
     same_experiment,
+    seconds_used,
     timeout_passed,
-    trial_seconds,
 )
 from hypertweaks.trial import TRIAL_FAILURES, StudyContext, run_trial
 
@@ -55,7 +55,7 @@ class EmbeddedBackend:
         if not self._budget_spent(study):
             time_left = None
             if exp.timeout is not None:
-                time_left = exp.timeout - sum(map(trial_seconds, finished))
+                time_left = exp.timeout - seconds_used(finished)
             study.optimize(
                 self.objective,
                 timeout=time_left,
@@ -189,8 +189,7 @@ class EmbeddedBackend:
         running = [t for t in trials if t.state in pending]
         if self.exp.trials is not None and len(done) + len(running) >= self.exp.trials:
             return True
-        used = sum(map(trial_seconds, done))
-        return self.exp.timeout is not None and used >= self.exp.timeout
+        return self.exp.timeout is not None and seconds_used(done) >= self.exp.timeout
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if not trial.user_attrs.get("surplus"):
