@@ -94,3 +94,19 @@ def test_integer_labels_keep_their_values():
     splits = splits_from(table([3, 7] * 10))
     assert splits.classes == [3, 7]
     assert set(splits.train.labels.tolist()) == {0, 1}
+
+
+def test_validation_or_test_examples_that_are_training_examples():
+    train = table(["a", "b"] * 10)  # texts t0 .. t19
+    other = table(["a", "b"] * 5, [f"new {i}" for i in range(10)])
+    # the training file given again as validation: its scores would reward memory
+    with pytest.raises(DataError, match=r"20 of 20 validation \(val.csv\) examples \(100%\) are"):
+        splits_from(train, validation=train)
+    # a test file that holds the training rows
+    with pytest.raises(DataError, match=r"test \(test.csv\) .* would overrate the model"):
+        splits_from(train, validation=other, test=train.head(6))
+    # a few repeated texts (spaces aside) are a warning, kept in the notes the user sees
+    shared = table(["a", "b"] * 5, [" t0", "t1 "] + [f"new {i}" for i in range(8)])
+    splits = splits_from(train, validation=other, test=shared)
+    assert "warning: 2 of 10 test (test.csv) examples (20%) are also in train" in splits.notes[0]
+    assert len(splits.test) == 10

@@ -91,6 +91,35 @@ def check_near_duplicates(values: Sequence[Any], role: str) -> None:
         )
 
 
+def check_not_in_train(train: Sequence[Any], other: Sequence[Any], role: str) -> str | None:
+    """Validation or test examples that are also training examples score memory, not skill: more
+    than half of them (the same file twice, or one that holds the other) is an error; fewer, a
+    warning (short texts repeat in some data sets)."""
+    try:
+        seen = {_input_key(x) for x in train}
+        shared = sum(_input_key(x) in seen for x in other)
+    except TypeError:  # inputs that cannot be compared this way
+        return None
+    if not shared:
+        return None
+    what = f"{shared} of {len(other)} {role} examples ({shared / len(other):.0%}) are also in train"
+    if 2 * shared <= len(other):
+        return f"warning: {what}: their scores reward memory; remove them for an honest score"
+    if role.startswith("validation"):
+        why = (
+            "early stopping and the choice of recipe would reward memory, not skill. Give "
+            "validation examples the model does not train on (is it the training file?), or "
+            "leave validation out to hold out part of train"
+        )
+    else:
+        why = "its scores would overrate the model. Give test examples it does not train on"
+    raise DataError(f"{what}: {why}")
+
+
+def _input_key(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
 def _sort_classes(values: Sequence[Any]) -> list[Any]:
     try:
         return sorted(set(values))
@@ -178,6 +207,11 @@ def load_splits(
         role: Split(frame[input_column].tolist(), _encode(frame[label_column], index, role), role)
         for role, frame in frames.items()
     }
+    for role in ("validation", "test"):
+        if role in encoded:
+            where = f"{role} ({tables[role][1]})"
+            if note := check_not_in_train(encoded["train"].inputs, encoded[role].inputs, where):
+                notes.append(note)
     counts = Counter(encoded["train"].labels.tolist())
     single = [repr(classes[c]) for c, n in sorted(counts.items()) if n == 1]
     if "validation" in encoded and single:
