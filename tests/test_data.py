@@ -1,8 +1,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_texts
 
+from hypertweaks.config import make_experiment
 from hypertweaks.data import DataError, load_splits, read_table, stratified_split
+from hypertweaks.tasks import make_task
 from hypertweaks.tasks.text import drop_empty_texts
 
 
@@ -110,3 +113,23 @@ def test_validation_or_test_examples_that_are_training_examples():
     splits = splits_from(train, validation=other, test=shared)
     assert "warning: 2 of 10 test (test.csv) examples (20%) are also in train" in splits.notes[0]
     assert len(splits.test) == 10
+
+
+def test_the_user_is_told_how_many_training_texts_max_length_cuts(tiny_bert, tmp_path):
+    train = make_texts(10, seed=0)  # five words a text: seven tokens with [CLS] and [SEP]
+    train.loc[:4, "text"] = train.loc[:4, "text"] + " and so on and on"  # 12 tokens
+    train.to_csv(tmp_path / "train.csv", index=False)
+    make_texts(3, seed=1).to_csv(tmp_path / "validation.csv", index=False)
+    fields = {"model": str(tiny_bert), "runs_dir": str(tmp_path / "runs")}
+    for role in ("train", "validation"):
+        fields[role] = str(tmp_path / f"{role}.csv")
+
+    task = make_task(make_experiment({**fields, "max_length": 8}), tmp_path / "cache")
+    task.prepare()
+    assert (
+        "train: 5 of 30 texts (17%) are longer than max_length 8 tokens (the longest 12) and are "
+        "cut to it" in task.splits.notes[0]
+    )
+    task = make_task(make_experiment({**fields, "max_length": 12}), tmp_path / "cache")
+    task.prepare()
+    assert not any("longer than max_length" in note for note in task.splits.notes)

@@ -237,6 +237,20 @@ class EncodedTexts(IndexedExamples):
         return {"input_ids": ids, "attention_mask": mask.long()}, self.labels[index]
 
 
+def truncation_note(tokenizer, texts: list[str], max_length: int) -> str | None:
+    """Training texts longer than max_length are cut to it: say how many, so that a user with
+    long texts knows the model reads only their start."""
+    lengths = [len(ids) for ids in tokenizer(texts)["input_ids"]]
+    cut = sum(length > max_length for length in lengths)
+    if not cut:
+        return None
+    return (
+        f"train: {cut} of {len(texts)} texts ({cut / len(texts):.0%}) are longer than max_length "
+        f"{max_length} tokens (the longest {max(lengths)}) and are cut to it; a larger "
+        "max_length reads more of each, at more compute"
+    )
+
+
 class TextClassification(TaskBase):
     def __init__(self, experiment: Experiment, cache_dir: Path):
         super().__init__(experiment, cache_dir)
@@ -276,6 +290,8 @@ class TextClassification(TaskBase):
             ]
         )
         self.num_layers = count_layers(config)
+        if note := truncation_note(self.tokenizer, self.splits.train.inputs, exp.max_length):
+            self.splits.notes.append(note)
 
     @property
     def id2label(self) -> dict[int, str]:
