@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,21 @@ def test_reads_a_table_of_image_paths(image_experiment, tmp_path):
     task = ImageClassification(exp, tmp_path / "cache")
     task.prepare()
     assert len(task.splits.train) + len(task.splits.validation) == 48
+
+
+def test_a_copy_of_the_training_images_is_refused_as_test(image_experiment, tmp_path):
+    validation = write_images(tmp_path / "val", {"defect": 4, "ok": 4}, seed=2)
+    image_experiment = {**image_experiment, "validation": str(validation)}
+    shutil.copytree(tmp_path / "train", tmp_path / "copy")
+    exp = make_experiment({**image_experiment, "test": str(tmp_path / "copy")})
+    with pytest.raises(DataError, match=r"48 of 48 test .* are also in train \(the same pixels"):
+        ImageClassification(exp, tmp_path / "cache").prepare()
+    # two copied pictures among new ones: a warning
+    for label in ("defect", "ok"):
+        shutil.copy(tmp_path / "train" / label / "0.png", tmp_path / "test" / label / "copy.png")
+    task = ImageClassification(make_experiment(image_experiment), tmp_path / "cache")
+    task.prepare()
+    assert any(n.startswith("warning: 2 of 18 test") for n in task.splits.notes)
 
 
 def test_rgb_and_grayscale_images_become_three_channels(image_experiment, tmp_path):

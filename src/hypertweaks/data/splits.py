@@ -91,7 +91,9 @@ def check_near_duplicates(values: Sequence[Any], role: str) -> None:
         )
 
 
-def check_not_in_train(train: Sequence[Any], other: Sequence[Any], role: str) -> str | None:
+def check_not_in_train(
+    train: Sequence[Any], other: Sequence[Any], role: str, same: str = "the same text"
+) -> str | None:
     """Validation or test examples that are also training examples score memory, not skill: more
     than half of them (the same file twice, or one that holds the other) is an error; fewer, a
     warning (short texts repeat in some data sets)."""
@@ -102,7 +104,8 @@ def check_not_in_train(train: Sequence[Any], other: Sequence[Any], role: str) ->
         return None
     if not shared:
         return None
-    what = f"{shared} of {len(other)} {role} examples ({shared / len(other):.0%}) are also in train"
+    share = f"{shared / len(other):.0%}"
+    what = f"{shared} of {len(other)} {role} examples ({share}) are also in train ({same})"
     if 2 * shared <= len(other):
         return f"warning: {what}: their scores reward memory; remove them for an honest score"
     if role.startswith("validation"):
@@ -177,10 +180,14 @@ def load_splits(
     validation_fraction: float,
     seed: int,
     clean: Callable[[pd.DataFrame, str], tuple[pd.DataFrame, str | None]] | None = None,
+    compare_inputs: bool = True,
 ) -> Splits:
     """tables maps train/validation/test to (table, where it came from) or None.
 
-    `clean` may drop unusable rows (e.g. empty texts) and return a note about it."""
+    `clean` may drop unusable rows (e.g. empty texts) and return a note about it. With
+    `compare_inputs`, validation and test inputs equal to training ones are refused or noted
+    (check_not_in_train); a task whose inputs are not the examples themselves compares them
+    itself."""
     notes: list[str] = []
     frames: dict[str, pd.DataFrame] = {}
     for role, entry in tables.items():
@@ -208,7 +215,7 @@ def load_splits(
         for role, frame in frames.items()
     }
     for role in ("validation", "test"):
-        if role in encoded:
+        if role in encoded and compare_inputs:
             where = f"{role} ({tables[role][1]})"
             if note := check_not_in_train(encoded["train"].inputs, encoded[role].inputs, where):
                 notes.append(note)

@@ -22,7 +22,7 @@ from hypertweaks.backbones import (
     normalisation,
     pretrained_dropout,
 )
-from hypertweaks.data import Split, load_splits
+from hypertweaks.data import Split, check_not_in_train, load_splits
 from hypertweaks.data.images import load_images_cached, read_images_source
 from hypertweaks.models import RESAVE, ModelError, error_reason, unreadable
 from hypertweaks.space import Recipe
@@ -94,10 +94,13 @@ class ImageClassification(TaskBase):
                     str(path),
                 )
             )
-        self.splits = load_splits(tables, "image", "label", exp.validation_fraction, exp.seed)
+        self.splits = load_splits(
+            tables, "image", "label", exp.validation_fraction, exp.seed, compare_inputs=False
+        )
         for split in (self.splits.train, self.splits.validation, self.splits.test):
             if split is not None:  # decode now: an unreadable image fails before any training
                 self._images(split)
+        self._check_copies_of_training_images()
         self.positive = positive_class(self.splits.classes)
         self.pretrained_dropout = pretrained_dropout(exp.model)
         probe, layers = self._load(self.pretrained_dropout)
@@ -116,6 +119,22 @@ class ImageClassification(TaskBase):
 
     def build(self, recipe: Recipe):
         return self._load(recipe.dropout)
+
+    def _check_copies_of_training_images(self) -> None:
+        """The same picture in train and in validation or test, under its own path or another
+        (a folder copied), compared by decoded pixels."""
+
+        def digests(split: Split) -> list[bytes]:
+            return [hashlib.sha1(image.numpy().tobytes()).digest() for image in self._images(split)]
+
+        train = digests(self.splits.train)
+        for role in ("validation", "test"):
+            split = getattr(self.splits, role)
+            if split is None or split.rows is not None:  # none, or carved from train
+                continue
+            where = f"{role} ({getattr(self.experiment, role)})"
+            if note := check_not_in_train(train, digests(split), where, "the same pixels"):
+                self.splits.notes.append(note)
 
     def _images(self, split: Split) -> torch.Tensor:
         return self.cached(
