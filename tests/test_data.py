@@ -133,3 +133,14 @@ def test_the_user_is_told_how_many_training_texts_max_length_cuts(tiny_bert, tmp
     task = make_task(make_experiment({**fields, "max_length": 12}), tmp_path / "cache")
     task.prepare()
     assert not any("longer than max_length" in note for note in task.splits.notes)
+
+
+def test_training_texts_given_twice_with_different_labels_are_a_warning():
+    train = table(["a", "b"] * 10, ["same", "same "] + [f"t{i}" for i in range(18)])
+    other = table(["a", "b"] * 5, [f"new {i}" for i in range(10)])
+    notes = splits_from(train, validation=other).notes
+    assert notes == [
+        "warning: training examples that repeat with different labels: 1 (e.g. 'same' is 'a' "
+        "and 'b'); fix or remove them if they are mistakes"
+    ]
+    assert splits_from(table(["a", "b"] * 10), validation=other).notes == []

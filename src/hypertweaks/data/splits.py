@@ -119,6 +119,23 @@ def check_not_in_train(
     raise DataError(f"{what}: {why}")
 
 
+def conflicting_labels(train: Split, classes: list[Any]) -> str | None:
+    """Training examples given more than once with different labels: the model cannot fit both,
+    and the user may not know (two annotators, a merge of files)."""
+    labels: dict[Any, set[int]] = {}
+    for value, label in zip(train.inputs, train.labels.tolist(), strict=True):
+        labels.setdefault(_input_key(value), set()).add(label)
+    clashes = [(value, seen) for value, seen in labels.items() if len(seen) > 1]
+    if not clashes:
+        return None
+    value, seen = clashes[0]
+    example = f"{str(value)[:60]!r} is {' and '.join(repr(classes[c]) for c in sorted(seen))}"
+    return (
+        f"warning: training examples that repeat with different labels: {len(clashes)} (e.g. "
+        f"{example}); fix or remove them if they are mistakes"
+    )
+
+
 def _input_key(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
@@ -219,6 +236,8 @@ def load_splits(
             where = f"{role} ({tables[role][1]})"
             if note := check_not_in_train(encoded["train"].inputs, encoded[role].inputs, where):
                 notes.append(note)
+    if compare_inputs and (note := conflicting_labels(encoded["train"], classes)):
+        notes.append(note)
     counts = Counter(encoded["train"].labels.tolist())
     single = [repr(classes[c]) for c, n in sorted(counts.items()) if n == 1]
     if "validation" in encoded and single:
