@@ -32,6 +32,7 @@ from hypertweaks.noise import KEEP_DEFAULTS_ERRORS
 from hypertweaks.strategies import Candidate, choose, member_tags
 from hypertweaks.strategies import Strategy as ProductStrategy
 from hypertweaks.strategies.selectors import KeepDefaults, Selector
+from hypertweaks.study import time_holds
 
 NUM_LAYERS = 6  # MiniLM-L6, the text table's model (task records before session 13 lack it)
 # hypertweaks' default (the experiment's), and what bench peers train with
@@ -197,6 +198,7 @@ def load_table(cut, folder: Path | None = None, seeds: list[int] | None = None) 
 class Trial:
     run: Run
     epochs: int  # epochs run so far
+    stopped: bool = False  # stopped at the budget before its last epoch: it scores nothing
 
     @property
     def best_epoch(self) -> int:
@@ -226,7 +228,8 @@ class Replay:
         """As the real budget: no trial starts once it is spent; the running one finishes."""
         return self.spent < self.budget - 1e-9
 
-    def _run(self, recipe: int) -> Run:
+    def run_for(self, recipe: int) -> Run:
+        """The recorded run a trial of `recipe` replays (the same seed for every trial of it)."""
         if recipe not in self.seeds:
             self.seeds[recipe] = int(self.rng.choice(self.table.seeds))
         return self.table.run(self.task, recipe, self.seeds[recipe])
@@ -241,17 +244,30 @@ class Replay:
         """Run a recipe for `epochs` (default: all of its own schedule), stopping early after
         `patience` epochs without improvement, as the real trial would; at the recorded `seed`
         when given (another run of a recipe already replayed), else at the replay's seed."""
-        run = self._run(recipe) if seed is None else self.table.run(self.task, recipe, seed)
+        run = self.run_for(recipe) if seed is None else self.table.run(self.task, recipe, seed)
         return self.start_run(run, epochs, patience)
 
-    def start_run(self, run: Run, epochs: int | None = None, patience: int = PATIENCE) -> Trial:
-        """Start a trial on this recorded run (see start)."""
+    def start_run(
+        self,
+        run: Run,
+        epochs: int | None = None,
+        patience: int = PATIENCE,
+        stop_past_budget: bool = False,
+    ) -> Trial:
+        """Start a trial on this recorded run (see start); with `stop_past_budget`, as the
+        product's search trials, it stops at the first epoch end past the budget."""
         trial = Trial(run, 0)
         self.trials.append(trial)
-        self.advance(trial, epochs or run.epochs, patience)
+        self.advance(trial, epochs or run.epochs, patience, stop_past_budget)
         return trial
 
-    def advance(self, trial: Trial, to_epoch: int, patience: int = PATIENCE) -> None:
+    def advance(
+        self,
+        trial: Trial,
+        to_epoch: int,
+        patience: int = PATIENCE,
+        stop_past_budget: bool = False,
+    ) -> None:
         """Continue a trial from where it stopped (the rest of the same curve)."""
         run, before = trial.run, trial.epochs
         to_epoch = min(to_epoch, run.epochs)
@@ -260,6 +276,10 @@ class Replay:
             epoch += 1
             best = int(np.argmax(run.val_acc[:epoch])) + 1
             if epoch - best >= patience and epoch < run.epochs:
+                break
+            past = self.spent + run.cost(epoch) - run.cost(before) >= self.budget
+            if stop_past_budget and past and epoch < run.epochs:
+                trial.stopped = True
                 break
         trial.epochs = epoch
         self.spent += run.cost(epoch) - run.cost(before)
@@ -588,8 +608,8 @@ def _run_product_starts(ctx: Context, product: ProductStrategy) -> dict[str, Tri
     members = member_tags(product.make_final(TEXT_STUDY.task).runs)
     for tag in product_starts(product):
         if tag in members[1:]:  # another run of the defaults trial's recipe
-            if r.can_start():
-                default = started["defaults"].run
+            default = started["defaults"].run
+            if time_holds(r.left, _epoch_cost(started["defaults"]), default.epochs):
                 seeds = _member_seeds(ctx, default.seed)
                 if members.index(tag) >= len(seeds):
                     raise KeyError(
@@ -616,9 +636,28 @@ def _member_seeds(ctx: Context, seed: int) -> list[int]:
     return [seed, *table_seeds, *sorted(scored - {seed, *table_seeds})]
 
 
+def _epoch_cost(trial: Trial) -> float:
+    """What an epoch of this finished trial cost, on average (the product's pace of a run)."""
+    return trial.run.cost(trial.epochs) / max(trial.epochs, 1)
+
+
+def _product_search(ctx: Context, defaults: Trial) -> None:
+    """Random design recipes as the product's search trials: each starts only if the budget left
+    holds all but its last epoch at the default's pace (`hypertweaks.study.time_holds`; the first
+    that does not ends the search), and stops at the first epoch end past the budget."""
+    r = ctx.replay
+    for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
+        run = r.run_for(int(recipe))
+        if not time_holds(r.left, _epoch_cost(defaults), run.epochs):
+            break
+        r.start_run(run, stop_past_budget=True)
+
+
 def _product_choice(trials: list[Trial], defaults: Trial, product: ProductStrategy) -> Trial:
-    """What the product's selector keeps of the trials run so far."""
-    return _selected(trials, defaults, lambda n: product.make_selector("maximize", "accuracy", n))
+    """What the product's selector keeps of the trials run so far (a trial stopped at the budget
+    scores nothing)."""
+    finished = [t for t in trials if not t.stopped]
+    return _selected(finished, defaults, lambda n: product.make_selector("maximize", "accuracy", n))
 
 
 def _product_final(
@@ -645,7 +684,7 @@ def _replay_product(ctx: Context, product: ProductStrategy) -> float:
     lasts, its selector and its final-model rule."""
     r = ctx.replay
     started = _run_product_starts(ctx, product)
-    _random_rest(ctx, skip=DEFAULTS)
+    _product_search(ctx, started["defaults"])
     kept = _product_choice(r.trials, started["defaults"], product)
     return _product_final(ctx, kept, started, product)
 

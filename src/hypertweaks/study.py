@@ -286,6 +286,12 @@ def seconds_used(trials: list[optuna.trial.FrozenTrial]) -> float:
     return sum(trial_seconds(t) for t in trials if counted(t))
 
 
+def time_holds(left: float, epoch: float, epochs: int) -> bool:
+    """Whether `left` holds a trial of `epochs` epochs of `epoch` each (seconds, or any measure
+    of cost: the simulator replays this rule): all but its last epoch, and at least one."""
+    return epoch * max(epochs - 1, 1) <= left
+
+
 def no_time_for(
     timeout: float | None, trials: list[optuna.trial.FrozenTrial], epochs: int
 ) -> str | None:
@@ -300,9 +306,9 @@ def no_time_for(
         return None
     left = timeout - seconds_used(trials)
     epoch = trial_seconds(first) / max(len(first.user_attrs.get("curve") or []), 1)
-    need = epoch * max(epochs - 1, 1)
-    if need <= left:
+    if time_holds(left, epoch, epochs):
         return None
+    need = epoch * max(epochs - 1, 1)
     return (
         f"{max(left, 0):.0f}s of the timeout left, less than the {need:.0f}s a {epochs}-epoch "
         "trial needs (all but its last epoch, at the default's pace)"
