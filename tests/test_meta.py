@@ -474,6 +474,28 @@ def test_the_simulator_replays_the_products_soup_as_its_budget_allows(
     assert len(defaults) == len(set(defaults)) == runs  # each at its own seed
 
 
+@pytest.mark.parametrize(
+    ("budget", "examples", "want"),
+    [
+        (2.5, 100, 0.70),  # 1.5 units left, less than two epochs at the default's pace: no start
+        (3.5, 100, 0.99),  # two epochs fit: it starts, and ends an epoch past the budget
+        (3.5, 200, 0.70),  # slower than the default's pace: stopped at the budget, scores nothing
+    ],
+)
+def test_the_simulator_starts_and_stops_search_trials_by_the_products_time_rule(
+    tmp_path, budget, examples, want
+):
+    for seed in (0, 1):
+        write_run(tmp_path, "a", 0, seed, [0.5], [0.5])  # the reference: a budget unit
+        write_run(tmp_path, "a", 1, seed, [0.7], [0.7])  # the default: one epoch, one unit
+        write_run(tmp_path, "a", 2, seed, [0.5, 0.9, 0.99], [0.5, 0.9, 0.99], examples=examples)
+    table = load_table("cut", tmp_path)
+    context = simulate.Context(replay_of(table, budget=budget), [1, 2], [], table)
+    assert simulate.hypertweaks_lp_ft(context) == pytest.approx(want)
+    searched = [t for t in context.replay.trials if t.run.recipe_index == 2]
+    assert [t.stopped for t in searched] == ([True] if examples == 200 else [False] * len(searched))
+
+
 def test_a_soup_the_table_never_scored_stops_the_replay(tmp_path):
     for seed in (0, 1):
         write_run(tmp_path, "a", 0, seed, [0.5], [0.5])
