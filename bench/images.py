@@ -65,23 +65,33 @@ def default_alone(dataset: str, paths: dict[str, Path], seed: int, runs: Path, *
     return tune(experiment(paths, seed, runs, name, trials=1, **fields))
 
 
-def weighted_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path) -> dict:
-    """The default recipe alone with `class_weights: balanced`: on the same rows and seed as
-    the unweighted default of a `pair` (training on the CPU is deterministic)."""
-    alone = default_alone(dataset, paths, seed, runs, class_weights="balanced")
+# The default recipe with one setting changed, against the plain default of a `pair`: the flag
+# that runs it, the setting, its value, and the file its rows go to (beside --out).
+VARIANTS = {
+    "class_weights": ("class_weights", "balanced", "images_class_weights.json"),
+    "augment_scans": ("augment", "scans", "images_augment_scans.json"),
+}
+
+
+def variant_default(
+    dataset: str, paths: dict[str, Path], seed: int, runs: Path, field: str, value: str
+) -> dict:
+    """The default recipe alone with `field: value`, on the same rows and seed as the plain
+    default of a `pair` (training on the CPU is deterministic)."""
+    alone = default_alone(dataset, paths, seed, runs, **{field: value})
     metrics = {k: alone.test_metrics.get(k) for k in METRICS}
-    return {"dataset": dataset, "seed": seed, "seconds": alone.seconds, "balanced": metrics}
+    return {"dataset": dataset, "seed": seed, "seconds": alone.seconds, value: metrics}
 
 
-def weights_table(rows: list[dict], committed: list[dict]) -> str:
-    """Balanced against unweighted, the default recipe, per dataset and seed."""
+def variant_table(rows: list[dict], committed: list[dict], value: str) -> str:
+    """The variant against the plain default, per dataset and seed."""
     plain = {(r["dataset"], r["seed"]): r["default"] for r in committed}
     lines = [
-        "| dataset | seed | accuracy | balanced | macro-F1 | balanced |",
+        f"| dataset | seed | accuracy | {value} | macro-F1 | {value} |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        d, b = plain[(r["dataset"], r["seed"])], r["balanced"]
+        d, b = plain[(r["dataset"], r["seed"])], r[value]
         lines.append(
             f"| {r['dataset']} | {r['seed']} | {d['accuracy']:.3f} | {b['accuracy']:.3f} | "
             f"{d['macro_f1']:.3f} | {b['macro_f1']:.3f} |"
@@ -142,13 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--datasets", default="magnetic-tile,elpv")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "images.json")
-    parser.add_argument(
-        "--class-weights",
-        action="store_true",
-        help="only the default recipe with class_weights: balanced, against the unweighted "
-        "default in --out (same rows and seeds); writes images_class_weights.json beside it",
-    )
+    for flag, (field, value, name) in VARIANTS.items():
+        parser.add_argument(
+            f"--{flag.replace('_', '-')}",
+            action="store_true",
+            help=f"only the default recipe with {field}: {value}, against the plain default in "
+            f"--out (same rows and seeds); writes {name} beside it",
+        )
     args = parser.parse_args(argv)
+    variant = next((VARIANTS[flag] for flag in VARIANTS if getattr(args, flag)), None)
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     rows = []
     try:
@@ -159,21 +171,22 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 paths = magnetic_tile_tables(data, args.train, args.test)
             for seed in (int(s) for s in args.seeds.split(",")):
-                if args.class_weights:
-                    rows.append(weighted_default(dataset, paths, seed, work / "runs"))
+                if variant:
+                    field, value, _ = variant
+                    rows.append(variant_default(dataset, paths, seed, work / "runs", field, value))
                 else:
                     rows.append(pair(dataset, paths, seed, args.budget, work / "runs"))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if args.class_weights:
+    if variant:
         committed = json.loads(args.out.read_text())
         if (committed["train"], committed["test"]) != (args.train, args.test):
             ran = f"--train {committed['train']} --test {committed['test']}"
             raise SystemExit(f"{args.out} was run with {ran}: give the same, for the same rows")
-        out = args.out.with_name("images_class_weights.json")
+        out = args.out.with_name(variant[2])
         out.write_text(json.dumps({"machine": machine("cpu"), "rows": rows}, indent=1))
-        print(weights_table(rows, committed["rows"]))
+        print(variant_table(rows, committed["rows"], variant[1]))
         return 0
     args.out.write_text(
         json.dumps(
