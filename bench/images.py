@@ -70,7 +70,6 @@ def default_alone(dataset: str, paths: dict[str, Path], seed: int, runs: Path, *
 # to (beside --out).
 VARIANTS = {
     "class_weights": ("class_weights", "balanced", "images_class_weights.json"),
-    "augment_scans": ("augment", "scans", "images_augment_scans.json"),
 }
 
 

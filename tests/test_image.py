@@ -100,33 +100,6 @@ def test_a_copy_of_the_training_images_is_refused_as_test(image_experiment, tmp_
     assert any(n.startswith("warning: 2 of 18 test") for n in task.splits.notes)
 
 
-def test_scans_are_augmented_by_flips_and_quarter_turns():
-    from hypertweaks.tasks.image import Images
-
-    image = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-    image[0, 0, :2, :] = 255  # a bar along the top edge
-    labels = torch.zeros(1, dtype=torch.long)
-
-    def edges(augment: str) -> set[str]:
-        """The edges the bar lands on over many draws."""
-        data, seen = Images(image, labels, [0.0], [1.0], augment=augment), set()
-        torch.manual_seed(0)
-        for _ in range(100):
-            pixels = data.collate([0])[0]["pixel_values"][0, 0]
-            rows, cols = torch.nonzero(pixels > 0.5, as_tuple=True)
-            row, col = rows.float().mean().item(), cols.float().mean().item()
-            seen.add("top" if row < 2 else "bottom" if row > 5 else "left" if col < 2 else "right")
-        return seen
-
-    assert edges("none") == edges("light") == {"top"}  # crops and horizontal flips keep it there
-    assert edges("scans") == {"top", "bottom", "left", "right"}
-
-
-def test_augment_is_for_images():
-    with pytest.raises(ValueError, match="augment is for image-classification"):
-        make_experiment({"model": "m", "train": "t.csv", "augment": "scans"})
-
-
 def test_rgb_and_grayscale_images_become_three_channels(image_experiment, tmp_path):
     write_images(tmp_path / "rgb", {"defect": 4, "ok": 4}, mode="RGB")
     exp = make_experiment({**image_experiment, "train": str(tmp_path / "rgb"), "test": None})

@@ -80,11 +80,6 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         str,
         "none or balanced: rare classes weigh as much as common ones in the loss",
     ),
-    "--augment": (
-        "augment",
-        str,
-        "images: light, scans (also vertical flips and quarter turns) or none",
-    ),
     "--backend": ("backend", str, "optuna (embedded) or ray (a Ray Tune cluster)"),
     "--ray-address": ("ray_address", str, "Ray cluster to join, e.g. auto"),
     "--cpus-per-trial": ("cpus_per_trial", float, "Ray backend: CPUs per trial"),

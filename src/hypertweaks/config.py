@@ -99,12 +99,6 @@ class Experiment(BaseModel):
         None, ge=8, le=131072, description="tokens; default 128 (causal-lm: context, <= 512)"
     )
     image_size: int = Field(224, ge=32, le=1024)
-    augment: Literal["light", "scans", "none"] = Field(
-        "light",
-        description="images' training batches: light: small crops and horizontal flips; scans: "
-        "also vertical flips and quarter turns (images with no up or down: scans, tiles, "
-        "cells); none",
-    )
     validation_fraction: float = Field(0.15, gt=0.0, lt=0.5)
     max_dropped_fraction: float = Field(0.1, ge=0.0, le=1.0)
     seed: int = 0
@@ -242,8 +236,6 @@ class Experiment(BaseModel):
             self._check_larger_models()
         if self.gguf_file is not None and not kind.generates:
             raise ValueError("gguf_file is for causal-lm models only")
-        if self.augment != "light" and self.task != "image-classification":
-            raise ValueError(f"augment is for image-classification; {self.task}: remove it")
         if self.class_weights != "none" and kind.generates:
             raise ValueError(
                 f"class_weights is for classification; {self.task} trains on tokens: remove it"

@@ -25,7 +25,6 @@ KEY_FIELDS = {
     "validation_fraction",
     "max_dropped_fraction",
     "class_weights",
-    "augment",
 }
 # How to go on with a study whose fingerprint differs, for command-line and Python users alike.
 WAY_OUT = (

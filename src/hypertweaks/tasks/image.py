@@ -53,33 +53,23 @@ def positive_class(classes: list[Any]) -> int:
     return 1
 
 
-class QuarterTurn(nn.Module):
-    """Rotates an image [C, H, W] by 0, 90, 180 or 270 degrees, at random."""
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.rot90(image, int(torch.randint(4, ())), dims=(-2, -1))
-
-
 class Images(IndexedExamples):
-    """uint8 images; training batches are augmented (`augment`): light, a small crop and a
-    horizontal flip; scans, also a vertical flip and a quarter turn (the eight symmetries of a
-    square: a scan or a tile has no up); none."""
+    """uint8 images; training batches get a light augmentation (small crop, horizontal flip)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, augment: str):
-        self.images, self.labels, self.augment = images, labels, augment != "none"
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean, std, augment: bool):
+        self.images, self.labels, self.augment = images, labels, augment
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
-        if self.augment:
+        if augment:
             from torchvision.transforms import v2
 
             size = images.shape[-1]
-            steps = [
-                v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-                v2.RandomHorizontalFlip(),
-            ]
-            if augment == "scans":
-                steps += [v2.RandomVerticalFlip(), QuarterTurn()]
-            self.transform = v2.Compose(steps)
+            self.transform = v2.Compose(
+                [
+                    v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+                    v2.RandomHorizontalFlip(),
+                ]
+            )
 
     def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         batch = self.images[torch.as_tensor(indices)]
@@ -160,8 +150,7 @@ class ImageClassification(TaskBase):
         labels = torch.as_tensor(split.labels)
         if recipe is not None and self.trains_head_only(recipe):
             return Features(self._backbone_features(split), labels)
-        augment = self.experiment.augment if train else "none"
-        return Images(self._images(split), labels, self.mean, self.std, augment=augment)
+        return Images(self._images(split), labels, self.mean, self.std, augment=train)
 
     def _backbone_features(self, split: Split) -> torch.Tensor:
         """Pooled features of the frozen pretrained backbone: computed once per study and image
@@ -184,7 +173,7 @@ class ImageClassification(TaskBase):
                 torch.as_tensor(split.labels),
                 self.mean,
                 self.std,
-                augment="none",
+                augment=False,
             )
             chunks = []
             for start in range(0, len(data), 64):
