@@ -32,7 +32,7 @@ from hypertweaks.noise import KEEP_DEFAULTS_ERRORS
 from hypertweaks.strategies import Candidate, choose, member_tags
 from hypertweaks.strategies import Strategy as ProductStrategy
 from hypertweaks.strategies.selectors import KeepDefaults, Selector
-from hypertweaks.study import time_holds
+from hypertweaks.study import time_needed
 
 NUM_LAYERS = 6  # MiniLM-L6, the text table's model (task records before session 13 lack it)
 # hypertweaks' default (the experiment's), and what bench peers train with
@@ -609,7 +609,7 @@ def _run_product_starts(ctx: Context, product: ProductStrategy) -> dict[str, Tri
     for tag in product_starts(product):
         if tag in members[1:]:  # another run of the defaults trial's recipe
             default = started["defaults"].run
-            if time_holds(r.left, _epoch_cost(started["defaults"]), default.epochs):
+            if time_needed(_epoch_cost(started["defaults"]), default.epochs) <= r.left:
                 seeds = _member_seeds(ctx, default.seed)
                 if members.index(tag) >= len(seeds):
                     raise KeyError(
@@ -643,12 +643,12 @@ def _epoch_cost(trial: Trial) -> float:
 
 def _product_search(ctx: Context, defaults: Trial) -> None:
     """Random design recipes as the product's search trials: each starts only if the budget left
-    holds all but its last epoch at the default's pace (`hypertweaks.study.time_holds`; the first
+    holds all but its last epoch at the default's pace (`hypertweaks.study.time_needed`; the first
     that does not ends the search), and stops at the first epoch end past the budget."""
     r = ctx.replay
     for recipe in r.rng.permutation([x for x in ctx.recipes if x != DEFAULTS]):
         run = r.run_for(int(recipe))
-        if not time_holds(r.left, _epoch_cost(defaults), run.epochs):
+        if time_needed(_epoch_cost(defaults), run.epochs) > r.left:
             break
         r.start_run(run, stop_past_budget=True)
 

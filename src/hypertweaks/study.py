@@ -286,10 +286,11 @@ def seconds_used(trials: list[optuna.trial.FrozenTrial]) -> float:
     return sum(trial_seconds(t) for t in trials if counted(t))
 
 
-def time_holds(left: float, epoch: float, epochs: int) -> bool:
-    """Whether `left` holds a trial of `epochs` epochs of `epoch` each (seconds, or any measure
-    of cost: the simulator replays this rule): all but its last epoch, and at least one."""
-    return epoch * max(epochs - 1, 1) <= left
+def time_needed(epoch: float, epochs: int) -> float:
+    """What the time left must hold for a trial of `epochs` epochs of `epoch` each to start
+    (seconds, or any measure of cost: the simulator replays this rule): all but its last epoch,
+    and at least one."""
+    return epoch * max(epochs - 1, 1)
 
 
 def no_time_for(
@@ -306,9 +307,9 @@ def no_time_for(
         return None
     left = timeout - seconds_used(trials)
     epoch = trial_seconds(first) / max(len(first.user_attrs.get("curve") or []), 1)
-    if time_holds(left, epoch, epochs):
+    need = time_needed(epoch, epochs)
+    if need <= left:
         return None
-    need = epoch * max(epochs - 1, 1)
     return (
         f"{max(left, 0):.0f}s of the timeout left, less than the {need:.0f}s a {epochs}-epoch "
         "trial needs (all but its last epoch, at the default's pace)"
