@@ -661,23 +661,33 @@ def _product_choice(trials: list[Trial], defaults: Trial, product: ProductStrate
 
 
 def _product_final(
-    ctx: Context, kept: Trial, started: dict[str, Trial], product: ProductStrategy
+    ctx: Context,
+    kept: Trial,
+    started: dict[str, Trial],
+    product: ProductStrategy,
+    soup_errors: float | None = None,
 ) -> float:
     """The product's final-model rule (strategies/finals.py, soup.py): with two or more of the
     recommended recipe's runs finished, the soup of their weights (its scores recorded by
     bench/meta/averaging.py), unless the kept trial leads it on validation by more than the
-    selector's margin; else the kept trial."""
+    selector's margin (`soup_errors` validation standard errors instead, when given); else the
+    kept trial."""
     r = ctx.replay
     final = product.make_final(TEXT_STUDY.task)
     runs = [started[t] for t in member_tags(final.runs) if t in started]
     if len(runs) < 2:
         return r.score(kept)
     value, test = ctx.table.soup(r.task, tuple(t.run.seed for t in runs))
-    selector = product.make_selector("maximize", "accuracy", kept.run.validation_examples)
+    examples = kept.run.validation_examples
+    selector = product.make_selector("maximize", "accuracy", examples)
+    if soup_errors is not None:
+        selector = KeepDefaults("maximize", "accuracy", examples, soup_errors)
     return test if final.keeps_soup(selector, "maximize", value, kept.value) else r.score(kept)
 
 
-def _replay_product(ctx: Context, product: ProductStrategy) -> float:
+def _replay_product(
+    ctx: Context, product: ProductStrategy, soup_errors: float | None = None
+) -> float:
     """The product, replayed by its own Strategy: its starting recipes (the head-only candidate,
     then the default recipe trained LP-FT, its head from a linear probe, and with the soup its
     further runs), random design recipes (their recorded fresh-head cells) while the budget
@@ -686,13 +696,27 @@ def _replay_product(ctx: Context, product: ProductStrategy) -> float:
     started = _run_product_starts(ctx, product)
     _product_search(ctx, started["defaults"])
     kept = _product_choice(r.trials, started["defaults"], product)
-    return _product_final(ctx, kept, started, product)
+    return _product_final(ctx, kept, started, product, soup_errors)
 
 
 @strategy("hypertweaks_soup")
 def hypertweaks_soup(ctx: Context) -> float:
     """hypertweaks now (final_model: soup, the default)."""
     return _replay_product(ctx, PRODUCT_STRATEGY)
+
+
+@strategy("hypertweaks_soup_2se")
+def hypertweaks_soup_2se(ctx: Context) -> float:
+    """As hypertweaks_soup, but the kept trial replaces the soup only if it leads it by more
+    than two validation standard errors (the soup's value is one model's; the kept trial's is
+    the best of several, so its lead is inflated by the choice)."""
+    return _replay_product(ctx, PRODUCT_STRATEGY, soup_errors=2.0)
+
+
+@strategy("hypertweaks_soup_always")
+def hypertweaks_soup_always(ctx: Context) -> float:
+    """As hypertweaks_soup, but the soup is never replaced by the kept trial."""
+    return _replay_product(ctx, PRODUCT_STRATEGY, soup_errors=float("inf"))
 
 
 @strategy("hypertweaks_lp_ft")
