@@ -16,6 +16,9 @@ import argparse
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +127,65 @@ def pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: P
     }
 
 
+@contextmanager
+def image_soups() -> Iterator[None]:
+    """Studies started inside it treat images as text: final_model soup averages the default's
+    runs (the image kind does not, its soup unmeasured until `--soup` measures it)."""
+    from hypertweaks import kinds
+
+    kind = kinds.KINDS["image-classification"]
+    kinds.KINDS[kind.name] = replace(kind, soups=True)
+    try:
+        yield
+    finally:
+        kinds.KINDS[kind.name] = kind
+
+
+def soup_pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: Path) -> dict:
+    """The default alone (the unit), the product at `budget` units, and the product at the same
+    budget with the image soup, on the same rows and seed in the same run."""
+    from hypertweaks import tune
+
+    row = pair(dataset, paths, seed, budget, runs)
+    with image_soups():
+        souped = tune(
+            experiment(paths, seed, runs, f"{dataset}-s{seed}-{budget:g}x-soup", trials=100,
+                       timeout=budget * row["unit_seconds"])
+        )  # fmt: skip
+    final = souped.final_model or {}
+    row["soup"] = {k: souped.test_metrics.get(k) for k in METRICS}
+    row["soup_seconds"] = souped.seconds
+    row["soup_final"] = {k: final.get(k) for k in ("members", "value", "kept", "margin")}
+    return row
+
+
+def soup_table(rows: list[dict], budget: float) -> str:
+    """Default alone, the product and the product with the soup at `budget`, and the soup's
+    paired differences."""
+    lines = [
+        f"| dataset | seed | accuracy: default / {budget:g}x / {budget:g}x soup | macro-F1: "
+        f"default / {budget:g}x / {budget:g}x soup | soup runs (kept) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d, t, s, f = r["default"], r["tuned"], r["soup"], r["soup_final"]
+        runs = f"{len(f['members'])} ({f['kept']})" if f.get("members") else "none"
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {d['accuracy']:.3f} / {t['accuracy']:.3f} / "
+            f"{s['accuracy']:.3f} | {d['macro_f1']:.3f} / {t['macro_f1']:.3f} / "
+            f"{s['macro_f1']:.3f} | {runs} |"
+        )
+    for metric in ("accuracy", "macro_f1"):
+        for other in ("default", "tuned"):
+            diff = np.array([r["soup"][metric] - r[other][metric] for r in rows])
+            better, worse = int((diff > 0).sum()), int((diff < 0).sum())
+            lines.append(
+                f"\nsoup - {other}, {metric}: mean {diff.mean():+.4f}, pairs better {better}, "
+                f"equal {len(diff) - better - worse}, worse {worse}"
+            )
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], budget: float) -> str:
     lines = [
         f"| dataset | seed | default acc | tuned acc ({budget:g}x) | default macro-F1 | tuned "
@@ -162,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only the default recipe, plain and with class_weights: balanced (same rows and "
         "seeds); writes images_class_weights.json beside --out",
     )
+    parser.add_argument(
+        "--soup",
+        action="store_true",
+        help="beside each pair, the product at the same budget with the soup of the default's "
+        "runs as its final model (as text studies); writes images_soup.json beside --out",
+    )
     args = parser.parse_args(argv)
     variant = ("class_weights", "balanced") if args.class_weights else None
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
@@ -177,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 if variant:
                     field, value, _ = variant
                     rows.append(variant_default(dataset, paths, seed, work / "runs", field, value))
+                elif args.soup:
+                    rows.append(soup_pair(dataset, paths, seed, args.budget, work / "runs"))
                 else:
                     rows.append(pair(dataset, paths, seed, args.budget, work / "runs"))
                 print(json.dumps(rows[-1]), flush=True)
@@ -187,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         run = {"train": args.train, "test": args.test}
         out.write_text(json.dumps({"machine": machine("cpu"), **run, "rows": rows}, indent=1))
         print(variant_table(rows, variant[1]))
+        return 0
+    if args.soup:
+        out = args.out.with_name("images_soup.json")
+        run = {"budget": args.budget, "train": args.train, "test": args.test}
+        out.write_text(json.dumps({"machine": machine("cpu"), **run, "rows": rows}, indent=1))
+        print(soup_table(rows, args.budget))
         return 0
     args.out.write_text(
         json.dumps(
