@@ -147,16 +147,51 @@ def soup_pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, ru
     from hypertweaks import tune
 
     row = pair(dataset, paths, seed, budget, runs)
+    fields = experiment(paths, seed, runs, f"{dataset}-s{seed}-{budget:g}x-soup", trials=100,
+                        timeout=budget * row["unit_seconds"])  # fmt: skip
     with image_soups():
-        souped = tune(
-            experiment(paths, seed, runs, f"{dataset}-s{seed}-{budget:g}x-soup", trials=100,
-                       timeout=budget * row["unit_seconds"])
-        )  # fmt: skip
+        souped = tune(fields)
     final = souped.final_model or {}
     row["soup"] = {k: souped.test_metrics.get(k) for k in METRICS}
     row["soup_seconds"] = souped.seconds
     row["soup_final"] = {k: final.get(k) for k in ("members", "value", "kept", "margin")}
+    if final.get("members"):
+        row["soup_alone"] = soup_on_test(fields, souped.best_model_dir.parent, final["members"])
     return row
+
+
+def soup_on_test(fields: dict, run_dir: Path, members: list[int]) -> dict:
+    """The soup of the study's default runs on test whatever the final-model rule kept: as
+    averaged (batch-norm statistics averaged too), and with its batch-norm statistics computed
+    again over the training images (as SWA does: averaged statistics are not the statistics of
+    the averaged weights)."""
+    import torch
+
+    from hypertweaks.config import Experiment
+    from hypertweaks.soup import average_weights
+    from hypertweaks.tasks import make_task
+    from hypertweaks.train import evaluate
+    from hypertweaks.trial import members_dir
+
+    task = make_task(Experiment(**fields), run_dir / "cache")
+    task.prepare()
+    folders = [members_dir(run_dir) / f"trial-{n}" for n in members]
+    model = task.load(folders[0])
+    model.load_state_dict(average_weights([task.load(f).state_dict() for f in folders]))
+    test = task.dataset(task.splits.test, False)
+    scores = {"averaged": evaluate(task, model, test, "cpu")}
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a plain average over the pass
+    train = task.dataset(task.splits.train, False)
+    model.train()
+    with torch.no_grad():
+        for start in range(0, len(train), 64):
+            inputs, _ = train.collate(list(range(start, min(start + 64, len(train)))))
+            task.forward(model, inputs)
+    scores["bn_recomputed"] = evaluate(task, model, test, "cpu")
+    return {name: {k: m.get(k) for k in METRICS} for name, m in scores.items()}
 
 
 def soup_table(rows: list[dict], budget: float) -> str:
