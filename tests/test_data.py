@@ -144,3 +144,14 @@ def test_training_texts_given_twice_with_different_labels_are_a_warning():
         "and 'b'); fix or remove them if they are mistakes"
     ]
     assert splits_from(table(["a", "b"] * 10), validation=other).notes == []
+
+
+def test_a_validation_or_test_file_without_some_classes_is_a_warning():
+    train = table(["a", "b", "c"] * 6)
+    validation = table(["a", "b"] * 3, [f"new {i}" for i in range(6)])  # no 'c'
+    test = table(["a", "b", "c"] * 2, [f"other {i}" for i in range(6)])
+    notes = splits_from(train, validation=validation, test=test).notes
+    assert notes == [
+        "warning: validation (val.csv) has no example of 1 of the 3 training classes ('c'): "
+        "its scores say nothing of them; add examples of each class"
+    ]

@@ -136,6 +136,20 @@ def conflicting_labels(train: Split, classes: list[Any]) -> str | None:
     )
 
 
+def missing_classes(split: Split, classes: list[Any], where: str) -> str | None:
+    """Classes of train that a given validation or test file has no example of: its score says
+    nothing of them (validation picks the model blind to them), and the user may not know (a
+    file cut before shuffling, a filter)."""
+    absent = sorted(set(range(len(classes))) - set(split.labels.tolist()))
+    if not absent:
+        return None
+    shown = ", ".join(repr(classes[c]) for c in absent[:5]) + (", ..." if len(absent) > 5 else "")
+    return (
+        f"warning: {where} has no example of {len(absent)} of the {len(classes)} training "
+        f"classes ({shown}): its scores say nothing of them; add examples of each class"
+    )
+
+
 def _input_key(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
@@ -232,10 +246,15 @@ def load_splits(
         for role, frame in frames.items()
     }
     for role in ("validation", "test"):
-        if role in encoded and compare_inputs:
-            where = f"{role} ({tables[role][1]})"
-            if note := check_not_in_train(encoded["train"].inputs, encoded[role].inputs, where):
-                notes.append(note)
+        if role not in encoded:
+            continue
+        where = f"{role} ({tables[role][1]})"
+        if compare_inputs and (
+            note := check_not_in_train(encoded["train"].inputs, encoded[role].inputs, where)
+        ):
+            notes.append(note)
+        if note := missing_classes(encoded[role], classes, where):
+            notes.append(note)
     if compare_inputs and (note := conflicting_labels(encoded["train"], classes)):
         notes.append(note)
     counts = Counter(encoded["train"].labels.tolist())
