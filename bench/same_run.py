@@ -96,6 +96,31 @@ def _against_other_budget(
             f" -> {100 * np.mean(best):.1f}."]  # fmt: skip
 
 
+def _one_unit_against_peers(
+    budget: str, rows: list, seeds: list[str], root: Path, cut: str
+) -> list[str]:
+    """hypertweaks at 1x minus the best peer of each pair at `budget`, on the pairs with a 1x
+    hypertweaks cell: is its lead bought by the extra budget?"""
+    from bench.meta.simulate import paired_interval
+
+    if budget == "1x":
+        return []
+    one, best = [], []
+    for (_, scores, _, task), seed in zip(rows, seeds, strict=True):
+        path = cell(root, task, "hypertweaks", seed, "1x", cut)
+        if path.exists():
+            one.append(test_accuracy(path))
+            best.append(max(scores))
+    if not one:
+        return []
+    ours, theirs = np.array(one) * 100, np.array(best) * 100
+    mean, low, high = paired_interval(ours, theirs)
+    won, lost = int((ours > theirs).sum()), int((ours < theirs).sum())
+    return ["", f"hypertweaks at 1x minus the best peer of each pair at {budget}, over the "
+            f"{len(one)} pairs with a 1x cell: {mean:+.1f} [{low:+.1f}, {high:+.1f}], "
+            f"{won}-{lost}."]  # fmt: skip
+
+
 def table(budget: str, root: Path = ROOT, cut: str = CUT) -> str:
     """Every task/seed pair of `root` where hypertweaks and every peer ran at `budget`."""
     names, headers = peers_at(budget, root, cut)
@@ -125,6 +150,7 @@ def table(budget: str, root: Path = ROOT, cut: str = CUT) -> str:
     if rows and names:
         lines += paired_lines(rows, headers)
         lines += _against_other_budget(budget, rows, seeds, root, names, cut)
+        lines += _one_unit_against_peers(budget, rows, seeds, root, cut)
     elif rows:
         lines += ["", f"No peer ran at {budget}: the table holds the reference and hypertweaks."]
     if missing:
