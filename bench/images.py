@@ -195,29 +195,44 @@ def soup_on_test(fields: dict, run_dir: Path, members: list[int]) -> dict:
 
 
 def soup_table(rows: list[dict], budget: float) -> str:
-    """Default alone, the product and the product with the soup at `budget`, and the soup's
+    """Macro-F1 of the default alone, the product and the product with the soup at `budget`,
+    the soup's own test score (as averaged, and with batch-norm statistics recomputed), and the
     paired differences."""
     lines = [
-        f"| dataset | seed | accuracy: default / {budget:g}x / {budget:g}x soup | macro-F1: "
-        f"default / {budget:g}x / {budget:g}x soup | soup runs (kept) |",
-        "|---|---|---|---|---|",
+        f"| dataset | seed | default | {budget:g}x | {budget:g}x with the soup | soup runs "
+        "(kept) | the soup alone | with batch-norm statistics recomputed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        d, t, s, f = r["default"], r["tuned"], r["soup"], r["soup_final"]
-        runs = f"{len(f['members'])} ({f['kept']})" if f.get("members") else "none"
-        lines.append(
-            f"| {r['dataset']} | {r['seed']} | {d['accuracy']:.3f} / {t['accuracy']:.3f} / "
-            f"{s['accuracy']:.3f} | {d['macro_f1']:.3f} / {t['macro_f1']:.3f} / "
-            f"{s['macro_f1']:.3f} | {runs} |"
+        f, alone = r["soup_final"], r.get("soup_alone", {})
+        runs = (
+            f"{len(f['members'])} ({'kept' if f['kept'] else 'not kept'})"
+            if f.get("members")
+            else "none"
         )
-    for metric in ("accuracy", "macro_f1"):
-        for other in ("default", "tuned"):
-            diff = np.array([r["soup"][metric] - r[other][metric] for r in rows])
-            better, worse = int((diff > 0).sum()), int((diff < 0).sum())
-            lines.append(
-                f"\nsoup - {other}, {metric}: mean {diff.mean():+.4f}, pairs better {better}, "
-                f"equal {len(diff) - better - worse}, worse {worse}"
-            )
+        scores = [r["default"], r["tuned"], r["soup"]]
+        cells = [f"{m['macro_f1']:.3f}" for m in scores] + [runs]
+        cells += [
+            f"{alone[k]['macro_f1']:.3f}" if k in alone else ""
+            for k in ("averaged", "bn_recomputed")
+        ]
+        lines.append(f"| {r['dataset']} | {r['seed']} | " + " | ".join(cells) + " |")
+    pairs = {
+        "the product with the soup": lambda r: r["soup"],
+        "the soup alone": lambda r: r.get("soup_alone", {}).get("averaged"),
+        "the soup alone, batch-norm statistics recomputed": lambda r: r.get("soup_alone", {}).get(
+            "bn_recomputed"
+        ),
+    }
+    lines.append("")
+    for name, of in pairs.items():
+        kept = [r for r in rows if of(r)]
+        diff = np.array([of(r)["macro_f1"] - r["default"]["macro_f1"] for r in kept]) * 100
+        better, worse = int((diff > 1e-9).sum()), int((diff < -1e-9).sum())
+        lines.append(
+            f"- {name} minus the default, macro-F1 points: mean {diff.mean():+.1f}, "
+            f"{better} better and {worse} worse of {len(kept)} pairs"
+        )
     return "\n".join(lines)
 
 
