@@ -163,33 +163,23 @@ def soup_pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, ru
 def soup_on_test(fields: dict, run_dir: Path, members: list[int]) -> dict:
     """The soup of the study's default runs on test whatever the final-model rule kept: as
     averaged (batch-norm statistics averaged too), and with its batch-norm statistics computed
-    again over the training images (as SWA does: averaged statistics are not the statistics of
-    the averaged weights)."""
-    import torch
+    again over the training images (torch's SWA `update_bn`: averaged statistics are not the
+    statistics of the averaged weights)."""
+    from torch.optim.swa_utils import update_bn
 
     from hypertweaks.config import Experiment
-    from hypertweaks.soup import average_weights
+    from hypertweaks.soup import averaged_model
     from hypertweaks.tasks import make_task
     from hypertweaks.train import evaluate
-    from hypertweaks.trial import members_dir
 
     task = make_task(Experiment(**fields), run_dir / "cache")
     task.prepare()
-    folders = [members_dir(run_dir) / f"trial-{n}" for n in members]
-    model = task.load(folders[0])
-    model.load_state_dict(average_weights([task.load(f).state_dict() for f in folders]))
+    model = averaged_model(task, run_dir, members)
     test = task.dataset(task.splits.test, False)
     scores = {"averaged": evaluate(task, model, test, "cpu")}
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # a plain average over the pass
     train = task.dataset(task.splits.train, False)
-    model.train()
-    with torch.no_grad():
-        for start in range(0, len(train), 64):
-            inputs, _ = train.collate(list(range(start, min(start + 64, len(train)))))
-            task.forward(model, inputs)
+    batches = [list(range(i, min(i + 64, len(train)))) for i in range(0, len(train), 64)]
+    update_bn((train.collate(b)[0]["pixel_values"] for b in batches), model)
     scores["bn_recomputed"] = evaluate(task, model, test, "cpu")
     return {name: {k: m.get(k) for k in METRICS} for name, m in scores.items()}
 
@@ -282,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     variant = ("class_weights", "balanced") if args.class_weights else None
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # before the studies, not after them
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     rows = []
     try:
@@ -293,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                 paths = magnetic_tile_tables(data, args.train, args.test)
             for seed in (int(s) for s in args.seeds.split(",")):
                 if variant:
-                    field, value, _ = variant
+                    field, value = variant
                     rows.append(variant_default(dataset, paths, seed, work / "runs", field, value))
                 elif args.soup:
                     rows.append(soup_pair(dataset, paths, seed, args.budget, work / "runs"))

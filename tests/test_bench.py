@@ -582,3 +582,27 @@ def test_the_larger_table_pairs_the_larger_encoder_with_minilm_at_the_same_budge
     assert "estimate 400s" in text and "ag-news" not in text
     assert "- larger 10x minus hypertweaks 10x: +1.5" in text and "1-1" in text
     assert "hypertweaks 10x 1.02 (1.02-1.02); larger 10x 1.30 (1.30-1.30)" in text
+
+
+@pytest.mark.parametrize(
+    ("flag", "file"),
+    [("--class-weights", "images_class_weights.json"), ("--soup", "images_soup.json")],
+)
+def test_bench_images_runs_each_experiment_it_offers(monkeypatch, tmp_path, flag, file):
+    """Each flag of bench.images reaches its experiment and writes its table (the studies
+    themselves replaced by rows of their shape)."""
+    from bench import images
+
+    scores = {"accuracy": 0.8, "macro_f1": 0.7, "roc_auc": 0.9}
+    row = {"dataset": "magnetic-tile", "seed": 0, "default": scores, "balanced": scores,
+           "tuned": scores, "soup": scores, "soup_final": {"members": [0, 1], "kept": True},
+           "soup_alone": {"averaged": scores, "bn_recomputed": scores}}  # fmt: skip
+    monkeypatch.setattr(images, "magnetic_tile_tables", lambda *args: {})
+    monkeypatch.setattr(images, "machine", lambda device: {})
+    monkeypatch.setattr(images, "variant_default", lambda *args: row)
+    monkeypatch.setattr(images, "soup_pair", lambda *args: row)
+    out = tmp_path / "images.json"
+    args = ["--datasets", "magnetic-tile", "--seeds", "0", "--out", str(out), flag]
+    assert images.main(args) == 0
+    assert json.loads((tmp_path / file).read_text())["rows"] == [row]
+    assert not out.exists()  # only the experiment's own file

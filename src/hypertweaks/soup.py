@@ -30,6 +30,15 @@ def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     }
 
 
+def averaged_model(task, run_dir: Path, numbers: list[int]):
+    """The soup: the kept models of trials `numbers` (members_dir), their weights averaged."""
+    folders = [members_dir(run_dir) / f"trial-{n}" for n in numbers]
+    model = task.load(folders[0])
+    states = [model.state_dict()] + [task.load(f).state_dict() for f in folders[1:]]
+    model.load_state_dict(average_weights(states))
+    return model
+
+
 def soup_members(study, exp: Experiment) -> list[int]:
     """The finished runs of the recommended recipe whose models were kept for the soup."""
     tags = strategy_of(exp).soup_tags(exp)
@@ -50,11 +59,7 @@ def soup_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> di
         return None
     if current.get("tag") == "soup" and current.get("members") == numbers:
         return current["soup"]  # made before (a resumed study, another worker)
-    folders = [members_dir(exp.run_dir) / f"trial-{n}" for n in numbers]
-    model = task.load(folders[0])
-    states = [model.state_dict()] + [task.load(f).state_dict() for f in folders[1:]]
-    model.load_state_dict(average_weights(states))
-    del states
+    model = averaged_model(task, exp.run_dir, numbers)
     validation = task.dataset(task.splits.validation, False)
     metrics = evaluate(task, model.to(device), validation, device)
     value = float(metrics[exp.metric])
