@@ -59,11 +59,14 @@ def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **f
     )
 
 
-def default_alone(dataset: str, paths: dict[str, Path], seed: int, runs: Path, **fields):
-    """A study of the default recipe alone (the budget unit of a `pair`)."""
+def default_alone(
+    dataset: str, paths: dict[str, Path], seed: int, runs: Path, tag: str = "", **fields
+):
+    """A study of the default recipe alone (the budget unit of a `pair`); `tag` names a study
+    of another variant than its fields say."""
     from hypertweaks import tune
 
-    suffix = "".join(f"-{v}" for v in fields.values())
+    suffix = tag + "".join(f"-{v}" for v in fields.values())
     name = f"{dataset}-s{seed}-default{suffix}"
     return tune(experiment(paths, seed, runs, name, trials=1, **fields))
 
@@ -81,6 +84,33 @@ def variant_default(
         "seconds": {"default": plain.seconds, value: alone.seconds},
         "default": {k: plain.test_metrics.get(k) for k in METRICS},
         value: {k: alone.test_metrics.get(k) for k in METRICS},
+    }
+
+
+@contextmanager
+def fresh_heads() -> Iterator[None]:
+    """Studies started inside it fine-tune from a fresh random head, as before LP-FT."""
+    from hypertweaks.tasks.image import ImageClassification
+
+    shipped, ImageClassification.probe_start = ImageClassification.probe_start, False
+    try:
+        yield
+    finally:
+        ImageClassification.probe_start = shipped
+
+
+def lp_ft_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path) -> dict:
+    """The default recipe alone from a fresh head and from a linear probe (LP-FT), on the same
+    rows and seed in the same run."""
+    with fresh_heads():
+        fresh = default_alone(dataset, paths, seed, runs, tag="-fresh-head")
+    probed = default_alone(dataset, paths, seed, runs, tag="-lp-ft")
+    return {
+        "dataset": dataset,
+        "seed": seed,
+        "seconds": {"default": fresh.seconds, "lp-ft": probed.seconds},
+        "default": {k: fresh.test_metrics.get(k) for k in METRICS},
+        "lp-ft": {k: probed.test_metrics.get(k) for k in METRICS},
     }
 
 
@@ -270,6 +300,12 @@ def main(argv: list[str] | None = None) -> int:
         help="beside each pair, the product at the same budget with the soup of the default's "
         "runs as its final model (as text studies); writes images_soup.json beside --out",
     )
+    parser.add_argument(
+        "--lp-ft",
+        action="store_true",
+        help="only the default recipe, from a fresh head and from a linear probe (same rows and "
+        "seeds); writes images_lp_ft.json beside --out",
+    )
     args = parser.parse_args(argv)
     variant = ("class_weights", "balanced") if args.class_weights else None
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the studies, not after them
@@ -283,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 paths = magnetic_tile_tables(data, args.train, args.test)
             for seed in (int(s) for s in args.seeds.split(",")):
-                if variant:
+                if args.lp_ft:
+                    rows.append(lp_ft_default(dataset, paths, seed, work / "runs"))
+                elif variant:
                     field, value = variant
                     rows.append(variant_default(dataset, paths, seed, work / "runs", field, value))
                 elif args.soup:
@@ -293,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.lp_ft:
+        variant = ("lp_ft", "lp-ft")
     if variant:
         out = args.out.with_name(f"images_{variant[0]}.json")
         run = {"train": args.train, "test": args.test}

@@ -586,7 +586,11 @@ def test_the_larger_table_pairs_the_larger_encoder_with_minilm_at_the_same_budge
 
 @pytest.mark.parametrize(
     ("flag", "file"),
-    [("--class-weights", "images_class_weights.json"), ("--soup", "images_soup.json")],
+    [
+        ("--class-weights", "images_class_weights.json"),
+        ("--soup", "images_soup.json"),
+        ("--lp-ft", "images_lp_ft.json"),
+    ],
 )
 def test_bench_images_runs_each_experiment_it_offers(monkeypatch, tmp_path, flag, file):
     """Each flag of bench.images reaches its experiment and writes its table (the studies
@@ -595,12 +599,14 @@ def test_bench_images_runs_each_experiment_it_offers(monkeypatch, tmp_path, flag
 
     scores = {"accuracy": 0.8, "macro_f1": 0.7, "roc_auc": 0.9}
     row = {"dataset": "magnetic-tile", "seed": 0, "default": scores, "balanced": scores,
+           "lp-ft": scores,
            "tuned": scores, "soup": scores, "soup_final": {"members": [0, 1], "kept": True},
            "soup_alone": {"averaged": scores, "bn_recomputed": scores}}  # fmt: skip
     monkeypatch.setattr(images, "magnetic_tile_tables", lambda *args: {})
     monkeypatch.setattr(images, "machine", lambda device: {})
     monkeypatch.setattr(images, "variant_default", lambda *args: row)
     monkeypatch.setattr(images, "soup_pair", lambda *args: row)
+    monkeypatch.setattr(images, "lp_ft_default", lambda *args: row)
     out = tmp_path / "images.json"
     args = ["--datasets", "magnetic-tile", "--seeds", "0", "--out", str(out), flag]
     assert images.main(args) == 0

@@ -136,6 +136,32 @@ def test_head_only_recipes_train_on_cached_features(image_experiment, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(backbone, model.blocks.parameters(), strict=True))
 
 
+def test_fine_tuning_starts_from_a_linear_probe_head(image_experiment, tmp_path):
+    # LP-FT, as text: a recipe that trains the backbone gets a head that already fits the task
+    from hypertweaks.space import Recipe
+    from hypertweaks.train import evaluate
+
+    task = ImageClassification(make_experiment(image_experiment), tmp_path / "cache")
+    task.prepare()
+    fine_tune = Recipe(1e-3, 8, 2, 0.2, 0.01, "cosine", 0.05, 0, False)
+    torch.manual_seed(0)
+    model, layers = task.build(fine_tune)
+    fresh, _ = task._load(dropout=0.2)
+    assert torch.equal(model.conv_stem.weight, fresh.conv_stem.weight)  # the backbone untouched
+    validation = task.dataset(task.splits.validation, False)
+    assert (
+        evaluate(task, model, validation, "cpu")["loss"]
+        < evaluate(task, fresh, validation, "cpu")["loss"]
+    )
+    torch.manual_seed(0)
+    again, _ = task.build(fine_tune)  # the features now cached: the same probe
+    assert torch.equal(again.get_classifier().weight, model.get_classifier().weight)
+    task.probe_start = False
+    torch.manual_seed(0)
+    plain, _ = task.build(fine_tune)
+    assert not torch.equal(plain.get_classifier().weight, model.get_classifier().weight)
+
+
 def test_backbone_stages_are_the_freezable_layers(image_experiment, tmp_path):
     exp = make_experiment(image_experiment)
     task = ImageClassification(exp, tmp_path / "cache")
