@@ -114,6 +114,28 @@ class TaskBase:
         key = f"class_weights:{device}"
         return self.cached(key, train, lambda: _balanced(train.labels, classes).to(device))
 
+    def fit_linear_probe(
+        self, features: Callable[[Split], Features], make: Callable[[int, int], nn.Module]
+    ) -> nn.Module:
+        """A linear probe, `make(features, classes)`, fitted on the frozen backbone's cached
+        `features(split)` as the text head-only candidate is (seconds on the CPU): the head that
+        LP-FT fine-tunes from (Kumar et al. 2022)."""
+        from hypertweaks.strategies import HEAD_ONLY_TEXT
+        from hypertweaks.train import fit
+
+        # drawn from the trial's seed first: the same probe whether the features were cached or
+        # had to be computed (which may build a model, drawing from the generator)
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        train, val = features(self.splits.train), features(self.splits.validation)
+        torch.manual_seed(seed)
+        probe = make(train.features.shape[1], len(self.splits.classes))
+        recipe = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": 0})
+        stack = LayerStack([], [], list(probe.parameters()))
+        exp = self.experiment
+        fit(self, probe, stack, recipe, train, val, metric=exp.metric, direction=exp.direction,
+            patience=exp.patience, seed=seed)  # fmt: skip
+        return probe
+
     def count_targets(self, labels: torch.Tensor) -> int:
         return len(labels)
 

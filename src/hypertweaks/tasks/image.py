@@ -25,7 +25,7 @@ from hypertweaks.backbones import (
 )
 from hypertweaks.data import Split, check_not_in_train, load_splits
 from hypertweaks.data.images import load_images_cached, read_images_source
-from hypertweaks.models import RESAVE, LayerStack, ModelError, error_reason, unreadable
+from hypertweaks.models import RESAVE, ModelError, error_reason, unreadable
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
@@ -145,29 +145,10 @@ class ImageClassification(TaskBase):
             and isinstance(classifier, nn.Linear)
             and not self.trains_head_only(recipe)
         ):
-            classifier.load_state_dict(self._probe_head().state_dict())
+            classifier.load_state_dict(
+                self.fit_linear_probe(self._features, LinearProbe).classifier.state_dict()
+            )
         return model, layers
-
-    def _probe_head(self) -> nn.Linear:
-        """A linear probe on the frozen backbone's cached features, trained as the text
-        head-only candidate is (seconds on the CPU once the features exist)."""
-        from hypertweaks.strategies import HEAD_ONLY_TEXT
-        from hypertweaks.train import fit
-
-        # drawn from the trial's seed first: the same probe whether the features were cached or
-        # computed (which builds a model, and draws from the generator)
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        train, val = self.splits.train, self.splits.validation
-        train = Features(self._backbone_features(train), torch.as_tensor(train.labels))
-        val = Features(self._backbone_features(val), torch.as_tensor(val.labels))
-        torch.manual_seed(seed)
-        probe = LinearProbe(train.features.shape[1], len(self.splits.classes))
-        recipe = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": 0})
-        stack = LayerStack([], [], list(probe.parameters()))
-        exp = self.experiment
-        fit(self, probe, stack, recipe, train, val, metric=exp.metric, direction=exp.direction,
-            patience=exp.patience, seed=seed)  # fmt: skip
-        return probe.classifier
 
     def _check_copies_of_training_images(self) -> None:
         """The same picture in train and in validation or test, under its own path or another
@@ -198,8 +179,11 @@ class ImageClassification(TaskBase):
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
         labels = torch.as_tensor(split.labels)
         if recipe is not None and self.trains_head_only(recipe):
-            return Features(self._backbone_features(split), labels)
+            return self._features(split)
         return Images(self._images(split), labels, self.mean, self.std, augment=train)
+
+    def _features(self, split: Split) -> Features:
+        return Features(self._backbone_features(split), torch.as_tensor(split.labels))
 
     def _backbone_features(self, split: Split) -> torch.Tensor:
         """Pooled features of the frozen pretrained backbone: computed once per study and image

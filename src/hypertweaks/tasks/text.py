@@ -20,7 +20,6 @@ from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
     RESAVE,
-    LayerStack,
     ModelError,
     check_max_length,
     default_dropout,
@@ -327,25 +326,9 @@ class TextClassification(TaskBase):
         return model, layer_stack(model, body=encoder)
 
     def _probe_head(self, encoder: nn.Module) -> nn.Linear:
-        """A linear probe on the frozen encoder's cached features, trained as the head-only
-        candidate is (seconds, on the CPU): the head that fine-tuning starts from. `encoder`
-        (pretrained, not trained yet) computes the features where they are not cached."""
-        from hypertweaks.strategies import HEAD_ONLY_TEXT
-        from hypertweaks.train import fit
-
-        # drawn from the trial's seed before anything else, so that the probe is the same
-        # whether the features were cached or had to be computed
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        train = self._features(self.splits.train, encoder)
-        val = self._features(self.splits.validation, encoder)
-        torch.manual_seed(seed)
-        probe = LinearProbe(train.features.shape[1], len(self.splits.classes))
-        recipe = Recipe(**{**HEAD_ONLY_TEXT, "freeze_layers": 0})
-        stack = LayerStack([], [], list(probe.parameters()))
-        exp = self.experiment
-        fit(self, probe, stack, recipe, train, val, metric=exp.metric, direction=exp.direction,
-            patience=exp.patience, seed=seed)  # fmt: skip
-        return probe.head
+        """The head fine-tuning starts from. `encoder` (pretrained, not trained yet) computes
+        the features where they are not cached."""
+        return self.fit_linear_probe(lambda split: self._features(split, encoder), LinearProbe).head
 
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
         if recipe is not None and self.trains_head_only(recipe):
