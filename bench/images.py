@@ -193,10 +193,7 @@ def soup_pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, ru
 def soup_on_test(fields: dict, run_dir: Path, members: list[int]) -> dict:
     """The soup of the study's default runs on test whatever the final-model rule kept: as
     averaged (batch-norm statistics averaged too), and with its batch-norm statistics computed
-    again over the training images (torch's SWA `update_bn`: averaged statistics are not the
-    statistics of the averaged weights)."""
-    from torch.optim.swa_utils import update_bn
-
+    again over the training images (as the product's soup does since session 46)."""
     from hypertweaks.config import Experiment
     from hypertweaks.soup import averaged_model
     from hypertweaks.tasks import make_task
@@ -204,13 +201,11 @@ def soup_on_test(fields: dict, run_dir: Path, members: list[int]) -> dict:
 
     task = make_task(Experiment(**fields), run_dir / "cache")
     task.prepare()
-    model = averaged_model(task, run_dir, members)
     test = task.dataset(task.splits.test, False)
-    scores = {"averaged": evaluate(task, model, test, "cpu")}
-    train = task.dataset(task.splits.train, False)
-    batches = [list(range(i, min(i + 64, len(train)))) for i in range(0, len(train), 64)]
-    update_bn((train.collate(b)[0]["pixel_values"] for b in batches), model)
-    scores["bn_recomputed"] = evaluate(task, model, test, "cpu")
+    scores = {}
+    for name, recompute in (("averaged", False), ("bn_recomputed", True)):
+        model = averaged_model(task, run_dir, members, norm_statistics=recompute)
+        scores[name] = evaluate(task, model, test, "cpu")
     return {name: {k: m.get(k) for k in METRICS} for name, m in scores.items()}
 
 

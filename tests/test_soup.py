@@ -137,3 +137,48 @@ def test_a_resume_with_more_trials_runs_the_soup_its_first_budget_had_no_room_fo
     assert tags == ["head-only", "defaults", "defaults-2", "defaults-3", "defaults-4"]
     # the first run of the default kept no weights for a soup: the three new runs make it
     assert again.final_model["members"] == [2, 3, 4] and again.final_model["kept"]
+
+
+def test_a_soup_computes_the_batch_norm_statistics_of_its_averaged_weights(tmp_path):
+    # the average of two runs' running statistics is not the statistics of their averaged
+    # weights: the soup measures them again over the training rows, as SWA does
+    from torch import nn
+
+    from hypertweaks.soup import averaged_model
+    from hypertweaks.tasks.base import Features, TaskBase
+
+    rows = torch.randn(64, 4) * 3 + 5
+
+    def make():
+        return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+
+    class Runs(TaskBase):
+        def __init__(self):
+            self._cache = {}
+
+        def dataset(self, split, train, recipe=None):
+            return Features(rows, torch.zeros(64, dtype=torch.long))
+
+        def forward(self, model, inputs):
+            return model(inputs["features"])
+
+        def load(self, folder):
+            model = make()
+            model.load_state_dict(torch.load(folder / "weights.pt"))
+            return model
+
+    Runs.splits = type("Splits", (), {"train": None})
+    for number in (0, 1):
+        torch.manual_seed(number)
+        run = make().train()
+        run(rows * (number + 1))  # each run's own statistics
+        (members_dir(tmp_path) / f"trial-{number}").mkdir(parents=True)
+        torch.save(run.state_dict(), members_dir(tmp_path) / f"trial-{number}" / "weights.pt")
+    averaged = averaged_model(Runs(), tmp_path, [0, 1], norm_statistics=False)
+    soup = averaged_model(Runs(), tmp_path, [0, 1])
+    assert torch.equal(soup[0].weight, averaged[0].weight)
+    features = soup[0](rows).detach()
+    assert torch.allclose(soup[1].running_mean, features.mean(0), atol=1e-5)
+    assert torch.allclose(soup[1].running_var, features.var(0), atol=1e-4)
+    assert not torch.allclose(averaged[1].running_mean, features.mean(0), atol=1e-2)
+    assert soup.training == averaged.training  # its mode as loaded

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from optuna.trial import TrialState
+from torch import nn
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
@@ -30,12 +31,28 @@ def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
     }
 
 
-def averaged_model(task, run_dir: Path, numbers: list[int]):
-    """The soup: the kept models of trials `numbers` (members_dir), their weights averaged."""
+def averaged_model(
+    task, run_dir: Path, numbers: list[int], device="cpu", norm_statistics: bool = True
+):
+    """The soup: the kept models of trials `numbers` (members_dir), their weights averaged, on
+    `device`. Batch-norm statistics that differ between the runs are computed again over the
+    training rows (as SWA does; `norm_statistics=False`: averaged too): the average of the
+    runs' statistics is not the statistics of their averaged weights (IMAGES.md)."""
     folders = [members_dir(run_dir) / f"trial-{n}" for n in numbers]
     model = task.load(folders[0])
     states = [model.state_dict()] + [task.load(f).state_dict() for f in folders[1:]]
     model.load_state_dict(average_weights(states))
+    moved = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm)
+        and module.running_mean is not None
+        and any(not torch.equal(s[f"{name}.running_mean"], states[0][f"{name}.running_mean"])
+                for s in states[1:])
+    ]  # fmt: skip
+    model.to(device)
+    if moved and norm_statistics:
+        task.recompute_norm_statistics(model, moved, device)
     return model
 
 
@@ -59,9 +76,9 @@ def soup_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> di
         return None
     if current.get("tag") == "soup" and current.get("members") == numbers:
         return current["soup"]  # made before (a resumed study, another worker)
-    model = averaged_model(task, exp.run_dir, numbers)
+    model = averaged_model(task, exp.run_dir, numbers, device)
     validation = task.dataset(task.splits.validation, False)
-    metrics = evaluate(task, model.to(device), validation, device)
+    metrics = evaluate(task, model, validation, device)
     value = float(metrics[exp.metric])
     selector = best.selector
     final = strategy_of(exp).make_final(exp.task)  # soups: soup_members found its runs

@@ -136,6 +136,28 @@ class TaskBase:
             patience=exp.patience, seed=seed)  # fmt: skip
         return probe
 
+    @torch.no_grad()
+    def recompute_norm_statistics(
+        self, model: nn.Module, names: list[str], device: torch.device | str, batch_size: int = 64
+    ) -> None:
+        """The running statistics of the batch-norm layers `names`, computed again as the
+        cumulative mean over one pass of the training rows (torch's SWA `update_bn`), in
+        training mode; the model's other layers and its mode are left as they were."""
+        norms = [model.get_submodule(name) for name in names]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the pass
+        training = model.training
+        model.train()
+        data = self.dataset(self.splits.train, False)
+        for start in range(0, len(data), batch_size):
+            inputs, _ = data.collate(list(range(start, min(start + batch_size, len(data)))))
+            self.forward(model, {k: v.to(device) for k, v in inputs.items()})
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        model.train(training)
+
     def count_targets(self, labels: torch.Tensor) -> int:
         return len(labels)
 
