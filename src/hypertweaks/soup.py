@@ -32,7 +32,11 @@ def average_weights(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Te
 
 
 def averaged_model(
-    task, run_dir: Path, numbers: list[int], device="cpu", norm_statistics: bool = True
+    task,
+    run_dir: Path,
+    numbers: list[int],
+    device: torch.device | str = "cpu",
+    norm_statistics: bool = True,
 ):
     """The soup: the kept models of trials `numbers` (members_dir), their weights averaged, on
     `device`. Batch-norm statistics that differ between the runs are computed again over the

@@ -29,6 +29,7 @@ from hypertweaks.models import RESAVE, ModelError, error_reason, unreadable
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
+from hypertweaks.train import resolve_device
 
 DEFECT_NAMES = (
     "defect",
@@ -199,8 +200,9 @@ class ImageClassification(TaskBase):
         if path.exists():
             features = torch.load(path, weights_only=True)
         else:
+            device = resolve_device(exp.device)
             model, _ = self._load(dropout=0.0)
-            model.eval()
+            model.to(device).eval()
             data = Images(
                 self._images(split),
                 torch.as_tensor(split.labels),
@@ -211,11 +213,9 @@ class ImageClassification(TaskBase):
             chunks = []
             for start in range(0, len(data), 64):
                 inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
-                chunks.append(
-                    model.forward_head(
-                        model.forward_features(inputs["pixel_values"]), pre_logits=True
-                    )
-                )
+                pixels = inputs["pixel_values"].to(device)
+                features = model.forward_head(model.forward_features(pixels), pre_logits=True)
+                chunks.append(features.float().cpu())
             features = torch.cat(chunks)
             save_torch(features, path)
         return features
