@@ -149,8 +149,8 @@ def test_a_soup_computes_the_batch_norm_statistics_of_its_averaged_weights(tmp_p
 
     rows = torch.randn(64, 4) * 3 + 5
 
-    def make():
-        return nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    def make():  # a frozen input norm (the same statistics in every run), then a trained one
+        return nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 4), nn.BatchNorm1d(4))
 
     class Runs(TaskBase):
         def __init__(self):
@@ -172,13 +172,15 @@ def test_a_soup_computes_the_batch_norm_statistics_of_its_averaged_weights(tmp_p
         torch.manual_seed(number)
         run = make().train()
         run(rows * (number + 1))  # each run's own statistics
+        run[0].running_mean.fill_(5.0), run[0].running_var.fill_(9.0)  # frozen: pretrained
         (members_dir(tmp_path) / f"trial-{number}").mkdir(parents=True)
         torch.save(run.state_dict(), members_dir(tmp_path) / f"trial-{number}" / "weights.pt")
     averaged = averaged_model(Runs(), tmp_path, [0, 1], norm_statistics=False)
     soup = averaged_model(Runs(), tmp_path, [0, 1])
-    assert torch.equal(soup[0].weight, averaged[0].weight)
-    features = soup[0](rows).detach()
-    assert torch.allclose(soup[1].running_mean, features.mean(0), atol=1e-5)
-    assert torch.allclose(soup[1].running_var, features.var(0), atol=1e-4)
-    assert not torch.allclose(averaged[1].running_mean, features.mean(0), atol=1e-2)
+    assert torch.equal(soup[1].weight, averaged[1].weight)
+    assert torch.equal(soup[0].running_mean, torch.full((4,), 5.0))  # the frozen norm's kept
+    features = soup[1](soup[0].eval()(rows)).detach()
+    assert torch.allclose(soup[2].running_mean, features.mean(0), atol=1e-5)
+    assert torch.allclose(soup[2].running_var, features.var(0), atol=1e-4)
+    assert not torch.allclose(averaged[2].running_mean, features.mean(0), atol=1e-2)
     assert soup.training == averaged.training  # its mode as loaded

@@ -150,6 +150,9 @@ class TaskBase:
             norm.momentum = None  # a cumulative average over the pass
         training = model.training
         model.train()
+        for module in model.modules():  # other batch-norm layers (frozen ones) keep theirs
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module not in norms:
+                module.eval()
         data = self.dataset(self.splits.train, False)
         for start in range(0, len(data), batch_size):
             inputs, _ = data.collate(list(range(start, min(start + batch_size, len(data)))))
