@@ -104,6 +104,8 @@ class LayerStack:
     top: list[nn.Parameter]
     # When set, only these parameters (by id) ever train, e.g. the LoRA adapters inside the blocks.
     only: set[int] | None = field(default=None)
+    # The modules that hold the bottom (embeddings, stem): they run as in evaluation while frozen.
+    bottom_modules: list[nn.Module] = field(default_factory=list)
 
     def groups_top_down(self, freeze_layers: int) -> list[list[nn.Parameter]]:
         """Trainable parameter groups, top first; the bottom and the lowest `freeze_layers`
@@ -128,7 +130,17 @@ class LayerStack:
         for group in groups:
             for param in group:
                 param.requires_grad_(True)
+        for module in self.frozen_modules(freeze_layers):
+            module.eval()
         return len(groups)
+
+    def frozen_modules(self, freeze_layers: int) -> list[nn.Module]:
+        """The bottom and the lowest `freeze_layers` blocks, which never train in this recipe.
+        They run as in evaluation (no dropout, batch-norm statistics kept), so that what they
+        compute is the pretrained model's, the same at every epoch: it can be computed once."""
+        if freeze_layers <= 0:
+            return []
+        return [*self.bottom_modules, *self.blocks[:freeze_layers]]
 
 
 def freeze_norm_statistics(model: nn.Module) -> None:
@@ -173,7 +185,14 @@ def layer_stack(model: nn.Module, body: nn.Module | None = None) -> LayerStack:
             bottom.append(param)
     taken = block_params | {id(p) for p in bottom}
     top = [p for p in model.parameters() if id(p) not in taken]
-    return LayerStack(bottom, list(blocks_module.children()), top)
+    in_bottom = {id(p) for p in bottom}
+    bottom_modules = [
+        child
+        for child in body.children()
+        if any(True for _ in child.parameters())
+        and all(id(p) in in_bottom for p in child.parameters())
+    ]
+    return LayerStack(bottom, list(blocks_module.children()), top, bottom_modules=bottom_modules)
 
 
 def quiet_transformers() -> None:

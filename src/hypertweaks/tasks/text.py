@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,12 @@ from hypertweaks.config import Experiment
 from hypertweaks.data import DataError, Split, load_splits, read_table, require_columns
 from hypertweaks.models import (
     RESAVE,
+    LayerStack,
     ModelError,
     check_max_length,
     default_dropout,
     error_reason,
+    largest_block_list,
     layer_stack,
     load_hf_config,
     looks_like_path,
@@ -236,6 +240,63 @@ class EncodedTexts(IndexedExamples):
         return {"input_ids": ids, "attention_mask": mask.long()}, self.labels[index]
 
 
+class FrozenStates(EncodedTexts):
+    """Tokens with the output of the encoder's lowest `depth` layers cached (they are frozen for
+    the whole recipe): fine-tuning runs only the layers above them (`lowest_layers_cached`)."""
+
+    def __init__(self, tokens: EncodedTexts, states: torch.Tensor, depth: int):
+        super().__init__(tokens.ids, tokens.lengths, tokens.labels)
+        self.states, self.depth = states, depth
+
+    def collate(self, indices: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        inputs, labels = super().collate(indices)
+        width = inputs["input_ids"].shape[1]
+        inputs["frozen_states"] = self.states[torch.as_tensor(indices), :width]
+        inputs["frozen_depth"] = torch.full((len(indices),), self.depth)  # per row: micro-batches
+        return inputs, labels
+
+
+class _Reached(Exception):
+    """Stops a forward pass once the layer whose output is cached has run."""
+
+
+@contextmanager
+def lowest_layers_cached(
+    blocks: Sequence[nn.Module], states: torch.Tensor, returns_tuple: bool
+) -> Iterator[None]:
+    """Within it, the lowest `len(blocks)` layers of an encoder do not compute: each passes its
+    input on and the last hands over `states`, their output cached from the frozen layers (the
+    encoder's own loop, masks and position biases are left as they are)."""
+
+    def passed(value: torch.Tensor):
+        return (value,) if returns_tuple else value
+
+    try:
+        for block in blocks[:-1]:
+            block.forward = lambda hidden, *args, **kwargs: passed(hidden)
+        blocks[-1].forward = lambda hidden, *args, **kwargs: passed(states)
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
+
+
+def encoder_stack(model: MeanPooledClassifier) -> LayerStack:
+    """The classifier's layers for freezing. The encoder's parameters outside its layers (MPNet's
+    relative position bias, which every layer reads; BERT's pooler, unused) train only when
+    nothing is frozen, as the embeddings do: a frozen layer computes what the pretrained one did."""
+    stack = layer_stack(model, body=model.encoder)
+    head = {id(p) for p in model.head.parameters()}
+    shared = [p for p in stack.top if id(p) not in head]
+    top = [p for p in stack.top if id(p) in head]
+    return replace(stack, bottom=stack.bottom + shared, top=top)
+
+
+# The most memory the cached output of the frozen layers may take for one split; past it the
+# recipe runs them at every step instead (same result, more compute).
+FROZEN_STATES_BYTES = 2 * 1024**3
+
+
 def truncation_note(tokenizer, texts: list[str], max_length: int) -> str | None:
     """Training texts longer than max_length are cut to it: say how many, so that a user with
     long texts knows the model reads only their start."""
@@ -254,6 +315,7 @@ class TextClassification(TaskBase):
     def __init__(self, experiment: Experiment, cache_dir: Path):
         super().__init__(experiment, cache_dir)
         self.model_source = experiment.model
+        self._block_returns_tuple = False  # the encoder's layers return a tuple (frozen_states)
 
     def prepare(self) -> None:
         exp = self.experiment
@@ -318,12 +380,12 @@ class TextClassification(TaskBase):
         if self.trains_head_only(recipe):
             encoder = load_encoder(self.model_source)
             model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
-            return model, layer_stack(model, body=encoder)
+            return model, encoder_stack(model)
         encoder = load_encoder(self.model_source, recipe.dropout)
         model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
         if probe:
             model.head.load_state_dict(self._probe_head(encoder).state_dict())
-        return model, layer_stack(model, body=encoder)
+        return model, encoder_stack(model)
 
     def _probe_head(self, encoder: nn.Module) -> nn.Linear:
         """The head fine-tuning starts from. `encoder` (pretrained, not trained yet) computes
@@ -333,7 +395,66 @@ class TextClassification(TaskBase):
     def dataset(self, split: Split, train: bool, recipe: Recipe | None = None) -> Dataset:
         if recipe is not None and self.trains_head_only(recipe):
             return self._features(split)
-        return self.cached("tokens", split, lambda: self._encode(split))
+        tokens = self.cached("tokens", split, lambda: self._encode(split))
+        depth = 0 if recipe is None else recipe.freeze_layers
+        if 0 < depth < self.num_layers and self.states_fit(tokens):
+            states = self.cached(f"states-{depth}", split, lambda: self.frozen_states(split, depth))
+            if states is not None:
+                return FrozenStates(tokens, states, depth)
+        return tokens
+
+    def states_fit(self, tokens: EncodedTexts) -> bool:
+        hidden = load_hf_config(self.model_source).hidden_size
+        return tokens.ids.numel() * hidden * 4 <= FROZEN_STATES_BYTES
+
+    @torch.no_grad()
+    def frozen_states(self, split: Split, depth: int) -> torch.Tensor | None:
+        """The output of the pretrained encoder's lowest `depth` layers for every row of the split
+        (padded as its tokens), computed once per study: a recipe that freezes them never runs
+        them again (never paying twice for the same work). None, and the layers run at every
+        step, for an encoder whose layers cannot be passed over so (checked on a few rows)."""
+        device = resolve_device(self.experiment.device)
+        encoder = load_encoder(self.model_source).to(device).eval()
+        blocks = list(largest_block_list(encoder).children())
+        tokens = self.dataset(split, False)
+        seen: dict[str, Any] = {}
+
+        def keep(module, args, output):
+            seen["tuple"] = isinstance(output, tuple)
+            seen["states"] = output[0] if seen["tuple"] else output
+            raise _Reached
+
+        hook = blocks[depth - 1].register_forward_hook(keep)
+        states = None
+        try:
+            for start in range(0, len(tokens), 64):
+                inputs, _ = tokens.collate(list(range(start, min(start + 64, len(tokens)))))
+                inputs = {k: v.to(device) for k, v in inputs.items()}
+                try:
+                    encoder(**inputs)
+                except _Reached:
+                    pass
+                chunk = seen["states"].float().cpu()
+                if states is None:
+                    states = torch.zeros(len(tokens), tokens.ids.shape[1], chunk.shape[-1])
+                states[start : start + len(chunk), : chunk.shape[1]] = chunk
+        finally:
+            hook.remove()
+        if states is None or not self._passes_over(encoder, blocks[:depth], tokens, states, seen):
+            return None
+        self._block_returns_tuple = seen["tuple"]
+        return states
+
+    def _passes_over(self, encoder, blocks, tokens, states, seen) -> bool:
+        """Whether the encoder, its lowest layers passed over, computes what it does whole."""
+        device = next(encoder.parameters()).device
+        inputs, _ = tokens.collate(list(range(min(4, len(tokens)))))
+        ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
+        whole = mean_pool(encoder, ids, mask)
+        cached = states[: len(ids), : ids.shape[1]].to(device)
+        with lowest_layers_cached(blocks, cached, seen["tuple"]):
+            passed = mean_pool(encoder, ids, mask)
+        return torch.allclose(whole, passed, atol=1e-4, rtol=1e-3)
 
     def _features(self, split: Split, encoder: nn.Module | None = None) -> Features:
         features = self.cached("features", split, lambda: self.pooled_features(split, encoder))
@@ -393,6 +514,12 @@ class TextClassification(TaskBase):
     def forward(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if "features" in inputs:  # the frozen encoder ran once already: only the head trains
             return model.classify(inputs["features"])
+        if "frozen_states" in inputs:  # its lowest layers ran once already: the rest trains
+            inputs = dict(inputs)
+            states, depth = inputs.pop("frozen_states"), int(inputs.pop("frozen_depth")[0])
+            blocks = list(largest_block_list(model.encoder).children())[:depth]
+            with lowest_layers_cached(blocks, states, self._block_returns_tuple):
+                return model(**inputs).logits
         return model(**inputs).logits
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
