@@ -20,6 +20,17 @@ def wider_bert(tmp_path_factory) -> Path:
     return make_bert(tmp_path_factory.mktemp("wider-bert"), hidden_size=64, layers=3)
 
 
+def costing(seconds: float, layers: int = 3) -> larger.RunEstimate:
+    """An estimate whose whole default run takes `seconds` (30 training rows, one epoch)."""
+    return larger.RunEstimate(
+        seconds / 40, train_rows=30, validation_rows=0, epochs=1, layers=layers
+    )
+
+
+def costed(estimates: dict[str, float]):
+    return lambda exp, device: costing(estimates[exp.model])
+
+
 def with_larger(text_experiment, wider_bert, timeout):
     return {**text_experiment, "larger_models": [str(wider_bert)], "timeout": timeout}
 
@@ -51,16 +62,23 @@ def test_a_yaml_files_larger_models_are_relative_to_it(text_experiment, wider_be
 
 def test_the_estimate_is_a_positive_number_of_seconds(text_experiment, wider_bert):
     exp = make_experiment({**text_experiment, "model": str(wider_bert)})
-    seconds = larger.estimate_default_run(exp, larger.torch.device("cpu"))
+    estimate = larger.estimate_default_run(exp, larger.torch.device("cpu"))
+    seconds = estimate.seconds()
     assert 0 < seconds < 600 and math.isfinite(seconds)
+    assert estimate.layers == 3
+    # freezing the lowest layers costs less, and never more than MOST_FROZEN_SHARE are frozen
+    assert estimate.seconds(2) < estimate.seconds(1) < seconds
+    assert estimate.fitting_freeze(seconds) == 0
+    assert estimate.fitting_freeze(estimate.seconds(1)) == 1
+    assert estimate.fitting_freeze(estimate.seconds(2) * 0.99) is None
 
 
 def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert, monkeypatch):
     estimates = {str(wider_bert): 100.0}
-    monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: estimates[exp.model])
+    monkeypatch.setattr(larger, "estimate_default_run", costed(estimates))
     device, said = larger.torch.device("cpu"), []
 
-    short = make_experiment(with_larger(text_experiment, wider_bert, 90))  # < 100 s
+    short = make_experiment(with_larger(text_experiment, wider_bert, 60))  # < 67 s, 2 frozen
     exp, choice = larger.choose_backbone(short, device, said.append)
     assert exp.model == text_experiment["model"] and choice["model"] == exp.model
     assert choice["estimated_seconds"] == {str(wider_bert): 100.0}
@@ -74,12 +92,32 @@ def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert,
     assert exp.model == text_experiment["model"] and "kept" in choice
 
     # --fresh chooses again
-    monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: estimates[exp.model])
+    monkeypatch.setattr(larger, "estimate_default_run", costed(estimates))
     fresh = make_experiment({**with_larger(text_experiment, wider_bert, 3600), "fresh": True})
     exp, choice = larger.choose_backbone(fresh, device, said.append)
     assert exp.model == str(wider_bert) and exp.larger_models == []
     stored = json.loads((exp.run_dir / larger.CHOICE_FILE).read_text())
     assert stored["model"] == str(wider_bert)
+
+
+def test_a_larger_model_whose_whole_run_does_not_fit_is_tuned_with_its_lowest_layers_frozen(
+    text_experiment, wider_bert, monkeypatch
+):
+    monkeypatch.setattr(larger, "estimate_default_run", costed({str(wider_bert): 100.0}))
+    said = []
+    exp = make_experiment(with_larger(text_experiment, wider_bert, 90))  # 1 frozen: 83 s
+    exp, choice = larger.choose_backbone(exp, larger.torch.device("cpu"), said.append)
+    assert exp.model == str(wider_bert) and choice["freeze_layers"] == 1
+    assert "holds one with the lowest 1 of 3 layers frozen" in said[0]
+    assert "with its lowest 1 layers frozen" in larger.describe_backbone(choice)
+
+    # the study's default recipe (and its soup runs) freeze them; 2 is past the space's range
+    data = {**with_larger(text_experiment, wider_bert, 70), "trials": 3, "fresh": True}
+    result = tune(data)  # 2 frozen: 67 s
+    assert result.backbone["freeze_layers"] == 2
+    trials = json.loads(result.results_path.read_text())["trials"]
+    defaults = [t for t in trials if t.get("tag", "").startswith("defaults")]
+    assert defaults and all(t["recipe"]["freeze_layers"] == 2 for t in defaults)
 
 
 def test_a_study_tunes_the_larger_model_the_timeout_holds(text_experiment, wider_bert):

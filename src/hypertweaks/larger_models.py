@@ -8,7 +8,9 @@ another worker of it) goes on with the same backbone."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,38 @@ TIMED_STEPS = 8  # training steps that are timed (after an epoch of them that wa
 # of a training step's forward and backward passes.
 FORWARD_SHARE = 1 / 3
 CHOICE_FILE = "backbone.json"
+# A larger encoder whose whole default run the timeout does not hold is tuned with its lowest
+# layers frozen (their output computed once, tasks/text.py) if that run fits: at most this share
+# of its layers frozen (mpnet with 8 of 12 frozen: bench/README.md, issue 31).
+MOST_FROZEN_SHARE = 2 / 3
+
+
+@dataclass(frozen=True)
+class RunEstimate:
+    """What one run of the default recipe costs on a backbone, from its timed training steps."""
+
+    per_example: float  # seconds of a training step per example, every layer trained
+    train_rows: int
+    validation_rows: int
+    epochs: int
+    layers: int
+
+    def seconds(self, freeze_layers: int = 0) -> float:
+        """The run's seconds with its lowest `freeze_layers` layers frozen: those run once, for
+        the cache of their output, and the steps and validations run only the layers above them
+        (costs taken as even across layers). Also the probe's one forward pass over every row."""
+        above = (self.layers - freeze_layers) / self.layers
+        forward = FORWARD_SHARE * self.per_example
+        labelled = self.train_rows + self.validation_rows
+        run = self.per_example * above * self.train_rows * self.epochs
+        run += forward * above * self.validation_rows * self.epochs
+        return run + forward * labelled * (1 + freeze_layers / self.layers)
+
+    def fitting_freeze(self, timeout: float) -> int | None:
+        """The fewest frozen layers (0: none) whose run the timeout holds, at most
+        MOST_FROZEN_SHARE of them; None if none does."""
+        most = math.floor(MOST_FROZEN_SHARE * self.layers)
+        return next((k for k in range(most + 1) if self.seconds(k) <= timeout), None)
 
 
 def choose_backbone(
@@ -45,22 +79,32 @@ def choose_backbone(
         say(f"backbone {choice['model']}: {choice['kept']}")
         return _on(exp, choice["model"]), choice
     estimates: dict[str, float] = {}
-    model = exp.model
+    model, frozen = exp.model, 0
     for candidate in reversed(exp.larger_models):
-        seconds = estimate_default_run(_on(exp, candidate), device)
+        estimate = estimate_default_run(_on(exp, candidate), device)
+        seconds = estimate.seconds()
         estimates[candidate] = round(seconds, 1)
         # As the product's own 1x: a timeout of about one default run buys the head-only
         # candidate and that run (the gain in the module's docstring was measured so).
-        fits = seconds <= exp.timeout
+        depth = estimate.fitting_freeze(exp.timeout)
         say(
             f"backbone {candidate}: a default run takes about {seconds / 60:.3g} min; the "
-            f"timeout ({exp.timeout / 60:.3g} min) {'holds' if fits else 'does not hold'} it"
+            f"timeout ({exp.timeout / 60:.3g} min) {'holds' if depth == 0 else 'does not hold'} it"
+            + (
+                f"; it holds one with the lowest {depth} of {estimate.layers} layers frozen "
+                f"(about {estimate.seconds(depth) / 60:.3g} min)"
+                if depth
+                else ""
+            )
         )
-        if fits:
-            model = candidate
+        if depth is not None:
+            model, frozen = candidate, depth
             break
     choice = {"model": model, "candidates": candidates, "estimated_seconds": estimates}
-    say(f"tuning {model}")
+    if frozen:
+        choice["freeze_layers"] = frozen
+        choice["estimated_seconds_frozen"] = round(estimate.seconds(frozen), 1)
+    say(f"tuning {model}" + (f", its lowest {frozen} layers frozen by default" if frozen else ""))
     exp.run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(exp.run_dir / CHOICE_FILE, json.dumps(choice, indent=2))
     return _on(exp, model), choice
@@ -104,11 +148,12 @@ def _stored_model(exp: Experiment) -> str | None:
     return (study.user_attrs.get("experiment_fingerprint") or {}).get("model")
 
 
-def estimate_default_run(exp: Experiment, device: torch.device) -> float:
-    """Seconds one run of the text default recipe takes on this backbone and device: TIMED_STEPS
+def estimate_default_run(exp: Experiment, device: torch.device) -> RunEstimate:
+    """What one run of the text default recipe costs on this backbone and device: TIMED_STEPS
     training steps on real training rows, timed as the difference between two epochs over them
-    and one (after a warm-up epoch, so that loading, warming up and evaluating cancel), scaled to
-    every epoch of every row, plus the forward passes of the probe and of each validation."""
+    and one (after a warm-up epoch, so that loading, warming up and evaluating cancel), to be
+    scaled to every epoch of every row, with the forward passes of the probe and of each
+    validation (RunEstimate.seconds)."""
     task = make_task(exp, exp.run_dir / "cache")
     task.prepare()
     train, validation = task.splits.train, task.splits.validation
@@ -140,11 +185,7 @@ def estimate_default_run(exp: Experiment, device: torch.device) -> float:
         model = None
         release_memory(device)
     per_example = max(seconds[2] - seconds[1], 1e-6) / (timed * recipe.batch_size)
-    forward = FORWARD_SHARE * per_example
-    epochs = recipe.epochs
-    run = per_example * len(train) * epochs
-    run += forward * (len(validation) * epochs + len(train) + len(validation))
-    return run
+    return RunEstimate(per_example, len(train), len(validation), recipe.epochs, task.num_layers)
 
 
 def describe_backbone(choice: dict[str, Any] | None) -> str | None:
@@ -154,6 +195,12 @@ def describe_backbone(choice: dict[str, Any] | None) -> str | None:
     model, estimates = choice["model"], choice.get("estimated_seconds") or {}
     if "kept" in choice:
         return f"backbone: {model}, {choice['kept']}"
+    if model in estimates and choice.get("freeze_layers"):
+        return (
+            f"backbone: {model}, the largest offered whose default run the timeout holds with "
+            f"its lowest {choice['freeze_layers']} layers frozen (whole, about "
+            f"{estimates[model] / 60:.3g} min)"
+        )
     if model in estimates:
         return (
             f"backbone: {model}, the largest offered whose default run (about "

@@ -82,6 +82,8 @@ class Search:
         except ValueError as error:
             raise ConfigError(f"invalid experiment:\n  space: {error}") from None
         self.defaults = kind.default_recipe(self.task.pretrained_dropout, rows)
+        if frozen := (self.backbone or {}).get("freeze_layers"):
+            self._freeze_by_default(frozen)
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(len(os.sched_getaffinity(0)))  # every core this process may use
         splits = self.task.splits
@@ -93,6 +95,14 @@ class Search:
         )
         for note in splits.notes:
             self.display.message(f"  {note}")
+
+    def _freeze_by_default(self, frozen: int) -> None:
+        """A larger model whose whole default run the timeout does not hold (larger_models.py):
+        the default recipe freezes its lowest layers, and a range of freeze_layers reaches it."""
+        self.defaults = {**self.defaults, "freeze_layers": frozen}
+        spec = self.space.get("freeze_layers")
+        if isinstance(spec, dict) and spec["high"] < frozen:
+            self.space = {**self.space, "freeze_layers": {**spec, "high": frozen}}
 
     def smoke(self) -> None:
         """The smoke stage: a trial of the default recipe on a tiny subset (trial.smoke_trial)."""
