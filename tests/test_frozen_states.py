@@ -129,3 +129,23 @@ def test_an_encoder_whose_layers_cannot_be_passed_over_runs_them_every_step(
     )
     chosen = recipe(freeze_layers=1)
     assert not isinstance(task.dataset(task.splits.train, True, chosen), FrozenStates)
+
+
+def test_the_probe_and_the_cache_of_the_frozen_layers_come_from_one_pass(
+    encoders, text_experiment, tmp_path, monkeypatch
+):
+    exp = make_experiment({**text_experiment, "model": str(encoders["mpnet"])})
+    task = TextClassification(exp, tmp_path / "cache")
+    task.prepare()
+    chosen = recipe(freeze_layers=2)
+    passes = []
+    real_pass = task._pass
+    monkeypatch.setattr(
+        task, "_pass", lambda *args, **kw: passes.append(1) or real_pass(*args, **kw)
+    )
+    model, _ = task.build(chosen)  # the LP-FT head's features and the frozen layers' output
+    assert len(passes) == 2  # train and validation, each once
+    monkeypatch.setattr(text, "load_encoder", lambda *args, **kw: 1 / 0)  # nothing loads again
+    for split in (task.splits.train, task.splits.validation):
+        assert isinstance(task.dataset(split, split is task.splits.train, chosen), FrozenStates)
+    assert len(passes) == 2 and len(list((tmp_path / "cache").glob("features-*.pt"))) == 2

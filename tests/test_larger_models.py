@@ -78,7 +78,7 @@ def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert,
     monkeypatch.setattr(larger, "estimate_default_run", costed(estimates))
     device, said = larger.torch.device("cpu"), []
 
-    short = make_experiment(with_larger(text_experiment, wider_bert, 60))  # < 67 s, 2 frozen
+    short = make_experiment(with_larger(text_experiment, wider_bert, 40))  # < 50 s, 2 frozen
     exp, choice = larger.choose_backbone(short, device, said.append)
     assert exp.model == text_experiment["model"] and choice["model"] == exp.model
     assert choice["estimated_seconds"] == {str(wider_bert): 100.0}
@@ -105,15 +105,15 @@ def test_a_larger_model_whose_whole_run_does_not_fit_is_tuned_with_its_lowest_la
 ):
     monkeypatch.setattr(larger, "estimate_default_run", costed({str(wider_bert): 100.0}))
     said = []
-    exp = make_experiment(with_larger(text_experiment, wider_bert, 90))  # 1 frozen: 83 s
+    exp = make_experiment(with_larger(text_experiment, wider_bert, 80))  # 1 frozen: 75 s
     exp, choice = larger.choose_backbone(exp, larger.torch.device("cpu"), said.append)
     assert exp.model == str(wider_bert) and choice["freeze_layers"] == 1
     assert "holds one with the lowest 1 of 3 layers frozen" in said[0]
     assert "with its lowest 1 layers frozen" in larger.describe_backbone(choice)
 
     # the study's default recipe (and its soup runs) freeze them; 2 is past the space's range
-    data = {**with_larger(text_experiment, wider_bert, 70), "trials": 3, "fresh": True}
-    result = tune(data)  # 2 frozen: 67 s
+    data = {**with_larger(text_experiment, wider_bert, 60), "trials": 3, "fresh": True}
+    result = tune(data)  # 2 frozen: 50 s
     assert result.backbone["freeze_layers"] == 2
     trials = json.loads(result.results_path.read_text())["trials"]
     defaults = [t for t in trials if t.get("tag", "").startswith("defaults")]

@@ -47,15 +47,15 @@ class RunEstimate:
     layers: int
 
     def seconds(self, freeze_layers: int = 0) -> float:
-        """The run's seconds with its lowest `freeze_layers` layers frozen: those run once, for
-        the cache of their output, and the steps and validations run only the layers above them
-        (costs taken as even across layers). Also the probe's one forward pass over every row."""
+        """The run's seconds with its lowest `freeze_layers` layers frozen: the steps and
+        validations run only the layers above them (costs taken as even across layers), and one
+        forward pass over every labelled row computes the probe's features and the frozen
+        layers' output together."""
         above = (self.layers - freeze_layers) / self.layers
         forward = FORWARD_SHARE * self.per_example
-        labelled = self.train_rows + self.validation_rows
         run = self.per_example * above * self.train_rows * self.epochs
         run += forward * above * self.validation_rows * self.epochs
-        return run + forward * labelled * (1 + freeze_layers / self.layers)
+        return run + forward * (self.train_rows + self.validation_rows)
 
     def fitting_freeze(self, timeout: float) -> int | None:
         """The fewest frozen layers (0: none) whose run the timeout holds, at most

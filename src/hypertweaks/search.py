@@ -100,6 +100,7 @@ class Search:
         """A larger model whose whole default run the timeout does not hold (larger_models.py):
         the default recipe freezes its lowest layers, and a range of freeze_layers reaches it."""
         self.defaults = {**self.defaults, "freeze_layers": frozen}
+        self.task.default_frozen_depth = frozen  # computed with the features the probe needs
         spec = self.space.get("freeze_layers")
         if isinstance(spec, dict) and spec["high"] < frozen:
             self.space = {**self.space, "freeze_layers": {**spec, "high": frozen}}

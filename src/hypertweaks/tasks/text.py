@@ -315,7 +315,10 @@ class TextClassification(TaskBase):
     def __init__(self, experiment: Experiment, cache_dir: Path):
         super().__init__(experiment, cache_dir)
         self.model_source = experiment.model
-        self._block_returns_tuple = False  # the encoder's layers return a tuple (frozen_states)
+        self._block_returns_tuple = False  # the encoder's layers return a tuple (_pass)
+        # The default recipe's frozen depth, where it freezes layers (a larger model, search.py):
+        # the pass that computes the frozen features keeps that depth's output too.
+        self.default_frozen_depth = 0
 
     def prepare(self) -> None:
         exp = self.experiment
@@ -384,6 +387,9 @@ class TextClassification(TaskBase):
         encoder = load_encoder(self.model_source, recipe.dropout)
         model = MeanPooledClassifier(encoder, len(self.splits.classes), recipe.dropout)
         if probe:
+            if 0 < recipe.freeze_layers < self.num_layers:  # one pass: the probe's and the cache
+                for split in (self.splits.train, self.splits.validation):
+                    self._frozen_states(split, recipe.freeze_layers, encoder)
             model.head.load_state_dict(self._probe_head(encoder).state_dict())
         return model, encoder_stack(model)
 
@@ -397,95 +403,119 @@ class TextClassification(TaskBase):
             return self._features(split)
         tokens = self.cached("tokens", split, lambda: self._encode(split))
         depth = 0 if recipe is None else recipe.freeze_layers
-        if 0 < depth < self.num_layers and self.states_fit(tokens):
-            states = self.cached(f"states-{depth}", split, lambda: self.frozen_states(split, depth))
-            if states is not None:
-                return FrozenStates(tokens, states, depth)
+        if (
+            0 < depth < self.num_layers
+            and (states := self._frozen_states(split, depth)) is not None
+        ):
+            return FrozenStates(tokens, states, depth)
         return tokens
 
-    def states_fit(self, tokens: EncodedTexts) -> bool:
+    def _frozen_states(
+        self, split: Split, depth: int, encoder: nn.Module | None = None
+    ) -> torch.Tensor | None:
+        """The output of the pretrained encoder's lowest `depth` layers for every row of the split
+        (padded as its tokens), computed once per study and kept in memory: a recipe that freezes
+        them never runs them again (never paying twice for the same work). None, and the layers
+        run at every step, where they would take more than FROZEN_STATES_BYTES, or for an encoder
+        whose layers cannot be passed over so (checked on a few rows)."""
+        if self._states_too_large(split):
+            return None
+        return self.cached(f"states-{depth}", split, lambda: self._pass(split, encoder, depth)[1])
+
+    def _states_too_large(self, split: Split) -> bool:
+        tokens = self.cached("tokens", split, lambda: self._encode(split))
         hidden = load_hf_config(self.model_source).hidden_size
-        return tokens.ids.numel() * hidden * 4 <= FROZEN_STATES_BYTES
+        return tokens.ids.numel() * hidden * 4 > FROZEN_STATES_BYTES
+
+    def _features(self, split: Split, encoder: nn.Module | None = None) -> Features:
+        features = self.cached("features", split, lambda: self.pooled_features(split, encoder))
+        return Features(features, torch.as_tensor(split.labels))
+
+    def _features_path(self, split: Split) -> Path:
+        digest = hashlib.sha256(json.dumps(["mean-pooled", self.tokenizer_key]).encode())
+        digest.update(str(self.model_source).encode())
+        for text in split.inputs:
+            digest.update(text.encode() + b"\0")
+        return self.cache_dir / f"features-{digest.hexdigest()[:24]}.pt"
+
+    def pooled_features(self, split: Split, encoder: nn.Module | None = None) -> torch.Tensor:
+        """The frozen encoder's mean-pooled features: one forward pass per study (never paying
+        twice), on disk beside the tokens. `encoder`: the pretrained encoder already in memory,
+        if any (else it is loaded)."""
+        path = self._features_path(split)
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        depth = self.default_frozen_depth
+        if not 0 < depth < self.num_layers or self._states_too_large(split):
+            return self._pass(split, encoder)[0]
+        features, states = self._pass(split, encoder, depth)
+        self._cache.setdefault((f"states-{depth}", split.key), states)
+        return features
 
     @torch.no_grad()
-    def frozen_states(self, split: Split, depth: int) -> torch.Tensor | None:
-        """The output of the pretrained encoder's lowest `depth` layers for every row of the split
-        (padded as its tokens), computed once per study: a recipe that freezes them never runs
-        them again (never paying twice for the same work). None, and the layers run at every
-        step, for an encoder whose layers cannot be passed over so (checked on a few rows)."""
+    def _pass(
+        self, split: Split, encoder: nn.Module | None, depth: int = 0
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """One forward pass of the pretrained encoder (`encoder`, if in memory) over the split, as
+        in evaluation: its mean-pooled features, unless they are on disk already (then the pass
+        stops at layer `depth`), and, for a `depth`, the output of the lowest `depth` layers."""
+        path = self._features_path(split)
+        whole = not path.exists()
         device = resolve_device(self.experiment.device)
-        encoder = load_encoder(self.model_source).to(device).eval()
+        encoder = (encoder if encoder is not None else load_encoder(self.model_source)).to(device)
+        training = encoder.training
+        encoder.eval()  # no dropout: what the pretrained model computes
         blocks = list(largest_block_list(encoder).children())
-        tokens = self.dataset(split, False)
         seen: dict[str, Any] = {}
 
         def keep(module, args, output):
             seen["tuple"] = isinstance(output, tuple)
             seen["states"] = output[0] if seen["tuple"] else output
-            raise _Reached
+            if not whole:
+                raise _Reached
 
-        hook = blocks[depth - 1].register_forward_hook(keep)
-        states = None
+        hook = blocks[depth - 1].register_forward_hook(keep) if depth else None
+        tokens = self.cached("tokens", split, lambda: self._encode(split))
+        chunks, states = [], None
         try:
             for start in range(0, len(tokens), 64):
                 inputs, _ = tokens.collate(list(range(start, min(start + 64, len(tokens)))))
-                inputs = {k: v.to(device) for k, v in inputs.items()}
+                ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
                 try:
-                    encoder(**inputs)
+                    chunks.append(mean_pool(encoder, ids, mask).float().cpu())
                 except _Reached:
                     pass
-                chunk = seen["states"].float().cpu()
-                if states is None:
-                    states = torch.zeros(len(tokens), tokens.ids.shape[1], chunk.shape[-1])
-                states[start : start + len(chunk), : chunk.shape[1]] = chunk
+                if depth:
+                    chunk = seen["states"].float().cpu()
+                    if states is None:
+                        states = torch.zeros(len(tokens), tokens.ids.shape[1], chunk.shape[-1])
+                    states[start : start + len(chunk), : chunk.shape[1]] = chunk
         finally:
-            hook.remove()
-        if states is None or not self._passes_over(encoder, blocks[:depth], tokens, states, seen):
-            return None
-        self._block_returns_tuple = seen["tuple"]
-        return states
+            if hook is not None:
+                hook.remove()
+        features = None
+        if whole:
+            features = torch.cat(chunks) if chunks else torch.zeros(0, encoder.config.hidden_size)
+            save_torch(features, path)
+        if states is not None:
+            if self._passes_over(encoder, blocks[:depth], tokens, states, seen["tuple"]):
+                self._block_returns_tuple = seen["tuple"]
+            else:
+                states = None
+        encoder.train(training)
+        return features, states
 
-    def _passes_over(self, encoder, blocks, tokens, states, seen) -> bool:
+    @torch.no_grad()
+    def _passes_over(self, encoder, blocks, tokens, states, returns_tuple: bool) -> bool:
         """Whether the encoder, its lowest layers passed over, computes what it does whole."""
         device = next(encoder.parameters()).device
         inputs, _ = tokens.collate(list(range(min(4, len(tokens)))))
         ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
         whole = mean_pool(encoder, ids, mask)
         cached = states[: len(ids), : ids.shape[1]].to(device)
-        with lowest_layers_cached(blocks, cached, seen["tuple"]):
+        with lowest_layers_cached(blocks, cached, returns_tuple):
             passed = mean_pool(encoder, ids, mask)
         return torch.allclose(whole, passed, atol=1e-4, rtol=1e-3)
-
-    def _features(self, split: Split, encoder: nn.Module | None = None) -> Features:
-        features = self.cached("features", split, lambda: self.pooled_features(split, encoder))
-        return Features(features, torch.as_tensor(split.labels))
-
-    @torch.no_grad()
-    def pooled_features(self, split: Split, encoder: nn.Module | None = None) -> torch.Tensor:
-        """The frozen encoder's mean-pooled features: one forward pass per study (never paying
-        twice), on disk beside the tokens. `encoder`: the pretrained encoder already in memory,
-        if any (else it is loaded)."""
-        digest = hashlib.sha256(json.dumps(["mean-pooled", self.tokenizer_key]).encode())
-        digest.update(str(self.model_source).encode())
-        for text in split.inputs:
-            digest.update(text.encode() + b"\0")
-        path = self.cache_dir / f"features-{digest.hexdigest()[:24]}.pt"
-        if path.exists():
-            return torch.load(path, weights_only=True)
-        device = resolve_device(self.experiment.device)
-        encoder = (encoder if encoder is not None else load_encoder(self.model_source)).to(device)
-        training = encoder.training
-        encoder.eval()  # no dropout: the features are the pretrained model's
-        data = self.dataset(split, False)  # the cached tokens
-        chunks = []
-        for start in range(0, len(data), 64):
-            inputs, _ = data.collate(list(range(start, min(start + 64, len(data)))))
-            ids, mask = inputs["input_ids"].to(device), inputs["attention_mask"].to(device)
-            chunks.append(mean_pool(encoder, ids, mask).float().cpu())
-        encoder.train(training)
-        features = torch.cat(chunks) if chunks else torch.zeros(0, encoder.config.hidden_size)
-        save_torch(features, path)
-        return features
 
     def _encode(self, split: Split) -> EncodedTexts:
         """Tokenize once per study: the cache is keyed by tokenizer, max length and the texts."""
