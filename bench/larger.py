@@ -37,6 +37,8 @@ def _backbone(result: dict) -> str:
     name = "MiniLM" if "minilm" in name.lower() or name == "model" else name
     estimate = next(iter((choice.get("estimated_seconds") or {}).values()), None)
     runs = f"soup of {len(soup['members'])}" if soup.get("kept") else "one run kept"
+    if frozen := choice.get("freeze_layers"):
+        runs = f"lowest {frozen} layers frozen, {runs}"
     return f"{name} ({runs}; estimate {estimate:.0f}s)" if estimate else f"{name} ({runs})"
 
 

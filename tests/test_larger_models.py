@@ -103,11 +103,17 @@ def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert,
 def test_a_larger_model_whose_whole_run_does_not_fit_is_tuned_with_its_lowest_layers_frozen(
     text_experiment, wider_bert, monkeypatch
 ):
-    monkeypatch.setattr(larger, "estimate_default_run", costed({str(wider_bert): 100.0}))
+    def slow(exp, device):  # the estimate's time is paid from the timeout
+        larger.time.sleep(0.5)
+        return costing(100.0)
+
+    monkeypatch.setattr(larger, "estimate_default_run", slow)
     said = []
     exp = make_experiment(with_larger(text_experiment, wider_bert, 80))  # 1 frozen: 75 s
     exp, choice = larger.choose_backbone(exp, larger.torch.device("cpu"), said.append)
     assert exp.model == str(wider_bert) and choice["freeze_layers"] == 1
+    assert 0.5 <= choice["choosing_seconds"] < 4
+    assert exp.timeout == pytest.approx(80 - choice["choosing_seconds"])
     assert "holds one with the lowest 1 of 3 layers frozen" in said[0]
     assert "with its lowest 1 layers frozen" in larger.describe_backbone(choice)
 

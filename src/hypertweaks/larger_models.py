@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from hypertweaks.space import Recipe
 from hypertweaks.tasks import make_task
 from hypertweaks.train import fit, release_memory
 
-TIMED_STEPS = 8  # training steps that are timed (after an epoch of them that warms up)
+TIMED_STEPS = 4  # training steps that are timed (after an epoch of them that warms up)
 # A forward pass (the validation at each epoch, the probe's frozen features) costs about a third
 # of a training step's forward and backward passes.
 FORWARD_SHARE = 1 / 3
@@ -77,16 +78,18 @@ def choose_backbone(
     if chosen is not None:
         choice = {**chosen, "kept": "chosen when the study started (--fresh chooses again)"}
         say(f"backbone {choice['model']}: {choice['kept']}")
-        return _on(exp, choice["model"]), choice
+        return _tuned(exp, choice), choice
     estimates: dict[str, float] = {}
     model, frozen = exp.model, 0
+    start = time.perf_counter()
     for candidate in reversed(exp.larger_models):
         estimate = estimate_default_run(_on(exp, candidate), device)
         seconds = estimate.seconds()
         estimates[candidate] = round(seconds, 1)
         # As the product's own 1x: a timeout of about one default run buys the head-only
-        # candidate and that run (the gain in the module's docstring was measured so).
-        depth = estimate.fitting_freeze(exp.timeout)
+        # candidate and that run (the gain in the module's docstring was measured so). The
+        # estimates are paid from the timeout.
+        depth = estimate.fitting_freeze(exp.timeout - (time.perf_counter() - start))
         say(
             f"backbone {candidate}: a default run takes about {seconds / 60:.3g} min; the "
             f"timeout ({exp.timeout / 60:.3g} min) {'holds' if depth == 0 else 'does not hold'} it"
@@ -101,18 +104,27 @@ def choose_backbone(
             model, frozen = candidate, depth
             break
     choice = {"model": model, "candidates": candidates, "estimated_seconds": estimates}
+    choice["choosing_seconds"] = round(time.perf_counter() - start, 1)
     if frozen:
         choice["freeze_layers"] = frozen
         choice["estimated_seconds_frozen"] = round(estimate.seconds(frozen), 1)
     say(f"tuning {model}" + (f", its lowest {frozen} layers frozen by default" if frozen else ""))
     exp.run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(exp.run_dir / CHOICE_FILE, json.dumps(choice, indent=2))
-    return _on(exp, model), choice
+    return _tuned(exp, choice), choice
 
 
 def _on(exp: Experiment, model: str) -> Experiment:
     """`exp` on this backbone, with no larger models left to choose (its best.yaml retrains it)."""
     return exp.model_copy(update={"model": model, "larger_models": []})
+
+
+def _tuned(exp: Experiment, choice: dict[str, Any]) -> Experiment:
+    """The study on the chosen backbone: its timeout less the time the choice took (the study's
+    trials and the choice share the one budget, on resume too)."""
+    tuned = _on(exp, choice["model"])
+    spent = choice.get("choosing_seconds") or 0.0
+    return tuned.model_copy(update={"timeout": max(exp.timeout - spent, 1.0)})
 
 
 def _chosen_before(exp: Experiment, candidates: list[str]) -> dict[str, Any] | None:

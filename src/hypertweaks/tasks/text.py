@@ -420,7 +420,10 @@ class TextClassification(TaskBase):
         whose layers cannot be passed over so (checked on a few rows)."""
         if self._states_too_large(split):
             return None
-        return self.cached(f"states-{depth}", split, lambda: self._pass(split, encoder, depth)[1])
+        kind = f"states-{depth}"
+        for key in [k for k in self._cache if k[0].startswith("states-") and k[0] != kind]:
+            del self._cache[key]  # one depth in memory at a time: a search may try many
+        return self.cached(kind, split, lambda: self._pass(split, encoder, depth)[1])
 
     def _states_too_large(self, split: Split) -> bool:
         tokens = self.cached("tokens", split, lambda: self._encode(split))
