@@ -153,6 +153,16 @@ def test_a_worker_on_another_machine_joins_the_backbone_the_study_started_on(
     elsewhere = {**data, "runs_dir": str(tmp_path / "other-machine"), "trials": 2}
     exp, choice = larger.choose_backbone(make_experiment(elsewhere), larger.torch.device("cpu"))
     assert exp.model == str(wider_bert) and "kept" in choice
+    assert "freeze_layers" not in choice
+
+    # a study whose default recipe froze the larger model's lowest layers: so does the worker's
+    monkeypatch.setattr(larger, "estimate_default_run", costed({str(wider_bert): 100.0}))
+    frozen = {**data, "name": "frozen", "timeout": 60}  # 2 frozen: 50 s
+    assert tune(frozen).backbone["freeze_layers"] == 2
+    monkeypatch.setattr(larger, "estimate_default_run", lambda exp, device: 1 / 0)
+    elsewhere = {**frozen, "runs_dir": str(tmp_path / "other-machine"), "trials": 2}
+    exp, choice = larger.choose_backbone(make_experiment(elsewhere), larger.torch.device("cpu"))
+    assert exp.model == str(wider_bert) and choice["freeze_layers"] == 2
 
 
 def test_a_timeout_that_held_many_default_runs_points_to_a_larger_encoder(text_experiment):

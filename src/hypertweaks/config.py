@@ -61,7 +61,8 @@ class Experiment(BaseModel):
     larger_models: list[str] = Field(
         default_factory=list,
         description="text classification with a timeout: larger encoders, smallest first; the "
-        "largest whose default run the timeout holds is tuned instead of model",
+        "largest whose default run the timeout holds (whole, or with its lowest layers frozen) "
+        "is tuned instead of model",
     )
     weights: Path | None = Field(None, description="local weights file (image backbones)")
     gguf_file: str | None = Field(None, description="GGUF file name inside the model folder/repo")

@@ -1,9 +1,11 @@
 """Which backbone a study tunes when the user offers larger ones: the largest whose default run
 the timeout holds. Within one backbone, more budget buys little past a soup of the default's runs
 (bench/README.md, issue 31); a larger encoder buys more (all-mpnet-base-v2 at 1x scored 2.4 test
-points above MiniLM at 1x on six text sets, 6-0, for six to nine times its compute). The choice is
-made once, when the study starts, and kept in RUN_DIR/backbone.json, so a resumed study (or
-another worker of it) goes on with the same backbone."""
+points above MiniLM at 1x on six text sets, 6-0, for six to nine times its compute). A larger
+encoder whose whole default run the timeout does not hold may fit with its lowest layers frozen:
+their output is computed once (tasks/text.py) and only the layers above train. The choice is made
+once, when the study starts, its time paid from the timeout, and kept in RUN_DIR/backbone.json, so
+a resumed study (or another worker of it) goes on with the same backbone."""
 
 from __future__ import annotations
 
@@ -69,8 +71,10 @@ def choose_backbone(
     exp: Experiment, device: torch.device, say: Callable[[str], None] = print
 ) -> tuple[Experiment, dict[str, Any]]:
     """The experiment to tune: `exp` itself, or a copy on the largest of its `larger_models`
-    (listed smallest first) whose estimated default run the timeout holds; and what was
-    measured, for results.json. Without larger_models, `exp` and {}."""
+    (listed smallest first) whose estimated default run the timeout holds, whole or with as few
+    of its lowest layers frozen as fit (`choice["freeze_layers"]`, which the study's default
+    recipe then freezes); and what was measured, for results.json. Without larger_models, `exp`
+    and {}."""
     if not exp.larger_models:
         return exp, {}
     candidates = [exp.model, *exp.larger_models]
@@ -140,15 +144,17 @@ def _chosen_before(exp: Experiment, candidates: list[str]) -> dict[str, Any] | N
         return choice
     if exp.storage is None or exp.backend != "optuna":
         return None  # (the default SQLite file lives in RUN_DIR, beside backbone.json)
-    stored = _stored_model(exp)
+    stored, frozen = _stored_choice(exp)
     started_on = [m for m in candidates if model_key(m) == stored]
     if not started_on:
         return None
-    return {"model": started_on[0], "candidates": candidates}
+    choice = {"model": started_on[0], "candidates": candidates}
+    return {**choice, "freeze_layers": frozen} if frozen else choice
 
 
-def _stored_model(exp: Experiment) -> str | None:
-    """The model in the stored fingerprint of the study `exp` names; None if it has none yet."""
+def _stored_choice(exp: Experiment) -> tuple[str | None, int]:
+    """The model in the stored fingerprint of the study `exp` names (None if it has none yet),
+    and the layers its default recipe froze (0 if none, or it has not been queued yet)."""
     import optuna
 
     from hypertweaks.study import storage_url
@@ -156,8 +162,11 @@ def _stored_model(exp: Experiment) -> str | None:
     try:
         study = optuna.load_study(study_name=exp.name, storage=storage_url(exp))
     except KeyError:  # no such study yet
-        return None
-    return (study.user_attrs.get("experiment_fingerprint") or {}).get("model")
+        return None, 0
+    model = (study.user_attrs.get("experiment_fingerprint") or {}).get("model")
+    trials = study.get_trials(deepcopy=False)
+    defaults = [t for t in trials if t.user_attrs.get("tag") == "defaults"]
+    return model, int(defaults[0].params.get("freeze_layers", 0)) if defaults else 0
 
 
 def estimate_default_run(exp: Experiment, device: torch.device) -> RunEstimate:
