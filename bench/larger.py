@@ -2,9 +2,10 @@
 and the product offered all-mpnet-base-v2 at the same budget (`hypertweaks_larger`), all in the
 same run on MiniLM's cut, each pair with its own reference run.
 
-    python -m bench.larger [--root bench/results/larger] [--budget 10x]
+    python -m bench.larger [--root bench/results/larger] [--budget 10x] [--minilm-budget 3x]
 
-writes LARGER_<budget>.md beside the cells and prints it. Cells:
+writes LARGER_<budget>.md beside the cells and prints it (`--minilm-budget`: the product on
+MiniLM at another budget than `larger`'s, where its cells at that budget were not run). Cells:
 `HYPERTWEAKS_BENCH_RESULTS=bench/results/larger python -m bench run --tasks T --seeds S
 --methods hypertweaks --budget 1x,10x --threads 1 --no-report`, then the same with
 `--methods hypertweaks_larger --budget 10x`.
@@ -42,9 +43,10 @@ def _backbone(result: dict) -> str:
     return f"{name} ({runs}; estimate {estimate:.0f}s)" if estimate else f"{name} ({runs})"
 
 
-def table(budget: str, root: Path = ROOT) -> str:
+def table(budget: str, root: Path = ROOT, minilm_budget: str | None = None) -> str:
     from bench.meta.simulate import paired_interval
 
+    mine = minilm_budget or budget
     folder = root / "cells" / CUT
     lines = [
         f"# The product offered a larger encoder, at {budget} (test accuracy %)",
@@ -52,17 +54,17 @@ def table(budget: str, root: Path = ROOT) -> str:
         f"Cut {CUT}; the budget unit is MiniLM's reference run. `larger` is hypertweaks with "
         "`larger_models: [all-mpnet-base-v2]`.",
         "",
-        f"| task | seed | unit (s) | reference | hypertweaks 1x | hypertweaks {budget} | "
+        f"| task | seed | unit (s) | reference | hypertweaks 1x | hypertweaks {mine} | "
         f"larger {budget} | what larger tuned |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    rows, used = [], {budget: [], "larger": []}
+    rows, used = [], {mine: [], "larger": []}
     for path in sorted(folder.glob(f"*__hypertweaks_larger__{budget}__s*.json")):
         task, _, _, seed = path.stem.split("__")
         paths = [
             cell(root, task, "defaults", seed),
             cell(root, task, "hypertweaks", seed, "1x"),
-            cell(root, task, "hypertweaks", seed, budget),
+            cell(root, task, "hypertweaks", seed, mine),
             path,
         ]
         if not all(p.exists() for p in paths):
@@ -71,7 +73,7 @@ def table(budget: str, root: Path = ROOT) -> str:
         scores = [body["result"]["test_metrics"]["accuracy"] for body in bodies]
         unit = bodies[1]["unit_seconds"]
         rows.append((task, scores))
-        for key, spent in ((budget, _used(bodies[2])), ("larger", _used(bodies[3]))):
+        for key, spent in ((mine, _used(bodies[2])), ("larger", _used(bodies[3]))):
             if spent is not None:
                 used[key].append(spent)
         lines.append(
@@ -85,18 +87,18 @@ def table(budget: str, root: Path = ROOT) -> str:
     lines += ["", f"Paired over {len(rows)} task/seed pairs (points, bootstrap 95% interval, "
               "won-lost):", ""]  # fmt: skip
     for name, a, b in (
-        (f"larger {budget} minus hypertweaks {budget}", 3, 2),
+        (f"larger {budget} minus hypertweaks {mine}", 3, 2),
         (f"larger {budget} minus hypertweaks 1x", 3, 1),
-        (f"hypertweaks {budget} minus hypertweaks 1x", 2, 1),
+        (f"hypertweaks {mine} minus hypertweaks 1x", 2, 1),
     ):
         mean, low, high = paired_interval(score[a], score[b])
         won, lost = int((score[a] > score[b]).sum()), int((score[a] < score[b]).sum())
         lines.append(f"- {name}: {mean:+.1f} [{low:+.1f}, {high:+.1f}], {won}-{lost}")
-    if used[budget] and used["larger"]:
+    if used[mine] and used["larger"]:
         spans = [
             f"{name} {np.mean(v):.2f} ({min(v):.2f}-{max(v):.2f})"
             for name, v in (
-                (f"hypertweaks {budget}", used[budget]),
+                (f"hypertweaks {mine}", used[mine]),
                 (f"larger {budget}", used["larger"]),
             )
         ]
@@ -108,8 +110,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.larger", description=__doc__)
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--budget", default="10x")
+    parser.add_argument("--minilm-budget", default=None)
     args = parser.parse_args()
-    text = table(args.budget, args.root)
+    text = table(args.budget, args.root, args.minilm_budget)
     (args.root / f"LARGER_{args.budget}.md").write_text(text)
     print(text)
 

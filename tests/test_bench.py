@@ -583,6 +583,13 @@ def test_the_larger_table_pairs_the_larger_encoder_with_minilm_at_the_same_budge
     assert "- larger 10x minus hypertweaks 10x: +1.5" in text and "1-1" in text
     assert "hypertweaks 10x 1.02 (1.02-1.02); larger 10x 1.30 (1.30-1.30)" in text
 
+    # larger at 4x, partly frozen, against MiniLM's cells at 10x (none at 4x)
+    frozen = {**chose, "freeze_layers": 10}
+    write("sst2__hypertweaks_larger__4x__s0.json", 0.88, {"backbone": frozen}, used=1.1)
+    text = larger.table("4x", tmp_path, minilm_budget="10x")
+    assert "| sst2 | 0 | 60 | 80.0 | 85.0 | 86.0 | **88.0** | all-mpnet-base-v2 (lowest 10" in text
+    assert "- larger 4x minus hypertweaks 10x: +2.0" in text
+
 
 @pytest.mark.parametrize(
     ("flag", "file"),
