@@ -26,9 +26,10 @@ from hypertweaks.fingerprint import model_key
 from hypertweaks.kinds import kind_of
 from hypertweaks.space import Recipe
 from hypertweaks.tasks import make_task
-from hypertweaks.train import fit, release_memory
+from hypertweaks.train import release_memory, seconds_per_example
 
-TIMED_STEPS = 4  # training steps that are timed (after an epoch of them that warms up)
+WARMUP_STEPS = 2  # training steps that warm up (memory, kernels) before the timed ones
+TIMED_STEPS = 4
 # A forward pass (the validation at each epoch, the probe's frozen features) costs about a third
 # of a training step's forward and backward passes.
 FORWARD_SHARE = 1 / 3
@@ -170,9 +171,8 @@ def _stored_choice(exp: Experiment) -> tuple[str | None, int]:
 
 
 def estimate_default_run(exp: Experiment, device: torch.device) -> RunEstimate:
-    """What one run of the text default recipe costs on this backbone and device: TIMED_STEPS
-    training steps on real training rows, timed as the difference between two epochs over them
-    and one (after a warm-up epoch, so that loading, warming up and evaluating cancel), to be
+    """What one run of the text default recipe costs on this backbone and device: its training
+    steps timed on a few batches of real training rows (after WARMUP_STEPS that are not), to be
     scaled to every epoch of every row, with the forward passes of the probe and of each
     validation (RunEstimate.seconds)."""
     task = make_task(exp, exp.run_dir / "cache")
@@ -180,32 +180,15 @@ def estimate_default_run(exp: Experiment, device: torch.device) -> RunEstimate:
     train, validation = task.splits.train, task.splits.validation
     recipe = Recipe(**kind_of(exp.task).default_recipe(task.pretrained_dropout, len(train)))
     order = np.random.default_rng(exp.seed).permutation(len(train))
-    rows = train.subset(order[: recipe.batch_size * TIMED_STEPS])
-    few = validation.subset(range(min(len(validation), 8)))
-    timed = len(rows) // recipe.batch_size or 1  # (fewer rows than TIMED_STEPS batches)
+    rows = train.subset(order[: recipe.batch_size * (WARMUP_STEPS + TIMED_STEPS)])
+    warmup = min(WARMUP_STEPS, max(len(rows) // recipe.batch_size - 1, 0))  # (few rows)
     model, layers = task.build(recipe, probe=False)
-    seconds = []
     try:
-        for epochs in (1, 1, 2):  # the first warms up (memory, kernels) and is not counted
-            one = Recipe(**{**recipe.as_dict(), "epochs": epochs})
-            result = fit(
-                task,
-                model,
-                layers,
-                one,
-                task.dataset(rows, True, one),
-                task.dataset(few, False, one),
-                metric=exp.metric,
-                direction=exp.direction,
-                patience=epochs,
-                device=device,
-                seed=exp.seed,
-            )
-            seconds.append(result.seconds)
+        data = task.dataset(rows, True, recipe)
+        per_example = seconds_per_example(task, model, layers, recipe, data, device, warmup)
     finally:
         model = None
         release_memory(device)
-    per_example = max(seconds[2] - seconds[1], 1e-6) / (timed * recipe.batch_size)
     return RunEstimate(per_example, len(train), len(validation), recipe.epochs, task.num_layers)
 
 

@@ -154,6 +154,41 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def seconds_per_example(
+    task,
+    model: nn.Module,
+    layers: LayerStack,
+    recipe: Recipe,
+    data: Dataset,
+    device: torch.device | str = "cpu",
+    warmup: int = 2,
+) -> float:
+    """Seconds a training step of `recipe` takes per example, timed over the batches of `data`
+    after the first `warmup` (memory, kernels): forward, backward and optimiser step, as `fit`
+    runs them. The model's weights change: time a throwaway copy."""
+    device = torch.device(device)
+    model.to(device).train()
+    layers.set_trainable(recipe.freeze_layers, recipe.gradual_unfreeze, 0)
+    freeze_norm_statistics(model)
+    optimizer = make_optimizer(model, recipe)
+    loader = DataLoader(data, batch_size=recipe.batch_size, collate_fn=data.collate)
+    start, examples = time.perf_counter(), 0
+    for step, (inputs, labels) in enumerate(loader):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, examples = time.perf_counter(), 0
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        labels = labels.to(device)
+        _accumulate_gradients(task, model, optimizer, inputs, labels, len(labels))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+        optimizer.step()
+        examples += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / max(examples, 1)
+
+
 def fit(
     task,
     model: nn.Module,
