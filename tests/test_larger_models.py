@@ -71,6 +71,7 @@ def test_the_estimate_is_a_positive_number_of_seconds(text_experiment, wider_ber
     assert estimate.fitting_freeze(seconds) == 0
     assert estimate.fitting_freeze(estimate.seconds(1)) == 1
     assert estimate.fitting_freeze(estimate.seconds(2) * 0.99) is None
+    assert estimate.fitting_freeze(estimate.seconds(1), may_freeze=False) is None
 
 
 def test_the_timeout_decides_and_the_choice_is_kept(text_experiment, wider_bert, monkeypatch):
@@ -116,6 +117,11 @@ def test_a_larger_model_whose_whole_run_does_not_fit_is_tuned_with_its_lowest_la
     assert exp.timeout == pytest.approx(80 - choice["choosing_seconds"])
     assert "holds one with the lowest 1 of 3 layers frozen" in said[0]
     assert "with its lowest 1 layers frozen" in larger.describe_backbone(choice)
+    # a user who set freeze_layers in the space keeps it: no layer is frozen for them
+    mine = {**with_larger(text_experiment, wider_bert, 80), "fresh": True}
+    mine["space"] = {**mine["space"], "freeze_layers": {"low": 0, "high": 1}}
+    exp, choice = larger.choose_backbone(make_experiment(mine), larger.torch.device("cpu"))
+    assert exp.model == text_experiment["model"] and "freeze_layers" not in choice
 
     # the study's default recipe (and its soup runs) freeze them; 2 is past the space's range
     data = {**with_larger(text_experiment, wider_bert, 60), "trials": 3, "fresh": True}

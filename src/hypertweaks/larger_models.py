@@ -61,10 +61,10 @@ class RunEstimate:
         run += forward * above * self.validation_rows * self.epochs
         return run + forward * (self.train_rows + self.validation_rows)
 
-    def fitting_freeze(self, timeout: float) -> int | None:
+    def fitting_freeze(self, timeout: float, may_freeze: bool = True) -> int | None:
         """The fewest frozen layers (0: none) whose run the timeout holds, at most
-        MOST_FROZEN_SHARE of them; None if none does."""
-        most = math.floor(MOST_FROZEN_SHARE * self.layers)
+        MOST_FROZEN_SHARE of them (none unless `may_freeze`); None if none does."""
+        most = math.floor(MOST_FROZEN_SHARE * self.layers) if may_freeze else 0
         return next((k for k in range(most + 1) if self.seconds(k) <= timeout), None)
 
 
@@ -93,8 +93,10 @@ def choose_backbone(
         estimates[candidate] = round(seconds, 1)
         # As the product's own 1x: a timeout of about one default run buys the head-only
         # candidate and that run (the gain in the module's docstring was measured so). The
-        # estimates are paid from the timeout.
-        depth = estimate.fitting_freeze(exp.timeout - (time.perf_counter() - start))
+        # estimates are paid from the timeout. Layers are frozen only where the user left
+        # freeze_layers to hypertweaks.
+        time_left = exp.timeout - (time.perf_counter() - start)
+        depth = estimate.fitting_freeze(time_left, "freeze_layers" not in exp.space)
         say(
             f"backbone {candidate}: a default run takes about {seconds / 60:.3g} min; the "
             f"timeout ({exp.timeout / 60:.3g} min) {'holds' if depth == 0 else 'does not hold'} it"
