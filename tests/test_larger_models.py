@@ -175,7 +175,7 @@ def test_a_timeout_that_held_many_default_runs_points_to_a_larger_encoder(text_e
     exp = make_experiment({**text_experiment, "timeout": 3600})
     hint = larger.larger_model_hint(exp, {"units": 9.6})
     assert "held 9.6 runs of the default recipe" in hint and "--larger-model" in hint
-    assert larger.larger_model_hint(exp, {"units": 4.0}) is None  # the soup still had room
+    assert larger.larger_model_hint(exp, {"units": 3.0}) is None  # the soup still had room
     assert larger.larger_model_hint(exp, {"units": None}) is None  # no default run finished
     offered = make_experiment({**text_experiment, "timeout": 3600, "larger_models": ["m"]})
     assert larger.larger_model_hint(offered, {"units": 9.6}) is None

@@ -219,9 +219,9 @@ def describe_backbone(choice: dict[str, Any] | None) -> str | None:
     )
 
 
-# The head-only candidate and a soup of five default runs take about six default runs; time past
-# them goes to search trials, which rarely change the model (bench/README.md, issue 31).
-HINT_UNITS = 6.0
+# Past about four default runs, a larger encoder (partly frozen) bought more than the soup of one
+# encoder's runs: +0.9 points at 4x over MiniLM's 3x, 11-2 (bench/README.md, issue 31).
+HINT_UNITS = 4.0
 
 
 def larger_model_hint(exp: Experiment, ledger: dict[str, Any] | None) -> str | None:
@@ -235,6 +235,7 @@ def larger_model_hint(exp: Experiment, ledger: dict[str, Any] | None) -> str | N
         return None
     return (
         f"the timeout held {units:.3g} runs of the default recipe on {exp.model}; past a soup "
-        "of five runs, more time on one encoder buys little: offer a larger encoder with "
-        "--larger-model (larger_models) and the timeout will tune it if its default run fits"
+        "of a few runs, more time on one encoder buys little: offer a larger encoder with "
+        "--larger-model (larger_models) and the timeout will tune it if its default run fits "
+        "(whole, or with its lowest layers frozen)"
     )
