@@ -142,6 +142,12 @@ def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(tas
     assert oom.examples == plain.examples  # same batches, same optimizer steps
     for a, b in zip(plain_model.parameters(), oom_model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-4)
+    # timing a larger model's steps (larger_models) shrinks its micro-batch the same way
+    from hypertweaks.train import seconds_per_example
+
+    model, layers = task.build(FAST)
+    train = task.dataset(task.splits.train, True)
+    assert 0 < seconds_per_example(oom_task, model, layers, FAST, train, "cpu") < 60
 
 
 def test_a_trial_out_of_memory_even_at_one_example_fails_alone(text_experiment, monkeypatch):

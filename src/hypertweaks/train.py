@@ -146,6 +146,21 @@ def _accumulate_gradients(task, model, optimizer, inputs, labels, micro: int) ->
     return total
 
 
+def _gradients_in_memory(
+    task, model, optimizer, inputs, labels, micro: int, device: torch.device
+) -> tuple[float, int]:
+    """`_accumulate_gradients`, its micro-batch halved on out-of-memory until it fits (the
+    effective batch stays the same); the loss and the micro-batch that fitted."""
+    while True:
+        try:
+            return _accumulate_gradients(task, model, optimizer, inputs, labels, micro), micro
+        except torch.OutOfMemoryError:
+            if micro == 1:
+                raise
+            micro = max(1, min(micro, len(labels)) // 2)
+            release_memory(device)
+
+
 def release_memory(device: torch.device) -> None:
     """Give memory back after a model is dropped: the peers' most reported failure is running
     out of GPU memory a few trials in."""
@@ -165,14 +180,15 @@ def seconds_per_example(
 ) -> float:
     """Seconds a training step of `recipe` takes per example, timed over the batches of `data`
     after the first `warmup` (memory, kernels): forward, backward and optimiser step, as `fit`
-    runs them. The model's weights change: time a throwaway copy."""
+    runs them (micro-batches where the batch does not fit in memory). The model's weights
+    change: time a throwaway copy."""
     device = torch.device(device)
     model.to(device).train()
     layers.set_trainable(recipe.freeze_layers, recipe.gradual_unfreeze, 0)
     freeze_norm_statistics(model)
     optimizer = make_optimizer(model, recipe)
     loader = DataLoader(data, batch_size=recipe.batch_size, collate_fn=data.collate)
-    start, examples = time.perf_counter(), 0
+    start, examples, micro = time.perf_counter(), 0, recipe.batch_size
     for step, (inputs, labels) in enumerate(loader):
         if step == warmup:
             if device.type == "cuda":
@@ -180,7 +196,7 @@ def seconds_per_example(
             start, examples = time.perf_counter(), 0
         inputs = {k: v.to(device) for k, v in inputs.items()}
         labels = labels.to(device)
-        _accumulate_gradients(task, model, optimizer, inputs, labels, len(labels))
+        _, micro = _gradients_in_memory(task, model, optimizer, inputs, labels, micro, device)
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
         optimizer.step()
         examples += len(labels)
@@ -246,16 +262,11 @@ def fit(
         for inputs, labels in loader:
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             labels = labels.to(device, non_blocking=True)
-            while True:
-                try:
-                    loss = _accumulate_gradients(task, model, optimizer, inputs, labels, micro)
-                    break
-                except torch.OutOfMemoryError:
-                    if micro == 1:
-                        raise
-                    micro = max(1, min(micro, len(labels)) // 2)
-                    result.micro_batch = micro
-                    release_memory(device)
+            loss, fitted = _gradients_in_memory(
+                task, model, optimizer, inputs, labels, micro, device
+            )
+            if fitted != micro:
+                micro = result.micro_batch = fitted
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at epoch {epoch + 1}, step {step + 1}")
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)

@@ -550,7 +550,7 @@ class TextClassification(TaskBase):
         if "frozen_states" in inputs:  # its lowest layers ran once already: the rest trains
             inputs = dict(inputs)
             states, depth = inputs.pop("frozen_states"), int(inputs.pop("frozen_depth")[0])
-            blocks = list(largest_block_list(model.encoder).children())[:depth]
+            blocks = list(largest_block_list(model).children())[:depth]  # any classifier
             with lowest_layers_cached(blocks, states, self._block_returns_tuple):
                 return model(**inputs).logits
         return model(**inputs).logits
