@@ -344,6 +344,7 @@ class TextClassification(TaskBase):
             clean=drop_empty_texts(exp.max_dropped_fraction, exp.text_column),
         )
         self.pretrained_dropout = default_dropout(config)
+        self.hidden_size = config.hidden_size  # sizes the cache of frozen layers' output
         self.tokenizer = self._load_tokenizer(exp.model)
         self.tokenizer_key = json.dumps(
             [
@@ -427,8 +428,7 @@ class TextClassification(TaskBase):
 
     def _states_too_large(self, split: Split) -> bool:
         tokens = self.cached("tokens", split, lambda: self._encode(split))
-        hidden = load_hf_config(self.model_source).hidden_size
-        return tokens.ids.numel() * hidden * 4 > FROZEN_STATES_BYTES
+        return tokens.ids.numel() * self.hidden_size * 4 > FROZEN_STATES_BYTES
 
     def _features(self, split: Split, encoder: nn.Module | None = None) -> Features:
         features = self.cached("features", split, lambda: self.pooled_features(split, encoder))
