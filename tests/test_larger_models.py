@@ -115,6 +115,8 @@ def test_a_larger_model_whose_whole_run_does_not_fit_is_tuned_with_its_lowest_la
     assert exp.model == str(wider_bert) and choice["freeze_layers"] == 1
     assert 0.5 <= choice["choosing_seconds"] < 4
     assert exp.timeout == pytest.approx(80 - choice["choosing_seconds"])
+    # a choice that took the whole timeout leaves the study less than the user gave, not more
+    assert larger._tuned(exp, {**choice, "choosing_seconds": 200}).timeout < 1e-2
     assert "holds one with the lowest 1 of 3 layers frozen" in said[0]
     assert "with its lowest 1 layers frozen" in larger.describe_backbone(choice)
     # a user who set freeze_layers in the space keeps it: no layer is frozen for them

@@ -128,10 +128,11 @@ def _on(exp: Experiment, model: str) -> Experiment:
 
 def _tuned(exp: Experiment, choice: dict[str, Any]) -> Experiment:
     """The study on the chosen backbone: its timeout less the time the choice took (the study's
-    trials and the choice share the one budget, on resume too)."""
+    trials and the choice share the one budget, on resume too). A choice that took the whole
+    timeout leaves a sliver: the study then runs its first trial only, never more than asked."""
     tuned = _on(exp, choice["model"])
     spent = choice.get("choosing_seconds") or 0.0
-    return tuned.model_copy(update={"timeout": max(exp.timeout - spent, 1.0)})
+    return tuned.model_copy(update={"timeout": max(exp.timeout - spent, 1e-3)})
 
 
 def _chosen_before(exp: Experiment, candidates: list[str]) -> dict[str, Any] | None:
