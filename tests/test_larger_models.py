@@ -134,12 +134,25 @@ def test_a_larger_model_whose_whole_run_does_not_fit_is_tuned_with_its_lowest_la
     assert defaults and all(t["recipe"]["freeze_layers"] == 2 for t in defaults)
 
 
-def test_a_study_tunes_the_larger_model_the_timeout_holds(text_experiment, wider_bert):
+def test_a_study_tunes_the_larger_model_the_timeout_holds(text_experiment, wider_bert, monkeypatch):
+    import hypertweaks.search
+
+    def slow_smoke(*args):  # a larger encoder's first forward pass runs in the smoke run
+        larger.time.sleep(1.0)
+        return smoke_trial(*args)
+
+    smoke_trial = hypertweaks.search.smoke_trial
+    monkeypatch.setattr(hypertweaks.search, "smoke_trial", slow_smoke)
     data = with_larger(text_experiment, wider_bert, 3600)
     result = tune({**data, "trials": 2})
     assert result.backbone["model"] == str(wider_bert)
     results = json.loads(result.results_path.read_text())
     assert results["backbone"]["model"] == str(wider_bert)
+    # the choice and the smoke run (with the first pass its estimate priced) are paid from the
+    # timeout: the trials had what is left
+    paid = results["backbone"]["choosing_seconds"] + results["backbone"]["smoke_seconds"]
+    assert results["backbone"]["smoke_seconds"] >= 1.0
+    assert results["budget"]["timeout_seconds"] == pytest.approx(3600 - paid, abs=0.11)
     assert "the largest offered" in larger.describe_backbone(result.backbone)
     saved = json.loads((result.best_model_dir / "config.json").read_text())
     assert saved["hidden_size"] == 64  # the wider encoder's weights were tuned and saved
@@ -171,6 +184,15 @@ def test_a_worker_on_another_machine_joins_the_backbone_the_study_started_on(
     elsewhere = {**frozen, "runs_dir": str(tmp_path / "other-machine"), "trials": 2}
     exp, choice = larger.choose_backbone(make_experiment(elsewhere), larger.torch.device("cpu"))
     assert exp.model == str(wider_bert) and choice["freeze_layers"] == 2
+
+
+def test_a_study_on_the_users_own_model_keeps_its_smoke_run_outside_the_timeout(text_experiment):
+    exp = make_experiment({**text_experiment, "timeout": 600})
+    kept = {"model": exp.model, "candidates": [exp.model, "m"], "estimated_seconds": {"m": 900.0}}
+    assert larger.smoke_run_paid(exp, kept, 30.0) is None
+    assert larger.smoke_run_paid(exp, None, 30.0) is None
+    paid, choice = larger.smoke_run_paid(exp, {**kept, "model": "m"}, 30.0)
+    assert paid.timeout == 570.0 and choice["smoke_seconds"] == 30.0
 
 
 def test_a_timeout_that_held_many_default_runs_points_to_a_larger_encoder(text_experiment):

@@ -121,6 +121,23 @@ def choose_backbone(
     return _tuned(exp, choice), choice
 
 
+def smoke_run_paid(
+    exp: Experiment, choice: dict[str, Any] | None, seconds: float
+) -> tuple[Experiment, dict[str, Any]] | None:
+    """A larger encoder's smoke run computes the study's first forward pass (the probe's
+    features and the frozen layers' output, kept for every trial), which its estimate priced:
+    paid from the timeout, as the choice is (else the study ran a third past its budget at 3x,
+    bench/README.md). The experiment with the timeout left, and the choice recording it; None for
+    a study on the user's own model, whose smoke run stays outside its timeout."""
+    if not choice or choice["model"] not in (choice.get("estimated_seconds") or {}):
+        return None
+    timeout = max(exp.timeout - seconds, 1e-3)
+    return exp.model_copy(update={"timeout": timeout}), {
+        **choice,
+        "smoke_seconds": round(seconds, 1),
+    }
+
+
 def _on(exp: Experiment, model: str) -> Experiment:
     """`exp` on this backbone, with no larger models left to choose (its best.yaml retrains it)."""
     return exp.model_copy(update={"model": model, "larger_models": []})

@@ -21,7 +21,7 @@ from hypertweaks.checks import preflight
 from hypertweaks.config import ConfigError, Experiment, check_run_dir_place, make_experiment
 from hypertweaks.display import LiveDisplay, LogDisplay
 from hypertweaks.kinds import kind_of
-from hypertweaks.larger_models import choose_backbone, larger_model_hint
+from hypertweaks.larger_models import choose_backbone, larger_model_hint, smoke_run_paid
 from hypertweaks.ledger import budget_ledger
 from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
@@ -105,11 +105,14 @@ class Search:
         if isinstance(spec, dict) and spec["high"] < frozen:
             self.space = {**self.space, "freeze_layers": {**spec, "high": frozen}}
 
-    def smoke(self) -> None:
-        """The smoke stage: a trial of the default recipe on a tiny subset (trial.smoke_trial)."""
+    def smoke(self) -> float:
+        """The smoke stage: a trial of the default recipe on a tiny subset (trial.smoke_trial).
+        Its seconds."""
         start = time.perf_counter()
         smoke_trial(self.exp, self.task, self.defaults, self.device)
-        self.display.message(f"smoke run passed in {time.perf_counter() - start:.1f}s")
+        seconds = time.perf_counter() - start
+        self.display.message(f"smoke run passed in {seconds:.1f}s")
+        return seconds
 
     def context(self) -> StudyContext:
         return StudyContext(
@@ -126,10 +129,14 @@ class Search:
         start = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.prepare()
-        backend = make_backend(self.context())
+        ctx = self.context()
+        backend = make_backend(ctx)
         backend.open()  # a changed or foreign study is refused before any training
         if self.exp.smoke:
-            self.smoke()
+            seconds = self.smoke()
+            if paid := smoke_run_paid(self.exp, self.backbone, seconds):
+                self.exp, self.backbone = paid
+                ctx.exp = self.exp  # the backend reads the timeout left
         study = backend.optimize()
         result = self.finish(study)
         result.seconds = time.perf_counter() - start
@@ -184,7 +191,7 @@ class Search:
         }
         if self.backbone:
             summary["backbone"] = self.backbone
-        if hint := larger_model_hint(self.exp, summary["budget_bought"]):
+        if not self.backbone and (hint := larger_model_hint(self.exp, summary["budget_bought"])):
             self.display.message(hint)
         write_results(path, study, exp=self.exp, task=self.task, summary=summary)
         return Result(

@@ -29,7 +29,10 @@ from hypertweaks.trial import TRIAL_FAILURES, StudyContext, run_trial
 class EmbeddedBackend:
     def __init__(self, ctx: StudyContext):
         self.ctx = ctx
-        self.exp = ctx.exp
+
+    @property
+    def exp(self):  # read at each use: the runner charges the timeout after the smoke run
+        return self.ctx.exp
 
     def open(self) -> None:
         ctx, exp = self.ctx, self.exp

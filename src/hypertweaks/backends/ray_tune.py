@@ -224,7 +224,11 @@ class RayBackend:
     """The study's trials on Ray Tune, written back as an Optuna study."""
 
     def __init__(self, ctx: StudyContext):
-        self.ctx, self.exp = ctx, ctx.exp
+        self.ctx = ctx
+
+    @property
+    def exp(self):  # read at each use: the runner charges the timeout after the smoke run
+        return self.ctx.exp
 
     def open(self) -> None:
         require_ray()
