@@ -131,11 +131,8 @@ def smoke_run_paid(
     a study on the user's own model, whose smoke run stays outside its timeout."""
     if not choice or choice["model"] not in (choice.get("estimated_seconds") or {}):
         return None
-    timeout = max(exp.timeout - seconds, 1e-3)
-    return exp.model_copy(update={"timeout": timeout}), {
-        **choice,
-        "smoke_seconds": round(seconds, 1),
-    }
+    paid = exp.model_copy(update={"timeout": max(exp.timeout - seconds, 1e-3)})
+    return paid, {**choice, "smoke_seconds": round(seconds, 1)}
 
 
 def _on(exp: Experiment, model: str) -> Experiment:

@@ -227,7 +227,7 @@ class RayBackend:
         self.ctx = ctx
 
     @property
-    def exp(self):  # read at each use: the runner charges the timeout after the smoke run
+    def exp(self):  # read at each use: the runner may lower the timeout before optimize
         return self.ctx.exp
 
     def open(self) -> None:
