@@ -54,8 +54,9 @@ def magnetic_tile_tables(out: Path, train_size: int, test_size: int) -> dict[str
 def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **fields) -> dict:
     from hypertweaks.demo import image_experiment
 
+    size = int(fields.pop("image_size", 128))
     return image_experiment(
-        paths, 128, seed=seed, runs_dir=str(runs_dir), name=name, quiet=True, **fields
+        paths, size, seed=seed, runs_dir=str(runs_dir), name=name, quiet=True, **fields
     )
 
 
@@ -301,8 +302,16 @@ def main(argv: list[str] | None = None) -> int:
         help="only the default recipe, from a fresh head and from a linear probe (same rows and "
         "seeds); writes images_lp_ft.json beside --out",
     )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="only the default recipe, at 128 px and at this size (same rows and seeds); "
+        "writes images_image_size.json beside --out",
+    )
     args = parser.parse_args(argv)
     variant = ("class_weights", "balanced") if args.class_weights else None
+    if args.image_size:
+        variant = ("image_size", str(args.image_size))
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the studies, not after them
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     rows = []

@@ -597,6 +597,7 @@ def test_the_larger_table_pairs_the_larger_encoder_with_minilm_at_the_same_budge
         ("--class-weights", "images_class_weights.json"),
         ("--soup", "images_soup.json"),
         ("--lp-ft", "images_lp_ft.json"),
+        ("--image-size=192", "images_image_size.json"),
     ],
 )
 def test_bench_images_runs_each_experiment_it_offers(monkeypatch, tmp_path, flag, file):
@@ -606,7 +607,7 @@ def test_bench_images_runs_each_experiment_it_offers(monkeypatch, tmp_path, flag
 
     scores = {"accuracy": 0.8, "macro_f1": 0.7, "roc_auc": 0.9}
     row = {"dataset": "magnetic-tile", "seed": 0, "default": scores, "balanced": scores,
-           "lp-ft": scores,
+           "lp-ft": scores, "192": scores,
            "tuned": scores, "soup": scores, "soup_final": {"members": [0, 1], "kept": True},
            "soup_alone": {"averaged": scores, "bn_recomputed": scores}}  # fmt: skip
     monkeypatch.setattr(images, "magnetic_tile_tables", lambda *args: {})
