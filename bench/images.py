@@ -137,13 +137,17 @@ def variant_table(rows: list[dict], value: str) -> str:
     return "\n".join(lines)
 
 
-def pair(dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: Path) -> dict:
+def pair(
+    dataset: str, paths: dict[str, Path], seed: int, budget: float, runs: Path, **fields
+) -> dict:
+    """The default alone (the unit) and the product at `budget` units; `fields` go to both
+    studies (e.g. the metric they select and stop on)."""
     from hypertweaks import tune
 
-    alone = default_alone(dataset, paths, seed, runs)
+    alone = default_alone(dataset, paths, seed, runs, **fields)
     tuned = tune(
         experiment(paths, seed, runs, f"{dataset}-s{seed}-{budget:g}x", trials=100,
-                   timeout=budget * alone.seconds)
+                   timeout=budget * alone.seconds, **fields)
     )  # fmt: skip
     return {
         "dataset": dataset,
@@ -308,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only the default recipe, at 128 px and at this size (same rows and seeds); "
         "writes images_image_size.json beside --out",
     )
+    parser.add_argument(
+        "--metric",
+        choices=("accuracy", "macro_f1", "roc_auc", "defect_recall", "loss"),
+        help="the metric both studies of a pair select and stop on (default: the image "
+        "kind's, accuracy)",
+    )
     args = parser.parse_args(argv)
     variant = ("class_weights", "balanced") if args.class_weights else None
     if args.image_size:
@@ -331,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif args.soup:
                     rows.append(soup_pair(dataset, paths, seed, args.budget, work / "runs"))
                 else:
-                    rows.append(pair(dataset, paths, seed, args.budget, work / "runs"))
+                    fields = {"metric": args.metric} if args.metric else {}
+                    rows.append(pair(dataset, paths, seed, args.budget, work / "runs", **fields))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -354,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "machine": machine("cpu"),
                 "budget": args.budget,
+                "metric": args.metric or "accuracy",
                 "train": args.train,
                 "test": args.test,
                 "rows": rows,

@@ -620,3 +620,25 @@ def test_bench_images_runs_each_experiment_it_offers(monkeypatch, tmp_path, flag
     assert images.main(args) == 0
     assert json.loads((tmp_path / file).read_text())["rows"] == [row]
     assert not out.exists()  # only the experiment's own file
+
+
+def test_bench_images_pairs_select_on_the_metric_asked_for(monkeypatch, tmp_path):
+    """`--metric` reaches both studies of every pair and is recorded with the rows."""
+    from bench import images
+
+    scores = {"accuracy": 0.8, "macro_f1": 0.7, "roc_auc": 0.9}
+    asked = []
+
+    def pair(dataset, paths, seed, budget, runs, **fields):
+        asked.append(fields)
+        return {"dataset": dataset, "seed": seed, "default": scores, "tuned": scores,
+                "trials": 3, "kept_default": True}  # fmt: skip
+
+    monkeypatch.setattr(images, "magnetic_tile_tables", lambda *args: {})
+    monkeypatch.setattr(images, "machine", lambda device: {})
+    monkeypatch.setattr(images, "pair", pair)
+    out = tmp_path / "images.json"
+    args = ["--datasets", "magnetic-tile", "--seeds", "0,1", "--out", str(out)]
+    assert images.main([*args, "--metric", "macro_f1"]) == 0
+    assert asked == [{"metric": "macro_f1"}] * 2
+    assert json.loads(out.read_text())["metric"] == "macro_f1"

@@ -131,8 +131,7 @@ def smoke_run_paid(
     a study on the user's own model, whose smoke run stays outside its timeout."""
     if not choice or choice["model"] not in (choice.get("estimated_seconds") or {}):
         return None
-    paid = exp.model_copy(update={"timeout": max(exp.timeout - seconds, 1e-3)})
-    return paid, {**choice, "smoke_seconds": round(seconds, 1)}
+    return _less_time(exp, seconds), {**choice, "smoke_seconds": round(seconds, 1)}
 
 
 def _on(exp: Experiment, model: str) -> Experiment:
@@ -144,9 +143,13 @@ def _tuned(exp: Experiment, choice: dict[str, Any]) -> Experiment:
     """The study on the chosen backbone: its timeout less the time the choice took (the study's
     trials and the choice share the one budget, on resume too). A choice that took the whole
     timeout leaves a sliver: the study then runs its first trial only, never more than asked."""
-    tuned = _on(exp, choice["model"])
-    spent = choice.get("choosing_seconds") or 0.0
-    return tuned.model_copy(update={"timeout": max(exp.timeout - spent, 1e-3)})
+    return _less_time(_on(exp, choice["model"]), choice.get("choosing_seconds") or 0.0)
+
+
+def _less_time(exp: Experiment, seconds: float) -> Experiment:
+    """`exp` with `seconds` paid from its timeout, never below a sliver (a timeout must be
+    positive)."""
+    return exp.model_copy(update={"timeout": max(exp.timeout - seconds, 1e-3)})
 
 
 def _chosen_before(exp: Experiment, candidates: list[str]) -> dict[str, Any] | None:
