@@ -15,6 +15,9 @@ def rows(*values):
 def test_the_binomial_standard_error_of_accuracy():
     assert standard_error("accuracy", 0.8, 200) == pytest.approx(0.02828, abs=1e-4)
     assert standard_error("loss", 0.8, 200) is None  # not a share of examples
+    assert standard_error("roc_auc", 0.8, 200) is None
+    # macro-F1's is near its bootstrap's (bench/results/meta/NOISE.md): selection needs a margin
+    assert standard_error("macro_f1", 0.8, 200) == pytest.approx(0.02828, abs=1e-4)
 
 
 def test_trials_within_the_best_ones_band_are_named():
@@ -58,6 +61,16 @@ def test_the_defaults_trial_finishing_second_takes_the_place_of_a_lead_inside_th
     other = BestCheckpoint(tmp_path / "b", "maximize", KeepDefaults("maximize", "accuracy", 200))
     assert offer(other, 0, 0.84, tag="head-only")
     assert not offer(other, 1, 0.80, tag="defaults")  # a lead beyond the noise stands
+
+
+def test_a_study_that_selects_on_macro_f1_keeps_the_defaults_over_a_lead_inside_the_noise(
+    tmp_path,
+):
+    best = BestCheckpoint(tmp_path, "maximize", KeepDefaults("maximize", "macro_f1", 80))
+    assert offer(best, 0, 0.75, tag="defaults")
+    assert not offer(best, 1, 0.79)  # +0.04 on 80 rows (one error: 0.048): noise
+    assert offer(best, 2, 0.81)
+    assert best.meta()["trial"] == 2
 
 
 def test_losses_have_no_margin(tmp_path):
