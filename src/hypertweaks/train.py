@@ -169,6 +169,15 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def _step(task, model, optimizer, inputs, labels, micro: int, device) -> tuple[float, int]:
+    """One optimiser step as `fit` takes it: the gradients (micro-batched where the batch does
+    not fit), clipped to norm 1, applied; the loss and the micro-batch that fitted."""
+    loss, micro = _gradients_in_memory(task, model, optimizer, inputs, labels, micro, device)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
+    optimizer.step()
+    return loss, micro
+
+
 def seconds_per_example(
     task,
     model: nn.Module,
@@ -196,9 +205,7 @@ def seconds_per_example(
             start, examples = time.perf_counter(), 0
         inputs = {k: v.to(device) for k, v in inputs.items()}
         labels = labels.to(device)
-        _, micro = _gradients_in_memory(task, model, optimizer, inputs, labels, micro, device)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-        optimizer.step()
+        _, micro = _step(task, model, optimizer, inputs, labels, micro, device)
         examples += len(labels)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -262,15 +269,11 @@ def fit(
         for inputs, labels in loader:
             inputs = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
             labels = labels.to(device, non_blocking=True)
-            loss, fitted = _gradients_in_memory(
-                task, model, optimizer, inputs, labels, micro, device
-            )
+            loss, fitted = _step(task, model, optimizer, inputs, labels, micro, device)
             if fitted != micro:
                 micro = result.micro_batch = fitted
             if not math.isfinite(loss):
                 raise Diverged(f"loss became {loss} at epoch {epoch + 1}, step {step + 1}")
-            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0)
-            optimizer.step()
             scheduler.step()
             loss_sum, batches, step = loss_sum + loss, batches + 1, step + 1
             result.examples += len(labels)
