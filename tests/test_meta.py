@@ -597,3 +597,15 @@ def test_greedy_soup_adds_runs_in_validation_order_while_the_soup_does_not_drop(
     assert greedy_soup(cells, soups) == ["lr1e-4", "lr2.5e-5"]  # fold0 skipped, not the end
     soups["lr1e-4+lr2.5e-5"]["validation"]["accuracy"] = 0.81
     assert greedy_soup(cells, soups) == ["lr1e-4"]  # no soup beats the best run alone
+
+
+def test_the_noise_check_finds_the_binomial_error_of_accuracy_near_its_bootstrap():
+    """bench.meta.noise compares the selector's binomial standard error with a bootstrap: on
+    independent errors the two agree for accuracy (and, two balanced classes, for macro-F1)."""
+    from bench.meta.noise import ratios
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, 400)
+    predicted = np.where(rng.random(400) < 0.2, 1 - truth, truth)
+    f1, accuracy = ratios(truth, predicted, rng)
+    assert 0.8 < accuracy < 1.25 and 0.8 < f1 < 1.25
