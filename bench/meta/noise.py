@@ -17,18 +17,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from bench.meta.store import decode
+from hypertweaks.noise import standard_error
+from hypertweaks.tasks.metrics import macro_f1
 
 META = Path(__file__).resolve().parents[1] / "results" / "meta"
 CUTS = ("n600-v200-t500-L48", "img128-n400-v100-t400")
 RESAMPLES = 300
-
-
-def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """As the product scores it (hypertweaks.tasks.metrics)."""
-    return float(f1_score(truth, predicted, average="macro", zero_division=0))
 
 
 def ratios(
@@ -39,8 +35,8 @@ def ratios(
     rows = rng.integers(0, n, (RESAMPLES, n))
     f1 = np.std([macro_f1(truth[r], predicted[r]) for r in rows])
     acc = np.std([(truth[r] == predicted[r]).mean() for r in rows])
-    binomial = lambda v: np.sqrt(v * (1 - v) / n)  # noqa: E731
-    return binomial(macro_f1(truth, predicted)) / f1, binomial((truth == predicted).mean()) / acc
+    f1_error = standard_error("macro_f1", macro_f1(truth, predicted), n)
+    return f1_error / f1, standard_error("accuracy", (truth == predicted).mean(), n) / acc
 
 
 def task_rows(cut: str, rng: np.random.Generator) -> list[str]:

@@ -9,19 +9,19 @@ from typing import Any
 
 from hypertweaks.objective import best_of
 
-# Metrics that are a share of validation examples: their standard error is binomial. Macro-F1
-# is not a share, but the binomial error of its value on the same rows was 0.87-1.42 times its
+# Metrics with a binomial standard error: shares of validation examples, and macro-F1, which
+# is not a share, but whose binomial error on the same rows was 0.87-1.42 times its
 # bootstrap error on 14 of the meta-dataset's 15 sets (tweeteval-emoji, 20 classes: 4.5; NOISE.md
 # in bench/results/meta): near enough to keep a study that selects on it from taking a lead
 # inside the noise, where before it had no margin at all.
-PROPORTIONS = ("accuracy", "exact_match", "macro_f1")
+BINOMIAL_ERROR = ("accuracy", "exact_match", "macro_f1")
 Z95 = 1.96
 
 
 def standard_error(metric: str, value: float, examples: int) -> float | None:
-    """The binomial standard error of a proportion metric (or macro-F1) on `examples` examples;
-    None for the others (loss, ROC AUC...)."""
-    if metric not in PROPORTIONS or examples <= 0 or not 0.0 <= value <= 1.0:
+    """The binomial standard error of a BINOMIAL_ERROR metric on `examples` examples; None for
+    the others (loss, ROC AUC...)."""
+    if metric not in BINOMIAL_ERROR or examples <= 0 or not 0.0 <= value <= 1.0:
         return None
     return math.sqrt(value * (1.0 - value) / examples)
 

@@ -9,6 +9,11 @@ from sklearn.metrics import f1_score, recall_score, roc_auc_score
 from torch.nn import functional as F
 
 
+def macro_f1(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """The unweighted mean of the classes' F1 (a class never true nor predicted scores 0)."""
+    return float(f1_score(truth, predicted, average="macro", zero_division=0))
+
+
 def classification_metrics(
     logits: torch.Tensor, labels: torch.Tensor, positive: int = 1
 ) -> dict[str, float]:
@@ -18,7 +23,7 @@ def classification_metrics(
     metrics = {
         "loss": float(F.cross_entropy(logits, labels)),
         "accuracy": float((predicted == truth).mean()),
-        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(truth, predicted),
     }
     if logits.shape[1] == 2:
         scores = torch.softmax(logits, dim=1)[:, positive].numpy()
