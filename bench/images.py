@@ -72,19 +72,40 @@ def default_alone(
     return tune(experiment(paths, seed, runs, name, trials=1, **fields))
 
 
+def validation_trials(result) -> dict:
+    """A study's finished trials as the selector saw them (number, start tag, validation value)
+    and the validation examples behind them: what an offline replay of a selection rule needs."""
+    saved = json.loads(Path(result.results_path).read_text())
+    trials = [
+        {"number": t["number"], "tag": t.get("tag"), "value": t["value"]}
+        for t in saved.get("trials", [])
+        if t.get("state") == "complete"
+    ]
+    return {"validation_examples": saved["data"]["validation"], "trials": trials}
+
+
 def variant_default(
-    dataset: str, paths: dict[str, Path], seed: int, runs: Path, field: str, value: str
+    dataset: str,
+    paths: dict[str, Path],
+    seed: int,
+    runs: Path,
+    field: str,
+    value: str,
+    **fields,
 ) -> dict:
     """The default recipe alone, plain and with `field: value`, on the same rows and seed in the
-    same run (session 44 ran `augment: scans` so, an option since removed)."""
-    plain = default_alone(dataset, paths, seed, runs)
-    alone = default_alone(dataset, paths, seed, runs, **{field: value})
+    same run (session 44 ran `augment: scans` so, an option since removed); `fields` go to both.
+    Each study's validation value is kept, so that a choice between the two can be replayed."""
+    plain = default_alone(dataset, paths, seed, runs, **fields)
+    alone = default_alone(dataset, paths, seed, runs, **fields, **{field: value})
     return {
         "dataset": dataset,
         "seed": seed,
         "seconds": {"default": plain.seconds, value: alone.seconds},
         "default": {k: plain.test_metrics.get(k) for k in METRICS},
         value: {k: alone.test_metrics.get(k) for k in METRICS},
+        "validation": {"default": plain.best_value, value: alone.best_value},
+        "validation_examples": validation_trials(plain)["validation_examples"],
     }
 
 
@@ -159,6 +180,7 @@ def pair(
         "tuned": {k: tuned.test_metrics.get(k) for k in METRICS},
         "tuned_recipe": tuned.best_params,
         "kept_default": tuned.best_params == alone.best_params,
+        "tuned_validation": validation_trials(tuned),
     }
 
 
@@ -319,9 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         "kind's, accuracy)",
     )
     args = parser.parse_args(argv)
+    if sum(map(bool, (args.class_weights, args.soup, args.lp_ft, args.image_size))) > 1:
+        parser.error("--class-weights, --soup, --lp-ft and --image-size are one experiment each")
     variant = ("class_weights", "balanced") if args.class_weights else None
     if args.image_size:
         variant = ("image_size", str(args.image_size))
+    fields = {"metric": args.metric} if args.metric else {}
     args.out.parent.mkdir(parents=True, exist_ok=True)  # before the studies, not after them
     work = Path(tempfile.mkdtemp(prefix="bench-images-"))
     rows = []
@@ -337,11 +362,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(lp_ft_default(dataset, paths, seed, work / "runs"))
                 elif variant:
                     field, value = variant
-                    rows.append(variant_default(dataset, paths, seed, work / "runs", field, value))
+                    rows.append(
+                        variant_default(dataset, paths, seed, work / "runs", field, value, **fields)
+                    )
                 elif args.soup:
                     rows.append(soup_pair(dataset, paths, seed, args.budget, work / "runs"))
                 else:
-                    fields = {"metric": args.metric} if args.metric else {}
                     rows.append(pair(dataset, paths, seed, args.budget, work / "runs", **fields))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
@@ -350,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         variant = ("lp_ft", "lp-ft")
     if variant:
         out = args.out.with_name(f"images_{variant[0]}.json")
-        run = {"train": args.train, "test": args.test}
+        run = {"train": args.train, "test": args.test, "metric": args.metric or "accuracy"}
         out.write_text(json.dumps({"machine": machine("cpu"), **run, "rows": rows}, indent=1))
         print(variant_table(rows, variant[1]))
         return 0

@@ -642,3 +642,52 @@ def test_bench_images_pairs_select_on_the_metric_asked_for(monkeypatch, tmp_path
     assert images.main([*args, "--metric", "macro_f1"]) == 0
     assert asked == [{"metric": "macro_f1"}] * 2
     assert json.loads(out.read_text())["metric"] == "macro_f1"
+
+
+def test_bench_images_variants_take_the_metric_and_refuse_a_second_variant(monkeypatch, tmp_path):
+    """`--metric` reaches both studies of a variant; two variants in one run are refused
+    (each writes its own file of one experiment)."""
+    from bench import images
+
+    asked = []
+
+    def variant_default(dataset, paths, seed, runs, field, value, **fields):
+        asked.append((field, value, fields))
+        scores = {"accuracy": 0.8, "macro_f1": 0.7, "roc_auc": None}
+        return {"dataset": dataset, "seed": seed, "default": scores, value: scores}
+
+    monkeypatch.setattr(images, "magnetic_tile_tables", lambda *args: {})
+    monkeypatch.setattr(images, "machine", lambda device: {})
+    monkeypatch.setattr(images, "variant_default", variant_default)
+    out = tmp_path / "images.json"
+    args = ["--datasets", "magnetic-tile", "--seeds", "0", "--out", str(out)]
+    assert images.main([*args, "--image-size", "192", "--metric", "macro_f1"]) == 0
+    assert asked == [("image_size", "192", {"metric": "macro_f1"})]
+    assert json.loads((tmp_path / "images_image_size.json").read_text())["metric"] == "macro_f1"
+    with pytest.raises(SystemExit):
+        images.main([*args, "--image-size", "192", "--class-weights"])
+    assert len(asked) == 1  # refused before any study
+
+
+def test_bench_images_keeps_the_trials_validation_values(tmp_path):
+    """What an offline replay of a selection rule reads: the complete trials' numbers, start
+    tags and validation values, and the validation examples, from the study's results.json."""
+    from types import SimpleNamespace
+
+    from bench.images import validation_trials
+
+    path = tmp_path / "results.json"
+    trials = [
+        {"number": 0, "state": "complete", "tag": "defaults", "value": 0.5},
+        {"number": 1, "state": "pruned", "tag": "", "value": None},
+        {"number": 2, "state": "complete", "tag": "", "value": 0.6},
+    ]
+    path.write_text(json.dumps({"data": {"train": 320, "validation": 80}, "trials": trials}))
+    kept = validation_trials(SimpleNamespace(results_path=path))
+    assert kept == {
+        "validation_examples": 80,
+        "trials": [
+            {"number": 0, "tag": "defaults", "value": 0.5},
+            {"number": 2, "tag": "", "value": 0.6},
+        ],
+    }
