@@ -1,10 +1,11 @@
 import json
+import math
 
 import pytest
 
 from hypertweaks import tune
 from hypertweaks.checkpoints import BestCheckpoint
-from hypertweaks.noise import describe, standard_error, within_noise
+from hypertweaks.noise import chosen_among, describe, standard_error, within_noise
 from hypertweaks.strategies.selectors import KeepDefaults
 
 
@@ -45,9 +46,26 @@ def test_the_defaults_trial_yields_only_to_a_lead_beyond_one_standard_error(tmp_
     best = BestCheckpoint(tmp_path, "maximize", selector)
     assert offer(best, 0, 0.80, tag="defaults")
     assert not offer(best, 1, 0.82)  # +0.02: inside the noise, the recommended recipe stays
-    assert offer(best, 2, 0.84)  # +0.04: beyond it
-    assert offer(best, 3, 0.845)  # between searched trials, any lead counts as before
+    assert offer(best, 2, 0.85)  # +0.05: beyond it (widened 1.48x for the best of 3 trials)
+    assert offer(best, 3, 0.855)  # between searched trials, any lead counts as before
     assert best.meta()["trial"] == 3
+
+
+def test_the_margin_widens_with_the_trials_a_lead_was_the_best_of(tmp_path):
+    """A lead that is the best of many noisy scores is inflated by the choice (about sqrt(2 ln
+    k) errors for k equal trials): one error for the first trial, then wider."""
+    assert chosen_among(1) == 1.0
+    assert chosen_among(2) == pytest.approx(1.177, abs=1e-3)
+    assert chosen_among(10) == pytest.approx(2.146, abs=1e-3)
+    assert chosen_among(30) == pytest.approx(2.608, abs=1e-3)
+    selector = KeepDefaults("maximize", "macro_f1", 80)
+    assert selector.margin(0.5, 30) == pytest.approx(2.608 * math.sqrt(0.25 / 80), abs=1e-4)
+    lead = 0.5 + 1.5 * math.sqrt(0.25 / 80)  # 1.5 errors above the default's 0.5
+    early = BestCheckpoint(tmp_path / "early", "maximize", selector)
+    assert offer(early, 0, 0.5, tag="defaults") and offer(early, 1, lead)
+    late = BestCheckpoint(tmp_path / "late", "maximize", selector)
+    assert offer(late, 0, 0.5, tag="defaults") and not offer(late, 29, lead)
+    assert offer(late, 30, 0.5 + 2.7 * math.sqrt(0.25 / 80))
 
 
 def test_the_defaults_trial_finishing_second_takes_the_place_of_a_lead_inside_the_noise(tmp_path):
@@ -69,7 +87,7 @@ def test_a_study_that_selects_on_macro_f1_keeps_the_defaults_over_a_lead_inside_
     best = BestCheckpoint(tmp_path, "maximize", KeepDefaults("maximize", "macro_f1", 80))
     assert offer(best, 0, 0.75, tag="defaults")
     assert not offer(best, 1, 0.79)  # +0.04 on 80 rows (one error: 0.048): noise
-    assert offer(best, 2, 0.81)
+    assert offer(best, 2, 0.83)  # beyond 1.48 errors, the margin for the best of 3 trials
     assert best.meta()["trial"] == 2
 
 

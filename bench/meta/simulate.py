@@ -478,9 +478,10 @@ def _selected(trials: list[Trial], first: Trial, make_selector: Callable[[int], 
     """What a product selector (hypertweaks.strategies.selectors), made for the task's number
     of validation examples, keeps of the trials offered in the order they ran, `first` in the
     place of the recommended recipe."""
-    complete = [t for t in trials if not t.run.diverged] or trials
-    tagged = [Candidate(t.value, "defaults" if t is first else "") for t in complete]
-    return complete[choose(make_selector(first.run.validation_examples), tagged)]
+    numbered = [(n, t) for n, t in enumerate(trials) if not t.run.diverged]
+    numbered = numbered or list(enumerate(trials))
+    tagged = [Candidate(t.value, "defaults" if t is first else "", n) for n, t in numbered]
+    return numbered[choose(make_selector(first.run.validation_examples), tagged)][1]
 
 
 @strategy("defaults_keep_1se")

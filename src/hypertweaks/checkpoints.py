@@ -57,11 +57,14 @@ class BestCheckpoint:
         ok = isinstance(meta, dict) and isinstance(meta.get("trial"), int) and "value" in meta
         return meta if ok else None
 
-    def beats_current(self, value: float, tag: str = "") -> bool:
-        """Whether a trial's value should replace the best on disk: the selector decides."""
+    def beats_current(self, value: float, tag: str = "", trial: int = 0) -> bool:
+        """Whether trial number `trial`'s value should replace the best on disk: the selector
+        decides."""
         current = self.meta()
-        kept = None if current is None else Candidate(current["value"], current.get("tag") or "")
-        return self.selector.replaces(Candidate(value, tag), kept)
+        kept = None
+        if current is not None:
+            kept = Candidate(current["value"], current.get("tag") or "", current["trial"])
+        return self.selector.replaces(Candidate(value, tag, trial), kept)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -76,7 +79,7 @@ class BestCheckpoint:
     def offer(self, trial: int, value: float, write: Callable[[Path], None], tag: str = "") -> bool:
         """Keep this trial's model if it beats the best on disk (the defaults trial by more
         than the selector's margin); `write(folder)` saves it."""
-        if not self.beats_current(value, tag):
+        if not self.beats_current(value, tag, trial):
             return False
         target = self.checkpoints / f"trial-{trial}"
         shutil.rmtree(target, ignore_errors=True)
@@ -84,7 +87,8 @@ class BestCheckpoint:
         write(target)
         (target / META).write_text(json.dumps({"trial": trial, "value": value, "tag": tag}))
         with self._locked():
-            if not self.beats_current(value, tag):  # another worker saved a better one meanwhile
+            # another worker saved a better one meanwhile
+            if not self.beats_current(value, tag, trial):
                 shutil.rmtree(target)
                 return False
             self._point_best_to(target, f".best-{trial}.tmp")

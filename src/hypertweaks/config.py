@@ -119,7 +119,7 @@ class Experiment(BaseModel):
         description="how the final model is chosen: "
         + ", ".join(SELECTOR_NAMES)
         + " (keep-defaults: the recommended recipe unless a trial beats it on validation by more "
-        "than one standard error)",
+        "than one standard error, widened for the trials the lead was the best of)",
     )
     final_model: str = Field(
         "soup",

@@ -34,8 +34,8 @@ def budget_ledger(
         spent += row["seconds"] or 0.0
         if row["state"] != "complete" or row["value"] is None:
             continue
-        current = None if kept is None else Candidate(kept["value"], kept["tag"])
-        if selector.replaces(Candidate(row["value"], row["tag"]), current):
+        current = None if kept is None else Candidate(kept["value"], kept["tag"], kept["trial"])
+        if selector.replaces(Candidate(row["value"], row["tag"], row["number"]), current):
             kept = {"trial": row["number"], "tag": row["tag"], "value": row["value"]}
             steps.append({**kept, "units": units(spent), "seconds": round(spent, 1)})
     if not steps:

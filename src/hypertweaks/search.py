@@ -225,12 +225,13 @@ class Search:
                 rival = trial
         if rival is best:
             return None
-        margin = self.best.selector.margin(best.value)
+        margin = self.best.selector.margin(best.value, rival.number + 1)
         return {
             "trial": rival.number,
             "metric": self.exp.metric,
             "lead": round(abs(rival.value - best.value), 6),
             "margin": round(margin, 6),
+            "trials": rival.number + 1,  # the best of how many: the margin widens with them
         }
 
 
