@@ -691,3 +691,70 @@ def test_bench_images_keeps_the_trials_validation_values(tmp_path):
             {"number": 2, "tag": "", "value": 0.6},
         ],
     }
+
+
+def test_bench_images_replay_scores_each_rule_s_choice_on_test():
+    """The one-error rule takes a trial that led the default by 1.5 errors after 30 trials;
+    the widened rule keeps the default: each scored by the test result the pair recorded."""
+    import math
+
+    from bench.images_replay import kept_test, table
+
+    error = math.sqrt(0.25 / 80)
+    trials = [{"number": 0, "tag": "defaults", "value": 0.5}]
+    trials += [{"number": n, "tag": "", "value": 0.45} for n in range(1, 29)]
+    trials += [{"number": 29, "tag": "", "value": 0.5 + 1.5 * error}]
+    row = {
+        "dataset": "magnetic-tile",
+        "seed": 0,
+        "default": {"macro_f1": 0.50},
+        "tuned": {"macro_f1": 0.44},
+        "kept_default": False,
+        "tuned_validation": {"validation_examples": 80, "trials": trials},
+    }
+    assert kept_test(row, "macro_f1", "one error") == 0.44
+    assert kept_test(row, "macro_f1", "widened for the trials compared") == 0.50
+    text = table([row], "macro_f1")
+    assert "- one error minus the default, macro_f1 points: -6.0" in text
+    assert "- widened for the trials compared minus the default, macro_f1 points: +0.0" in text
+
+
+def test_bench_images_refit_trains_every_row_for_the_epochs_the_default_chose(
+    monkeypatch, tmp_path
+):
+    """The default on train less a stratified 15% carve-out, then the refit on every training
+    row with that carve-out as its (trained-on) validation, for the default's best epoch."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from bench import images
+    from hypertweaks.data import DataError
+    from hypertweaks.tasks import image
+
+    train = pd.DataFrame({"image": [f"{i}.png" for i in range(40)], "label": ["a", "b"] * 20})
+    paths = {"train": tmp_path / "train.csv", "test": tmp_path / "test.csv"}
+    train.to_csv(paths["train"], index=False)
+    studies = []
+
+    def default_alone(dataset, paths, seed, runs, tag="", **fields):
+        rows = len(pd.read_csv(paths["train"]))
+        validation = len(pd.read_csv(paths["validation"]))
+        try:  # the product refuses validation images that are training images
+            image.check_not_in_train(["x.png"], ["x.png"], "validation (validation.csv)")
+            refused = False
+        except DataError:
+            refused = True
+        studies.append((tag, rows, validation, fields, refused))
+        results = tmp_path / f"results{len(studies)}.json"
+        results.write_text(json.dumps({"trials": [{"best_epoch": 3}]}))
+        scores = {"accuracy": 0.8, "macro_f1": 0.7, "roc_auc": None}
+        return SimpleNamespace(seconds=1.0, test_metrics=scores, results_path=results)
+
+    monkeypatch.setattr(images, "default_alone", default_alone)
+    row = images.refit_default("elpv", paths, 0, tmp_path / "runs", metric="macro_f1")
+    assert studies == [
+        ("-carved", 34, 6, {"metric": "macro_f1"}, True),
+        ("-refit3", 40, 6, {"space": {"epochs": 3}, "metric": "macro_f1"}, False),
+    ]
+    assert row["epochs"] == 3 and row["rows"] == {"default": 34, "refit": 40}
