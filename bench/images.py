@@ -67,7 +67,7 @@ def default_alone(
     of another variant than its fields say."""
     from hypertweaks import tune
 
-    suffix = tag + "".join(f"-{v}" for v in fields.values())
+    suffix = tag + "".join(f"-{v}" for v in fields.values() if isinstance(v, str | int | float))
     name = f"{dataset}-s{seed}-default{suffix}"
     return tune(experiment(paths, seed, runs, name, trials=1, **fields))
 
