@@ -67,6 +67,9 @@ def test_the_soup_stays_unless_the_kept_model_leads_it_beyond_the_noise():
     soup = Final(3)
     assert soup.keeps_soup(keep, "maximize", 0.80, 0.82)  # inside the noise
     assert not soup.keeps_soup(keep, "maximize", 0.80, 0.85)
+    # a search trial that is the best of 10 must lead by 2.1 errors (0.061), as over the default
+    assert soup.keeps_soup(keep, "maximize", 0.80, 0.85, kept_among=10)
+    assert not soup.keeps_soup(keep, "maximize", 0.80, 0.87, kept_among=10)
     best = KeepDefaults("maximize", "accuracy", 200, errors=0.0)
     assert not soup.keeps_soup(best, "maximize", 0.80, 0.81)  # selector best: plain comparison
     loss = KeepDefaults("minimize", "loss", 200)

@@ -683,7 +683,10 @@ def _product_final(
     selector = product.make_selector("maximize", "accuracy", examples)
     if soup_errors is not None:
         selector = KeepDefaults("maximize", "accuracy", examples, soup_errors)
-    return test if final.keeps_soup(selector, "maximize", value, kept.value) else r.score(kept)
+    number = next(n for n, t in enumerate(r.trials) if t is kept)
+    among = 1 if kept is started["defaults"] else number + 1
+    keeps = final.keeps_soup(selector, "maximize", value, kept.value, among)
+    return test if keeps else r.score(kept)
 
 
 def _replay_product(

@@ -127,7 +127,7 @@ class Experiment(BaseModel):
         + ", ".join(FINAL_NAMES)
         + " (soup, text classification: the recommended recipe runs at up to five seeds, as the "
         "budget allows, and their weights are averaged into one model, kept unless the "
-        "selector's model leads it on validation by more than one standard error; kept: the "
+        "selector's model leads it on validation by more than the selector's margin; kept: the "
         "selector's model)",
     )
     space: dict[str, Any] = Field(default_factory=dict)

@@ -86,13 +86,15 @@ def soup_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> di
     value = float(metrics[exp.metric])
     selector = best.selector
     final = strategy_of(exp).make_final(exp.task)  # soups: soup_members found its runs
+    # a search trial kept over the recommended recipe is the best of the trials before it
+    among = 1 if current.get("tag") in ("defaults", "soup") else current["trial"] + 1
     summary = {
         "members": numbers,
         "value": value,
         "metrics": metrics,
         "rival": {k: current.get(k) for k in ("trial", "tag", "value")},
-        "margin": round(selector.margin(value), 6),
-        "kept": final.keeps_soup(selector, exp.direction, value, current["value"]),
+        "margin": round(selector.margin(value, among), 6),
+        "kept": final.keeps_soup(selector, exp.direction, value, current["value"], among),
     }
     if summary["kept"]:
 

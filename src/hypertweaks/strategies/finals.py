@@ -38,11 +38,18 @@ class Final:
         return self.runs > 1
 
     def keeps_soup(
-        self, selector: Selector, direction: str, soup_value: float, kept_value: float
+        self,
+        selector: Selector,
+        direction: str,
+        soup_value: float,
+        kept_value: float,
+        kept_among: int = 1,
     ) -> bool:
         """The soup, unless the kept model leads it by more than the selector's margin (the
-        soup takes the recommended recipe's place: its lead must be shown, not the soup's)."""
-        margin = selector.margin(soup_value)
+        soup takes the recommended recipe's place: its lead must be shown, not the soup's),
+        widened as for the recommended recipe when the kept model is the best of `kept_among`
+        trials."""
+        margin = selector.margin(soup_value, kept_among)
         bar = soup_value + (margin if direction == "maximize" else -margin)
         return not is_better(kept_value, bar, direction)
 
