@@ -72,9 +72,10 @@ KEEP_DEFAULTS_ERRORS = 1.0
 def chosen_among(trials: int) -> float:
     """How many times the margin widens for a lead that is the best of `trials` trials: the
     largest of k equally good trials' noisy scores lies about sqrt(2 ln k) standard errors above
-    their mean, so the best of many leads by that much with nothing to show for it (images, 3x,
-    session 49: four trials that led the default by one to two errors after 8-30 trials, three
-    lost on test). One error for the first trial; 1.2 at 2, 1.8 at 5, 2.1 at 10, 2.6 at 30."""
+    their mean, so the best of many leads by that much with nothing to show for it. Replayed
+    over six image pairs at 3x (bench/results/IMAGES.md): +1.1 macro-F1 over the default, where
+    one error lost 0.9 to leads of 1-2 errors after 5-16 trials; text moves by 0.1 point or
+    less. One error for the first trial; 1.2 at 2, 1.8 at 5, 2.1 at 10, 2.6 at 30."""
     return max(1.0, math.sqrt(2.0 * math.log(max(trials, 1))))
 
 
