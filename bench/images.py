@@ -116,10 +116,12 @@ def refit_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path, *
     it trained on: its validation value means nothing, and its stopping epoch is near the last."""
     import pandas as pd
 
+    from hypertweaks.config import Experiment
     from hypertweaks.data.splits import stratified_split
 
     table = pd.read_csv(paths["train"])
-    kept, held = stratified_split(table["label"].to_numpy(), 0.15, seed)
+    fraction = Experiment.model_fields["validation_fraction"].default
+    kept, held = stratified_split(table["label"].to_numpy(), fraction, seed)
     folder = runs.parent / f"{dataset}-refit-s{seed}"
     folder.mkdir(parents=True, exist_ok=True)
     split = {"train": folder / "train.csv", "validation": folder / "validation.csv"}
