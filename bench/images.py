@@ -99,13 +99,21 @@ def variant_default(
     plain = default_alone(dataset, paths, seed, runs, **fields)
     alone = default_alone(dataset, paths, seed, runs, **fields, **{field: value})
     return {
-        "dataset": dataset,
-        "seed": seed,
-        "seconds": {"default": plain.seconds, value: alone.seconds},
-        "default": {k: plain.test_metrics.get(k) for k in METRICS},
-        value: {k: alone.test_metrics.get(k) for k in METRICS},
+        **studies_row(dataset, seed, {"default": plain, value: alone}),
         "validation": {"default": plain.best_value, value: alone.best_value},
         "validation_examples": validation_trials(plain)["validation_examples"],
+    }
+
+
+def studies_row(dataset: str, seed: int, studies: dict) -> dict:
+    """One row of a variant experiment: each study's wall time and test scores, by its name."""
+    return {
+        "dataset": dataset,
+        "seed": seed,
+        "seconds": {name: study.seconds for name, study in studies.items()},
+        **{
+            name: {k: study.test_metrics.get(k) for k in METRICS} for name, study in studies.items()
+        },
     }
 
 
@@ -135,11 +143,7 @@ def refit_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path, *
         refit = default_alone(dataset, every_row, seed, runs, tag=f"-refit{epochs}",
                               space={"epochs": epochs}, **fields)  # fmt: skip
     return {
-        "dataset": dataset,
-        "seed": seed,
-        "seconds": {"default": alone.seconds, "refit": refit.seconds},
-        "default": {k: alone.test_metrics.get(k) for k in METRICS},
-        "refit": {k: refit.test_metrics.get(k) for k in METRICS},
+        **studies_row(dataset, seed, {"default": alone, "refit": refit}),
         "epochs": epochs,
         "rows": {"default": len(kept), "refit": len(table)},
     }
@@ -176,13 +180,7 @@ def lp_ft_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path) -
     with fresh_heads():
         fresh = default_alone(dataset, paths, seed, runs, tag="-fresh-head")
     probed = default_alone(dataset, paths, seed, runs, tag="-lp-ft")
-    return {
-        "dataset": dataset,
-        "seed": seed,
-        "seconds": {"default": fresh.seconds, "lp-ft": probed.seconds},
-        "default": {k: fresh.test_metrics.get(k) for k in METRICS},
-        "lp-ft": {k: probed.test_metrics.get(k) for k in METRICS},
-    }
+    return studies_row(dataset, seed, {"default": fresh, "lp-ft": probed})
 
 
 def variant_table(rows: list[dict], value: str) -> str:
