@@ -6,7 +6,7 @@ import pytest
 from hypertweaks import tune
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.noise import chosen_among, describe, standard_error, within_noise
-from hypertweaks.strategies.selectors import KeepDefaults
+from hypertweaks.strategies.selectors import Candidate, KeepDefaults
 
 
 def rows(*values):
@@ -120,3 +120,12 @@ def test_a_study_says_when_it_kept_the_defaults_over_a_lead_inside_the_noise(
     kept = results["defaults_kept"]
     assert kept["trial"] == 1 and kept["lead"] == pytest.approx(0.05) and kept["margin"] > 0.05
     assert "the recommended recipe was kept" in (run_dir / "report.html").read_text()
+
+
+def test_a_candidate_is_chosen_among_the_trials_started_up_to_it():
+    """The recommended recipe and the soup are one model each (no choice); a search trial's
+    value is the best of every trial started up to it, pruned ones included."""
+    assert Candidate(0.8, "defaults", 1).among == 1
+    assert Candidate(0.8, "soup", 1).among == 1
+    assert Candidate(0.8, "head-only", 0).among == 1
+    assert Candidate(0.8, "", 9).among == 10

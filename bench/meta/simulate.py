@@ -684,7 +684,7 @@ def _product_final(
     if soup_errors is not None:
         selector = KeepDefaults("maximize", "accuracy", examples, soup_errors)
     number = next(n for n, t in enumerate(r.trials) if t is kept)
-    among = 1 if kept is started["defaults"] else number + 1
+    among = Candidate(kept.value, "defaults" if kept is started["defaults"] else "", number).among
     keeps = final.keeps_soup(selector, "maximize", value, kept.value, among)
     return test if keeps else r.score(kept)
 

@@ -30,6 +30,7 @@ from hypertweaks.results import finished_rows, trial_row, write_results
 from hypertweaks.soup import soup_stage
 from hypertweaks.space import resolve_space
 from hypertweaks.strategies.finals import describe_soup
+from hypertweaks.strategies.selectors import Candidate
 from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, release_memory, resolve_device
@@ -225,13 +226,13 @@ class Search:
                 rival = trial
         if rival is best:
             return None
-        margin = self.best.selector.margin(best.value, rival.number + 1)
+        among = Candidate(rival.value, rival.user_attrs.get("tag") or "", rival.number).among
         return {
             "trial": rival.number,
             "metric": self.exp.metric,
             "lead": round(abs(rival.value - best.value), 6),
-            "margin": round(margin, 6),
-            "trials": rival.number + 1,  # the best of how many: the margin widens with them
+            "margin": round(self.best.selector.margin(best.value, among), 6),
+            "trials": among,  # the best of how many: the margin widens with them
         }
 
 

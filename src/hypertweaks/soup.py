@@ -15,7 +15,7 @@ from torch import nn
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
-from hypertweaks.strategies import strategy_of
+from hypertweaks.strategies import Candidate, strategy_of
 from hypertweaks.train import evaluate, release_memory
 from hypertweaks.trial import members_dir, write_refit_yaml
 
@@ -86,8 +86,7 @@ def soup_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> di
     value = float(metrics[exp.metric])
     selector = best.selector
     final = strategy_of(exp).make_final(exp.task)  # soups: soup_members found its runs
-    # a search trial kept over the recommended recipe is the best of the trials before it
-    among = 1 if current.get("tag") in ("defaults", "soup") else current["trial"] + 1
+    among = Candidate(current["value"], current.get("tag") or "", current["trial"]).among
     summary = {
         "members": numbers,
         "value": value,

@@ -21,6 +21,12 @@ class Candidate:
     tag: str = ""
     number: int = 0
 
+    @property
+    def among(self) -> int:
+        """The trials its value was chosen among: 1 for the recommended recipe and its soup
+        (one model, no choice), else every trial started up to it."""
+        return 1 if self.tag in ("defaults", "soup") else self.number + 1
+
 
 class Selector(Protocol):
     def replaces(self, new: Candidate, current: Candidate | None) -> bool:
@@ -54,7 +60,7 @@ class KeepDefaults:
         if "defaults" not in (new.tag, current.tag) or new.tag == current.tag:
             return is_better(new.value, current.value, self.direction)
         defaults, other = (new, current) if new.tag == "defaults" else (current, new)
-        margin = self.margin(defaults.value, other.number + 1)
+        margin = self.margin(defaults.value, other.among)
         bar = defaults.value + (margin if self.direction == "maximize" else -margin)
         other_leads = is_better(other.value, bar, self.direction)
         return other_leads if other is new else not other_leads
