@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 venv: $(VENV)/.installed
 
+# one worker per core, one thread each (torch's threads of two workers on the same cores
+# wait on each other); the Ray tests share a worker (tests/conftest.py)
 test: venv
-	$(BIN)/pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto --dist loadgroup --durations=15
 
 test-fast: venv
 	$(BIN)/pytest -q -m "not slow"

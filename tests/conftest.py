@@ -27,6 +27,20 @@ def _shared_data() -> Path:
 
 
 SHARED_DATA = _shared_data()
+
+
+# Tests that start Ray (a private instance or a `ray start` cluster) share one xdist worker:
+# the cluster tests end with `ray stop --force`, which stops every Ray process on the machine,
+# and Ray keeps state under ~/.ray that instances started side by side would share.
+RAY_TEST_FILES = {"test_ray.py", "test_ray_paths.py", "test_trust_ray.py", "test_readme.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in RAY_TEST_FILES:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 # the bench finds the data beside its checkout; a clone elsewhere uses the one the tests found
 os.environ.setdefault("HYPERTWEAKS_BENCH_DATA", str(SHARED_DATA))
 WORDS = {

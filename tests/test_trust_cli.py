@@ -345,3 +345,10 @@ def test_the_command_line_prints_brackets_as_written(capsys, tmp_path):
     assert main(["predict", str(missing), str(tmp_path / "in.csv")]) == 2
     out = " ".join(capsys.readouterr().out.split())
     assert "[/x]" in out and "[spam]" in out and "Traceback" not in out
+
+
+def test_an_error_naming_a_long_path_prints_it_whole(capsys, tmp_path):
+    # a log file of the command keeps the path on one line, ready to copy
+    missing = tmp_path / ("nested-" * 20) / "model"
+    assert main(["predict", str(missing), str(tmp_path / "in.csv")]) == 2
+    assert str(missing) in capsys.readouterr().out

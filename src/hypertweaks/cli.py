@@ -328,7 +328,10 @@ def plain_console(**options: Any) -> Console:
 
 
 def user_error(console: Console, error: Exception | str) -> int:
-    console.print(Text.assemble(("error:", "bold red"), f" {error}"), highlight=False)
+    # never folded at the console's width: a path in the message stays whole in a log file
+    console.print(
+        Text.assemble(("error:", "bold red"), f" {error}"), highlight=False, soft_wrap=True
+    )
     return 2
 
 
