@@ -2,7 +2,7 @@
 every complete trial's validation value since session 50): which model each rule keeps, scored
 on test, against the default alone.
 
-    python -m bench.images_replay bench/results/images_macro_f1_trials.json
+    python -m bench.images_replay bench/results/images_macro_f1_trials.json [MORE.json ...]
 
 A rule that keeps the default or the best trial by validation is replayed exactly: the pair
 recorded the test scores of both (the default's study and the tuned study's default trial are
@@ -71,11 +71,16 @@ def table(rows: list[dict], metric: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="a bench.images pair file with trials")
+    parser.add_argument(
+        "results", type=Path, nargs="+", help="bench.images pair files with trials (one metric)"
+    )
     args = parser.parse_args(argv)
-    run = json.loads(args.results.read_text())
-    rows = [r for r in run["rows"] if "tuned_validation" in r]
-    print(table(rows, run.get("metric", "accuracy")))
+    runs = [json.loads(path.read_text()) for path in args.results]
+    metrics = {run.get("metric", "accuracy") for run in runs}
+    if len(metrics) > 1:
+        parser.error(f"the files were chosen by different metrics: {sorted(metrics)}")
+    rows = [r for run in runs for r in run["rows"] if "tuned_validation" in r]
+    print(table(rows, metrics.pop()))
     return 0
 
 
