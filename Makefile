@@ -26,7 +26,7 @@ test: venv
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto --dist loadgroup --durations=15
 
 test-fast: venv
-	$(BIN)/pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -n auto --dist loadgroup -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -117,11 +117,15 @@ def studies_row(dataset: str, seed: int, studies: dict) -> dict:
     }
 
 
-def refit_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path, **fields) -> dict:
+def refit_default(
+    dataset: str, paths: dict[str, Path], seed: int, runs: Path, schedule: str = "chosen", **fields
+) -> dict:
     """The default recipe alone on train less a stratified validation carve-out (15%, the
     product's), then trained again on every training row, validation included, for the epochs
-    its run chose on validation (issue 31, lever 1: refit). The refit's validation rows are rows
-    it trained on: its validation value means nothing, and its stopping epoch is near the last."""
+    its run chose on validation (issue 31, lever 1: refit): with a schedule of those epochs
+    (`schedule` "chosen"), or with the recipe's whole schedule, stopped after them ("whole": the
+    updates the chosen run made). The refit's validation rows are rows it trained on: its
+    validation value means nothing, and its best epoch is near the last (`refit_best_epoch`)."""
     import pandas as pd
 
     from hypertweaks.config import Experiment
@@ -139,14 +143,36 @@ def refit_default(dataset: str, paths: dict[str, Path], seed: int, runs: Path, *
     saved = json.loads(Path(alone.results_path).read_text())
     epochs = saved["trials"][0]["best_epoch"]
     every_row = {**paths, "validation": split["validation"]}
-    with validation_in_train():
-        refit = default_alone(dataset, every_row, seed, runs, tag=f"-refit{epochs}",
-                              space={"epochs": epochs}, **fields)  # fmt: skip
+    whole = schedule == "whole"
+    space = {} if whole else {"space": {"epochs": epochs}}
+    with validation_in_train(), stopped_after(epochs if whole else None):
+        refit = default_alone(dataset, every_row, seed, runs, tag=f"-refit{epochs}{schedule}",
+                              **space, **fields)  # fmt: skip
+    refit_saved = json.loads(Path(refit.results_path).read_text())
     return {
         **studies_row(dataset, seed, {"default": alone, "refit": refit}),
         "epochs": epochs,
+        "schedule": schedule,
+        "refit_best_epoch": refit_saved["trials"][0]["best_epoch"],
         "rows": {"default": len(kept), "refit": len(table)},
     }
+
+
+@contextmanager
+def stopped_after(epochs: int | None) -> Iterator[None]:
+    """Studies started inside it train every trial on its recipe's whole schedule but stop it
+    after `epochs` epochs (`train.fit`'s stop_after); None changes nothing."""
+    from functools import partial
+
+    from hypertweaks import train, trial
+
+    fit = trial.fit
+    if epochs is not None:
+        trial.fit = partial(train.fit, stop_after=epochs)
+    try:
+        yield
+    finally:
+        trial.fit = fit
 
 
 @contextmanager
@@ -383,9 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--refit",
-        action="store_true",
+        nargs="?",
+        const="chosen",
+        choices=("chosen", "whole"),
         help="only the default recipe, and that recipe trained again on train + validation for "
-        "the epochs its run chose (same rows and seeds); writes images_refit.json beside --out",
+        "the epochs its run chose (same rows and seeds), on a schedule of those epochs (chosen, "
+        "the default) or on the recipe's whole schedule stopped after them (whole); writes "
+        "images_refit.json (images_refit_whole.json) beside --out",
     )
     parser.add_argument(
         "--metric",
@@ -417,7 +447,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.lp_ft:
                     rows.append(lp_ft_default(dataset, paths, seed, work / "runs"))
                 elif args.refit:
-                    rows.append(refit_default(dataset, paths, seed, work / "runs", **fields))
+                    rows.append(
+                        refit_default(dataset, paths, seed, work / "runs", args.refit, **fields)
+                    )
                 elif variant:
                     field, value = variant
                     rows.append(
@@ -433,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lp_ft:
         variant = ("lp_ft", "lp-ft")
     if args.refit:
-        variant = ("refit", "refit")
+        variant = ("refit" if args.refit == "chosen" else "refit_whole", "refit")
     if variant:
         out = args.out.with_name(f"images_{variant[0]}.json")
         run = {"train": args.train, "test": args.test, "metric": args.metric or "accuracy"}

@@ -719,16 +719,19 @@ def test_bench_images_replay_scores_each_rule_s_choice_on_test():
     assert "- widened for the trials compared minus the default, macro_f1 points: +0.0" in text
 
 
+@pytest.mark.parametrize("schedule", ["chosen", "whole"])
 def test_bench_images_refit_trains_every_row_for_the_epochs_the_default_chose(
-    monkeypatch, tmp_path
+    schedule, monkeypatch, tmp_path
 ):
     """The default on train less a stratified 15% carve-out, then the refit on every training
-    row with that carve-out as its (trained-on) validation, for the default's best epoch."""
+    row with that carve-out as its (trained-on) validation, for the default's best epoch: on a
+    schedule of those epochs, or on the whole schedule, stopped after them."""
     from types import SimpleNamespace
 
     import pandas as pd
 
     from bench import images
+    from hypertweaks import trial
     from hypertweaks.data import DataError
     from hypertweaks.tasks import image
 
@@ -745,16 +748,22 @@ def test_bench_images_refit_trains_every_row_for_the_epochs_the_default_chose(
             refused = False
         except DataError:
             refused = True
-        studies.append((tag, rows, validation, fields, refused))
+        stop = getattr(trial.fit, "keywords", {}).get("stop_after")
+        studies.append((tag, rows, validation, fields, refused, stop))
         results = tmp_path / f"results{len(studies)}.json"
         results.write_text(json.dumps({"trials": [{"best_epoch": 3}]}))
         scores = {"accuracy": 0.8, "macro_f1": 0.7, "roc_auc": None}
         return SimpleNamespace(seconds=1.0, test_metrics=scores, results_path=results)
 
     monkeypatch.setattr(images, "default_alone", default_alone)
-    row = images.refit_default("elpv", paths, 0, tmp_path / "runs", metric="macro_f1")
-    assert studies == [
-        ("-carved", 34, 6, {"metric": "macro_f1"}, True),
-        ("-refit3", 40, 6, {"space": {"epochs": 3}, "metric": "macro_f1"}, False),
-    ]
+    fit = trial.fit
+    row = images.refit_default("elpv", paths, 0, tmp_path / "runs", schedule, metric="macro_f1")
+    refit = (
+        ("-refit3chosen", 40, 6, {"space": {"epochs": 3}, "metric": "macro_f1"}, False, None)
+        if schedule == "chosen"
+        else ("-refit3whole", 40, 6, {"metric": "macro_f1"}, False, 3)
+    )
+    assert studies == [("-carved", 34, 6, {"metric": "macro_f1"}, True, None), refit]
     assert row["epochs"] == 3 and row["rows"] == {"default": 34, "refit": 40}
+    assert row["schedule"] == schedule and row["refit_best_epoch"] == 3
+    assert trial.fit is fit

@@ -54,6 +54,29 @@ def test_the_callback_can_stop_training(task):
     assert result.stopped == "pruned" and len(result.curve) == 2
 
 
+def test_stop_after_keeps_the_recipe_s_schedule(task):
+    # the first two epochs of six, as the six-epoch run made them: the same updates, not a
+    # two-epoch schedule decayed to zero
+    rates = []
+    original = torch.optim.lr_scheduler.LambdaLR.step
+
+    def step(scheduler, *args, **kwargs):
+        original(scheduler, *args, **kwargs)
+        rates.append(scheduler.get_last_lr()[0])
+
+    linear = Recipe(**{**FAST.as_dict(), "schedule": "linear", "warmup_ratio": 0.0})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim.lr_scheduler.LambdaLR, "step", step)
+        torch.manual_seed(0)  # the same fresh head in both runs
+        _, stopped = run(task, linear, patience=6, stop_after=2)
+    torch.manual_seed(0)
+    _, whole = run(task, linear, patience=6)
+    assert stopped.stopped == "stop_after" and len(stopped.curve) == 2
+    assert rates[-1] == pytest.approx(linear.learning_rate * 4 / 6)
+    scores = [[row[k] for k in ("train_loss", "accuracy")] for row in whole.curve[:2]]
+    assert [[row[k] for k in ("train_loss", "accuracy")] for row in stopped.curve] == scores
+
+
 def test_a_diverging_recipe_stops_at_once(task):
     model, layers = task.build(FAST)
     steps = []

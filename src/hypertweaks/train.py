@@ -227,8 +227,12 @@ def fit(
     seed: int = 0,
     on_epoch: Callable[[EpochReport], bool] | None = None,
     max_steps: int | None = None,
+    stop_after: int | None = None,
 ) -> FitResult:
-    """Train `model` in place; on return it holds the weights of its best validation epoch."""
+    """Train `model` in place; on return it holds the weights of its best validation epoch.
+    `max_steps` shortens the run and its schedule; `stop_after` ends the run after that many
+    epochs, its learning-rate schedule still spanning the recipe's (a refit that repeats the
+    updates a chosen run made up to its best epoch)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model.to(device)
@@ -303,6 +307,9 @@ def fit(
             break
         if step == total_steps and max_steps is not None:
             result.stopped = "max_steps"
+            break
+        if stop_after is not None and epoch + 1 >= stop_after:
+            result.stopped = "stop_after"
             break
         if bad_epochs >= patience and epoch + 1 < recipe.epochs:
             result.stopped = "early_stopped"
