@@ -27,6 +27,14 @@ def _shared_data() -> Path:
 
 
 SHARED_DATA = _shared_data()
+# the bench finds the data beside its checkout; a clone elsewhere uses the one the tests found
+os.environ.setdefault("HYPERTWEAKS_BENCH_DATA", str(SHARED_DATA))
+WORDS = {
+    "joy": ["happy", "great", "love", "wonderful", "smile"],
+    "anger": ["angry", "hate", "awful", "furious", "rage"],
+    "calm": ["quiet", "still", "slow", "gentle", "soft"],
+}
+FILLER = ["the", "a", "day", "is", "was", "my", "this", "so", "very", "today"]
 
 
 # Tests that start Ray (a private instance or a `ray start` cluster) share one xdist worker:
@@ -39,16 +47,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name in RAY_TEST_FILES:
             item.add_marker(pytest.mark.xdist_group("ray"))
-
-
-# the bench finds the data beside its checkout; a clone elsewhere uses the one the tests found
-os.environ.setdefault("HYPERTWEAKS_BENCH_DATA", str(SHARED_DATA))
-WORDS = {
-    "joy": ["happy", "great", "love", "wonderful", "smile"],
-    "anger": ["angry", "hate", "awful", "furious", "rage"],
-    "calm": ["quiet", "still", "slow", "gentle", "soft"],
-}
-FILLER = ["the", "a", "day", "is", "was", "my", "this", "so", "very", "today"]
 
 
 def make_texts(n_per_class: int, seed: int = 0, classes=("joy", "anger", "calm")) -> pd.DataFrame:

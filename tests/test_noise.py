@@ -6,7 +6,7 @@ import pytest
 from hypertweaks import tune
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.noise import chosen_among, describe, standard_error, within_noise
-from hypertweaks.strategies.selectors import Candidate, KeepDefaults
+from hypertweaks.strategies.selectors import Candidate, KeepDefaults, trials_chosen_among
 
 
 def rows(*values):
@@ -128,4 +128,4 @@ def test_a_candidate_is_chosen_among_the_trials_started_up_to_it():
     assert Candidate(0.8, "defaults", 1).among == 1
     assert Candidate(0.8, "soup", 1).among == 1
     assert Candidate(0.8, "head-only", 0).among == 1
-    assert Candidate(0.8, "", 9).among == 10
+    assert Candidate(0.8, "", 9).among == 10 == trials_chosen_among("", 9)

@@ -31,7 +31,7 @@ from hypertweaks.config import Experiment
 from hypertweaks.noise import KEEP_DEFAULTS_ERRORS
 from hypertweaks.strategies import Candidate, choose, member_tags
 from hypertweaks.strategies import Strategy as ProductStrategy
-from hypertweaks.strategies.selectors import KeepDefaults, Selector
+from hypertweaks.strategies.selectors import KeepDefaults, Selector, trials_chosen_among
 from hypertweaks.study import time_needed
 
 NUM_LAYERS = 6  # MiniLM-L6, the text table's model (task records before session 13 lack it)
@@ -684,7 +684,7 @@ def _product_final(
     if soup_errors is not None:
         selector = KeepDefaults("maximize", "accuracy", examples, soup_errors)
     number = next(n for n, t in enumerate(r.trials) if t is kept)
-    among = Candidate(kept.value, "defaults" if kept is started["defaults"] else "", number).among
+    among = trials_chosen_among("defaults" if kept is started["defaults"] else "", number)
     keeps = final.keeps_soup(selector, "maximize", value, kept.value, among)
     return test if keeps else r.score(kept)
 

@@ -30,7 +30,7 @@ from hypertweaks.results import finished_rows, trial_row, write_results
 from hypertweaks.soup import soup_stage
 from hypertweaks.space import resolve_space
 from hypertweaks.strategies.finals import describe_soup
-from hypertweaks.strategies.selectors import Candidate
+from hypertweaks.strategies.selectors import trials_chosen_among
 from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
 from hypertweaks.train import evaluate, release_memory, resolve_device
@@ -226,7 +226,7 @@ class Search:
                 rival = trial
         if rival is best:
             return None
-        among = Candidate(rival.value, rival.user_attrs.get("tag") or "", rival.number).among
+        among = trials_chosen_among(rival.user_attrs.get("tag") or "", rival.number)
         return {
             "trial": rival.number,
             "metric": self.exp.metric,

@@ -15,7 +15,8 @@ from torch import nn
 
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
-from hypertweaks.strategies import Candidate, strategy_of
+from hypertweaks.strategies import strategy_of
+from hypertweaks.strategies.selectors import trials_chosen_among
 from hypertweaks.train import evaluate, release_memory
 from hypertweaks.trial import members_dir, write_refit_yaml
 
@@ -86,7 +87,7 @@ def soup_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> di
     value = float(metrics[exp.metric])
     selector = best.selector
     final = strategy_of(exp).make_final(exp.task)  # soups: soup_members found its runs
-    among = Candidate(current["value"], current.get("tag") or "", current["trial"]).among
+    among = trials_chosen_among(current.get("tag") or "", current["trial"])
     summary = {
         "members": numbers,
         "value": value,

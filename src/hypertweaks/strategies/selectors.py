@@ -23,9 +23,13 @@ class Candidate:
 
     @property
     def among(self) -> int:
-        """The trials its value was chosen among: 1 for the recommended recipe and its soup
-        (one model, no choice), else every trial started up to it."""
-        return 1 if self.tag in ("defaults", "soup") else self.number + 1
+        return trials_chosen_among(self.tag, self.number)
+
+
+def trials_chosen_among(tag: str, number: int) -> int:
+    """The trials a value was chosen among: 1 for the recommended recipe and its soup (one
+    model, no choice), else every trial started up to trial `number`."""
+    return 1 if tag in ("defaults", "soup") else number + 1
 
 
 class Selector(Protocol):
