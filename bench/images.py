@@ -63,13 +63,13 @@ def experiment(paths: dict[str, Path], seed: int, runs_dir: Path, name: str, **f
 def default_alone(
     dataset: str, paths: dict[str, Path], seed: int, runs: Path, tag: str = "", **fields
 ):
-    """A study of the default recipe alone (the budget unit of a `pair`); `tag` names a study
-    of another variant than its fields say."""
+    """A study of the default recipe alone, the model its trial trained (the budget unit of a
+    `pair`: no refit); `tag` names a study of another variant than its fields say."""
     from hypertweaks import tune
 
     suffix = tag + "".join(f"-{v}" for v in fields.values() if isinstance(v, str | int | float))
     name = f"{dataset}-s{seed}-default{suffix}"
-    return tune(experiment(paths, seed, runs, name, trials=1, **fields))
+    return tune(experiment(paths, seed, runs, name, trials=1, final_model="kept", **fields))
 
 
 def validation_trials(result) -> dict:
@@ -254,6 +254,7 @@ def pair(
         "tuned_recipe": tuned.best_params,
         "kept_default": tuned.best_params == alone.best_params,
         "tuned_validation": validation_trials(tuned),
+        "tuned_refit": tuned.refit,  # the final model's refit (refit.py), or why it did not run
     }
 
 
@@ -264,7 +265,7 @@ def image_soups() -> Iterator[None]:
     from hypertweaks import kinds
 
     kind = kinds.KINDS["image-classification"]
-    kinds.KINDS[kind.name] = replace(kind, soups=True)
+    kinds.KINDS[kind.name] = replace(kind, finals=("soup", "kept"))
     try:
         yield
     finally:

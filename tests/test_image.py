@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -217,3 +218,70 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
 def test_unknown_backbone_name(image_experiment):
     with pytest.raises(ModelError, match="unknown model 'efficientnet_lite9'"):
         tune({**image_experiment, "model": "efficientnet_lite9"})
+
+
+def test_images_hand_over_the_kept_recipe_refit_on_every_labelled_row(
+    image_experiment, monkeypatch
+):
+    from hypertweaks import load, refit
+
+    calls = []
+
+    def recorded_fit(task, model, layers, recipe, train_data, val_data, **kwargs):
+        calls.append((len(train_data), val_data, kwargs["stop_after"]))
+        return fit(task, model, layers, recipe, train_data, val_data, **kwargs)
+
+    from hypertweaks.train import fit
+
+    monkeypatch.setattr(refit, "fit", recorded_fit)
+    exp = {**image_experiment, "trials": 2}  # no validation: 15% of the 48 carved from train
+    result = tune(exp)
+    done = result.refit
+    kept = json.loads(result.results_path.read_text())["trials"][done["trial"]]
+    # every labelled row, no validation score, stopped after the epoch the kept trial chose
+    assert calls == [(48, None, kept["best_epoch"])]
+    assert done["kept"] and done["rows"] == 48 and done["epochs"] == kept["best_epoch"]
+    assert done["estimate"] == result.best_value == kept["value"]
+    assert result.best_model_dir.resolve().name == f"refit-{done['trial']}"
+    assert json.loads(result.results_path.read_text())["refit"] == done
+    assert (
+        "refit on train + validation (48 rows)" in (result.best_model_dir / "best.yaml").read_text()
+    )
+    classifier = load(result.best_model_dir)
+    images = sorted(str(p) for p in (Path(exp["test"]) / "ok").iterdir())[:2]
+    assert len(classifier.predict(images)) == 2
+
+    again = tune(exp)  # resumed with nothing left to do: the refit is not made twice
+    assert again.refit == done and len(calls) == 1
+    assert again.test_metrics == result.test_metrics
+
+    kept_only = tune({**exp, "name": "kept", "final_model": "kept"})
+    assert kept_only.refit is None and len(calls) == 1
+
+
+def test_the_refit_is_refused_where_it_is_not_measured(image_experiment, text_experiment):
+    with pytest.raises(Exception, match="final_model 'soup' is not one of image-classification"):
+        make_experiment({**image_experiment, "final_model": "soup"})
+    with pytest.raises(Exception, match="final_model 'refit' is not one of text-classification"):
+        make_experiment({**text_experiment, "final_model": "refit"})
+
+
+def test_the_search_keeps_back_the_time_the_refit_needs():
+    from datetime import datetime, timedelta
+
+    from optuna.trial import TrialState, create_trial
+
+    from hypertweaks.refit import refit_need
+
+    trial = create_trial(
+        state=TrialState.COMPLETE,
+        value=0.5,
+        user_attrs={"curve": [{}] * 3, "best_epoch": 2},
+    )
+    trial.datetime_start = datetime(2026, 1, 1)
+    trial.datetime_complete = trial.datetime_start + timedelta(minutes=6)
+    # 2 minutes an epoch, 1.2 times the rows: 2.4 minutes an epoch, all but the last of two
+    assert refit_need(trial, 1.2) == pytest.approx(144)
+    trial.user_attrs["best_epoch"] = 1
+    assert refit_need(trial, 1.2) == pytest.approx(144)  # at least one
+    assert refit_need(create_trial(state=TrialState.COMPLETE, value=0.5), 1.2) is None

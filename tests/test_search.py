@@ -206,6 +206,11 @@ def test_no_trial_starts_that_the_time_left_cannot_hold():
     assert "less than the 120s a 1-epoch trial" in no_time_for(8 * 60, trials, epochs=1)
     assert no_time_for(None, trials, epochs=3) is None  # no timeout
     assert no_time_for(60, trials[:1], epochs=3) is None  # no measured default yet
+    # the time kept back for the final model's refit is not the search's
+    assert no_time_for(13 * 60, trials, epochs=3, reserve=120) is None  # 4 left: it fits
+    assert "left (past the 121s kept for the refit)" in no_time_for(
+        13 * 60, trials, epochs=3, reserve=121
+    )
 
 
 def test_a_timeout_is_not_overrun_by_a_run_it_cannot_hold(text_experiment):
@@ -256,10 +261,11 @@ def test_the_timeout_stops_a_search_trial_at_the_end_of_its_epoch(text_experimen
     assert not timeout_passed(10 * 60, [done], running_seconds=299)
     assert timeout_passed(10 * 60, [done], running_seconds=300)
     assert not timeout_passed(None, [done], running_seconds=10**6)
+    assert timeout_passed(10 * 60, [done], running_seconds=240, reserve=60)  # kept for a refit
 
     # the timeout passes during every trial: the starting recipes still run whole (the
     # default is the recipe the study trusts most), a search trial stops after one epoch
-    monkeypatch.setattr(embedded, "timeout_passed", lambda timeout, trials, seconds: True)
+    monkeypatch.setattr(embedded, "timeout_passed", lambda timeout, trials, seconds, reserve: True)
     exp = {
         **text_experiment,
         "trials": 3,

@@ -77,6 +77,20 @@ def test_stop_after_keeps_the_recipe_s_schedule(task):
     assert [[row[k] for k in ("train_loss", "accuracy")] for row in stopped.curve] == scores
 
 
+def test_without_validation_a_run_keeps_its_last_epoch(task):
+    # a refit: its validation rows trained it, so nothing is scored and its last weights stay
+    torch.manual_seed(0)
+    model, layers = task.build(FAST)
+    data = task.dataset(task.splits.train, True)
+    result = fit(task, model, layers, FAST, data, None, stop_after=1)
+    torch.manual_seed(0)
+    unscored, _ = run(task, FAST, stop_after=1)  # the same run, scored: the same weights
+    assert result.stopped == "stop_after" and result.best_epoch == 1
+    assert list(result.curve[0]) == ["epoch", "train_loss"] and not result.best_metrics
+    for key, value in unscored.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+
 def test_a_diverging_recipe_stops_at_once(task):
     model, layers = task.build(FAST)
     steps = []

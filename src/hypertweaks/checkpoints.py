@@ -1,5 +1,6 @@
 """The one best model of a study on disk: RUN_DIR/best -> checkpoints/trial-N (or
-checkpoints/soup-N-M-..., the final-model stage's soup; soup.py).
+checkpoints/soup-N-M-... or checkpoints/refit-N, made by the final-model stage: soup.py,
+refit.py).
 
 A new best is written next to the old one, then the `best` link is swapped atomically under a
 file lock (workers may share RUN_DIR), then the old one is deleted: a crash at any point leaves a
@@ -128,8 +129,9 @@ class BestCheckpoint:
         with self._locked():
             keep = self.link.resolve() if self.link.is_symlink() else None
             for folder in self.checkpoints.iterdir():
-                if folder.name.startswith("soup-") and folder.resolve() != keep:
-                    shutil.rmtree(folder, ignore_errors=True)  # a soup no longer the best
+                made = folder.name.startswith(("soup-", "refit-"))  # by the final-model stage
+                if made and folder.resolve() != keep:
+                    shutil.rmtree(folder, ignore_errors=True)  # no longer the best
                     continue
                 number = folder.name.removeprefix("trial-")
                 if not (folder.name.startswith("trial-") and number.isdigit()):

@@ -27,7 +27,7 @@ from hypertweaks.models import ModelError
 from hypertweaks.noise import describe, describe_kept
 from hypertweaks.report import render
 from hypertweaks.search import Result, tune
-from hypertweaks.strategies.finals import describe_soup
+from hypertweaks.strategies.finals import describe_refit, describe_soup
 from hypertweaks.study import StudyError, sqlite_url
 
 # What the user's input or environment got wrong: one message, exit code 2, no traceback.
@@ -474,9 +474,11 @@ def print_result(result: Result, console: Console) -> None:
     rows = [(knob, format_value(value)) for knob, value in result.best_params.items()]
     console.print(text_table(title, ("knob", "value"), rows))
     soup_kept = bool(result.final_model and result.final_model["kept"])
+    refit_kept = bool(result.refit and result.refit["kept"])
     if result.test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.test_metrics.items())
-        console.print(f"test, {'the soup:    ' if soup_kept else 'best recipe:'} {shown}")
+        which = "the soup:    " if soup_kept else "the refit:   " if refit_kept else "best recipe:"
+        console.print(f"test, {which} {shown}")
     if result.default_test_metrics:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result.default_test_metrics.items())
         console.print(f"test, default recipe: {shown}")
@@ -489,6 +491,8 @@ def print_result(result: Result, console: Console) -> None:
         console.print(f"note: {result.stopped_early}")
     if result.final_model:
         console.print(describe_soup(result.final_model, result.metric))
+    if line := describe_refit(result.refit, result.metric):
+        console.print(line)
     if line := describe_ledger(result.budget_bought, result.metric):
         console.print(line)
     if line := describe_backbone(result.backbone):

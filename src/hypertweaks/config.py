@@ -121,14 +121,16 @@ class Experiment(BaseModel):
         + " (keep-defaults: the recommended recipe unless a trial beats it on validation by more "
         "than one standard error, widened for the trials the lead was the best of)",
     )
-    final_model: str = Field(
-        "soup",
+    final_model: str | None = Field(
+        None,
         description="what the study hands over: "
         + ", ".join(FINAL_NAMES)
-        + " (soup, text classification: the recommended recipe runs at up to five seeds, as the "
-        "budget allows, and their weights are averaged into one model, kept unless the "
-        "selector's model leads it on validation by more than the selector's margin; kept: the "
-        "selector's model)",
+        + "; default: the task's own (soup for text classification, refit for images, kept for "
+        "language models). soup: the recommended recipe runs at up to five seeds, as the budget "
+        "allows, and their weights are averaged into one model, kept unless the selector's "
+        "model leads it on validation by more than the selector's margin; refit: the selector's "
+        "recipe trained once more on train + validation, stopped after the epochs its trial "
+        "chose; kept: the selector's model",
     )
     space: dict[str, Any] = Field(default_factory=dict)
     quiet: bool = False
@@ -141,7 +143,7 @@ class Experiment(BaseModel):
     @field_validator("task", "metric", "sampler", "pruner", "selector", "final_model")
     @classmethod
     def _registered(cls, value: str | None, info) -> str | None:
-        if value is None and info.field_name == "metric":
+        if value is None and info.field_name in ("metric", "final_model"):
             return value
         known = {
             "task": tuple(KINDS),
@@ -233,6 +235,12 @@ class Experiment(BaseModel):
             if knob not in kind.knobs:
                 owners = ", ".join(k.name for k in KINDS.values() if knob in k.knobs)
                 raise ValueError(f"knob {knob!r} is for {owners} only; {self.task} has no adapters")
+        if self.final_model is not None and self.final_model not in kind.finals:
+            raise ValueError(
+                f"final_model {self.final_model!r} is not one of {self.task}'s: "
+                f"{', '.join(kind.finals)} (each measured to help that task; the first is its "
+                "default): remove it, or give one of those"
+            )
         if self.larger_models:
             self._check_larger_models()
         if self.gguf_file is not None and not kind.generates:

@@ -27,7 +27,9 @@ class TaskKind:
     inputs: str = "texts"  # what predict and evaluate read: texts | images | prompts
     generates: bool = False  # a language model: trains on tokens, no classes; reads GGUF
     head_only_start: bool = False  # its studies start with the head-only candidate
-    soups: bool = False  # its final model may be a soup of the default's runs (measured: text)
+    # the final-model rules it takes (strategies/finals.py), the first its default: each the one
+    # measured to win for it (text: the soup; images: the refit; bench/README.md, IMAGES.md)
+    finals: tuple[str, ...] = ("kept",)
 
     def load_class(self, which: str = "task") -> type:
         module, name = getattr(self, which).split(":")
@@ -53,7 +55,7 @@ KINDS = {
             recipe=recipes.text_recipe,
             space=recipes.text_space,
             head_only_start=True,
-            soups=True,
+            finals=("soup", "kept"),
         ),
         TaskKind(
             "image-classification",
@@ -63,6 +65,7 @@ KINDS = {
             recipe=lambda rows: recipes.IMAGE_CLASSIFICATION,
             space=lambda rows: recipes.IMAGE_SPACE,
             inputs="images",
+            finals=("refit", "kept"),
         ),
         TaskKind(
             "causal-lm",

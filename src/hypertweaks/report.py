@@ -14,7 +14,7 @@ from hypertweaks.atomic import write_text
 from hypertweaks.ledger import describe_ledger
 from hypertweaks.noise import describe, describe_kept
 from hypertweaks.objective import best_of, direction_of, is_better
-from hypertweaks.strategies.finals import describe_soup
+from hypertweaks.strategies.finals import describe_refit, describe_soup
 
 KNOB_SLICES = ("learning_rate", "batch_size", "dropout", "weight_decay", "freeze_layers")
 # Optuna's importances mean little on fewer trials, and nothing for a knob that never varied.
@@ -223,6 +223,8 @@ def reading(results: dict, importances: dict[str, float]) -> list[str]:
         lines.append(line[0].upper() + line[1:] + ".")
     if soup := results.get("final_model"):
         line = describe_soup(soup, metric)
+        lines.append(line[0].upper() + line[1:] + ".")
+    if line := describe_refit(results.get("refit"), metric):
         lines.append(line[0].upper() + line[1:] + ".")
     if line := describe_ledger(results.get("budget_bought"), metric):
         lines.append(line[0].upper() + line[1:] + ".")

@@ -25,11 +25,12 @@ from hypertweaks.larger_models import choose_backbone, larger_model_hint, smoke_
 from hypertweaks.ledger import budget_ledger
 from hypertweaks.noise import within_noise
 from hypertweaks.objective import is_better
+from hypertweaks.refit import refit_stage
 from hypertweaks.report import render as render_report
 from hypertweaks.results import finished_rows, trial_row, write_results
 from hypertweaks.soup import soup_stage
 from hypertweaks.space import resolve_space
-from hypertweaks.strategies.finals import describe_soup
+from hypertweaks.strategies.finals import describe_refit, describe_soup
 from hypertweaks.strategies.selectors import trials_chosen_among
 from hypertweaks.study import counted, no_trial_completed
 from hypertweaks.tasks import make_task
@@ -58,6 +59,7 @@ class Result:
     stopped_early: str | None = None  # the timeout ended the search before its trials: why
     budget_bought: dict[str, Any] | None = None  # the kept model as the budget grew (ledger.py)
     final_model: dict[str, Any] | None = None  # the soup of the default's runs (soup.py)
+    refit: dict[str, Any] | None = None  # the kept recipe refit on every labelled row (refit.py)
     backbone: dict[str, Any] | None = None  # the larger model chosen, or not (larger_models.py)
 
 
@@ -157,6 +159,9 @@ class Search:
         soup = soup_stage(study, self.exp, self.task, self.best, self.device)
         if soup is not None:
             self.display.message(describe_soup(soup, self.exp.metric))
+        refit = refit_stage(study, self.exp, self.task, self.best, self.device)
+        if line := describe_refit(refit, self.exp.metric):
+            self.display.message(line)
         # The model on disk decides, should a worker have died after saving it. Its trial may
         # still be running in another worker (models are saved before the trial reports its
         # value), so the value comes from the checkpoint.
@@ -189,6 +194,7 @@ class Search:
             "stopped_early": stopped_early(self.exp, done),
             "budget_bought": budget_ledger(rows, self.best.selector, soup),
             "final_model": soup,  # the soup of the default recipe's runs, kept or not (soup.py)
+            "refit": refit,  # the kept recipe on train + validation, or why not (refit.py)
         }
         if self.backbone:
             summary["backbone"] = self.backbone
@@ -211,6 +217,7 @@ class Search:
             stopped_early=summary["stopped_early"],
             budget_bought=summary["budget_bought"],
             final_model=soup,
+            refit=refit,
             backbone=self.backbone,
         )
 

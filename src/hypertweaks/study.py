@@ -294,36 +294,44 @@ def time_needed(epoch: float, epochs: int) -> float:
 
 
 def no_time_for(
-    timeout: float | None, trials: list[optuna.trial.FrozenTrial], epochs: int
+    timeout: float | None,
+    trials: list[optuna.trial.FrozenTrial],
+    epochs: int,
+    reserve: float = 0.0,
 ) -> str | None:
     """Why a trial of `epochs` epochs must not start under `timeout`, or None. It starts only if
     the time left holds all but its last epoch (and at least one), at the pace of the recommended
     recipe's finished run: it then ends at most an epoch past the timeout. A soup run runs whole
     (a third one at 3x, where a run costs a little over a budget unit, is worth more than a
     search trial in that time); a search trial that could not end would be stopped at the
-    timeout and score nothing, so its time is saved. Without that run, or a timeout, None."""
+    timeout and score nothing, so its time is saved. `reserve`: seconds kept back for what
+    follows the search (the refit, refit.py). Without that run, or a timeout, None."""
     first = next((t for t in trials if t.user_attrs.get("tag") == "defaults"), None)
     if timeout is None or first is None or first.state != TrialState.COMPLETE:
         return None
-    left = timeout - seconds_used(trials)
+    left = timeout - reserve - seconds_used(trials)
     epoch = trial_seconds(first) / max(len(first.user_attrs.get("curve") or []), 1)
     need = time_needed(epoch, epochs)
     if need <= left:
         return None
+    kept = f" (past the {reserve:.0f}s kept for the refit)" if reserve else ""
     return (
-        f"{max(left, 0):.0f}s of the timeout left, less than the {need:.0f}s a {epochs}-epoch "
-        "trial needs (all but its last epoch, at the default's pace)"
+        f"{max(left, 0):.0f}s of the timeout left{kept}, less than the {need:.0f}s a "
+        f"{epochs}-epoch trial needs (all but its last epoch, at the default's pace)"
     )
 
 
 def timeout_passed(
-    timeout: float | None, trials: list[optuna.trial.FrozenTrial], running_seconds: float
+    timeout: float | None,
+    trials: list[optuna.trial.FrozenTrial],
+    running_seconds: float,
+    reserve: float = 0.0,
 ) -> bool:
     """Whether the counted trials and `running_seconds` of the one running have used the
-    timeout: a search trial then stops at the end of its epoch."""
+    timeout less `reserve` (no_time_for): a search trial then stops at the end of its epoch."""
     if timeout is None:
         return False
-    return seconds_used(trials) + running_seconds >= timeout
+    return seconds_used(trials) + running_seconds + reserve >= timeout
 
 
 def fail_stale_trials(study: optuna.Study) -> None:

@@ -218,7 +218,7 @@ def fit(
     layers: LayerStack,
     recipe: Recipe,
     train_data: Dataset,
-    val_data: Dataset,
+    val_data: Dataset | None,
     *,
     metric: str = "accuracy",
     direction: str = "maximize",
@@ -229,10 +229,11 @@ def fit(
     max_steps: int | None = None,
     stop_after: int | None = None,
 ) -> FitResult:
-    """Train `model` in place; on return it holds the weights of its best validation epoch.
-    `max_steps` shortens the run and its schedule; `stop_after` ends the run after that many
-    epochs, its learning-rate schedule still spanning the recipe's (a refit that repeats the
-    updates a chosen run made up to its best epoch)."""
+    """Train `model` in place; on return it holds the weights of its best validation epoch
+    (`val_data` None: no validation, the weights of its last epoch). `max_steps` shortens the
+    run and its schedule; `stop_after` ends the run after that many epochs, its learning-rate
+    schedule still spanning the recipe's (a refit that repeats the updates a chosen run made up
+    to its best epoch)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model.to(device)
@@ -284,6 +285,13 @@ def fit(
             if step == total_steps:
                 break
 
+        if val_data is None:  # a refit: its validation rows trained it, nothing to score
+            result.curve.append({"epoch": epoch + 1, "train_loss": loss_sum / max(batches, 1)})
+            result.best_epoch = epoch + 1
+            if stop_after is not None and epoch + 1 >= stop_after:
+                result.stopped = "stop_after"
+                break
+            continue
         metrics = evaluate(task, model, val_data, device, batch_size=max(64, recipe.batch_size))
         report = EpochReport(
             epoch + 1,

@@ -8,6 +8,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
+from hypertweaks.refit import refit_reserve
 from hypertweaks.results import trial_row, write_results
 from hypertweaks.soup import soup_members
 from hypertweaks.space import Recipe, fit_into, max_epochs, suggest
@@ -123,8 +124,9 @@ class EmbeddedBackend:
             trial.set_user_attr("duplicate_of", first)
             raise optuna.TrialPruned(f"trial {first} already ran the {tag} candidate")
         recipe = Recipe(**fixed) if fixed else suggest(trial, ctx.space)
+        trials = trial.study.get_trials(deepcopy=False)
         if not fixed and (
-            why := no_time_for(exp.timeout, trial.study.get_trials(deepcopy=False), recipe.epochs)
+            why := no_time_for(exp.timeout, trials, recipe.epochs, self._reserve(trials))
         ):
             # A trial the time left cannot hold would overrun the timeout (Optuna only stops
             # starting trials once it has passed), or be stopped there: not started, not counted.
@@ -151,7 +153,8 @@ class EmbeddedBackend:
             if report.epoch >= recipe.epochs:  # pruning now would save nothing
                 return False
             trials = trial.study.get_trials(deepcopy=False)
-            if not tag and timeout_passed(exp.timeout, trials, time.monotonic() - started):
+            running = time.monotonic() - started
+            if not tag and timeout_passed(exp.timeout, trials, running, self._reserve(trials)):
                 # a search trial ends at most an epoch past the timeout, as a soup run does (the
                 # starting recipes run whole: the default is the one the study trusts most)
                 timed_out = True
@@ -176,6 +179,10 @@ class EmbeddedBackend:
         if record.stopped in ("pruned", "timeout"):
             raise optuna.TrialPruned(f"{record.stopped} at epoch {len(record.curve)}")
         return record.value
+
+    def _reserve(self, trials: list) -> float:
+        """The seconds kept back from the search for the final model's refit."""
+        return refit_reserve(self.exp, self.ctx.task, trials, self.ctx.best)
 
     def _budget_spent(
         self, study: optuna.Study, before: int | None = None, count_waiting: bool = False

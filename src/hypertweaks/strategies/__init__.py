@@ -1,7 +1,8 @@
 """Search strategies, in one place. A Strategy is one object: how a study starts (the recipes run
 first), the sampler that proposes the rest, the pruner (the fidelity schedule that stops weak
 trials early), the selector (which trial's model to keep) and the final-model rule (the kept
-model, or the soup of the recommended recipe's runs). Every backend runs the Strategy it is
+model, the soup of the recommended recipe's runs, or the kept recipe refit on every labelled
+row). Every backend runs the Strategy it is
 given, and so does the bench's replay of recorded curves (bench/meta/simulate.py).
 
 The experiment holds names only (names.py, importable without Optuna); a new start, sampler,
@@ -65,10 +66,9 @@ class Strategy:
         return starts + self.soup_members(exp, starts)
 
     def make_final(self, task: str) -> Final:
-        """The final-model rule for this task kind: a kind whose weights are not averaged (its
-        soup unmeasured) keeps the kept model."""
-        final = FINALS[self.final]()
-        return final if kind_of(task).soups else Final(1)
+        """The final-model rule for this task kind: a rule the kind does not take (e.g. the
+        soup for images, unmeasured; the experiment refuses it) keeps the kept model."""
+        return FINALS[self.final]() if self.final in kind_of(task).finals else Final(1)
 
     def soup_tags(self, exp: Experiment) -> tuple[str, ...]:
         """The tags of the runs the final model averages; () when the study runs no soup."""
@@ -120,5 +120,5 @@ def strategy_of(exp: Experiment) -> Strategy:
         sampler=exp.sampler,
         pruner=exp.pruner,
         selector=exp.selector,
-        final=exp.final_model,
+        final=exp.final_model or kind_of(exp.task).finals[0],
     )
