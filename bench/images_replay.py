@@ -29,10 +29,14 @@ RULES = {
 
 def kept_test(row: dict, metric: str, rule: str) -> float | None:
     """The test score of the model `rule` keeps of the pair's trials; None when it keeps a
-    trial whose test score the pair did not record."""
+    trial whose test score the pair did not record (a study that refit its kept trial recorded
+    only that refit's)."""
     trials = row["tuned_validation"]["trials"]
     selector = KeepDefaults("maximize", metric, row["tuned_validation"]["validation_examples"])
     chosen = trials[choose(selector, [RULES[rule](t) for t in trials])]
+    if (refit := row.get("tuned_refit")) and refit.get("kept"):
+        # the study handed over its kept trial refit on train + validation: the one recorded
+        return row["tuned"][metric] if chosen["number"] == refit["trial"] else None
     if chosen["tag"] == "defaults":
         return row["default"][metric]
     best = max((t for t in trials if t["tag"] != "defaults"), key=lambda t: t["value"])

@@ -719,6 +719,25 @@ def test_bench_images_replay_scores_each_rule_s_choice_on_test():
     assert "- widened for the trials compared minus the default, macro_f1 points: +0.0" in text
 
 
+def test_bench_images_replay_of_a_refit_study_scores_only_the_trial_it_refit():
+    """A study that refit its kept trial recorded that refit's test score only: a rule that
+    keeps the same trial gets it, a rule that keeps another trial gets none."""
+    from bench.images_replay import kept_test
+
+    trials = [{"number": 0, "tag": "defaults", "value": 0.5}]
+    trials += [{"number": n, "tag": "", "value": 0.45} for n in range(1, 29)]
+    trials += [{"number": 29, "tag": "", "value": 0.56}]
+    row = {
+        "default": {"macro_f1": 0.50},
+        "tuned": {"macro_f1": 0.53},  # the default's refit: kept by the widened rule
+        "kept_default": True,
+        "tuned_refit": {"trial": 0, "kept": True},
+        "tuned_validation": {"validation_examples": 80, "trials": trials},
+    }
+    assert kept_test(row, "macro_f1", "widened for the trials compared") == 0.53
+    assert kept_test(row, "macro_f1", "one error") is None  # trial 29: its refit never ran
+
+
 @pytest.mark.parametrize("schedule", ["chosen", "whole"])
 def test_bench_images_refit_trains_every_row_for_the_epochs_the_default_chose(
     schedule, monkeypatch, tmp_path

@@ -285,3 +285,23 @@ def test_the_search_keeps_back_the_time_the_refit_needs():
     trial.user_attrs["best_epoch"] = 1
     assert refit_need(trial, 1.2) == pytest.approx(144)  # at least one
     assert refit_need(create_trial(state=TrialState.COMPLETE, value=0.5), 1.2) is None
+
+
+def test_a_refit_worse_on_the_rows_it_trained_on_is_not_handed_over(image_experiment, monkeypatch):
+    from hypertweaks import refit
+
+    scored = []
+
+    def unsettled(task, model, data, device):
+        scored.append(len(data))
+        return {"roc_auc": 0.0}  # below any trial's score: the refit learned nothing
+
+    monkeypatch.setattr(refit, "evaluate", unsettled)
+    exp = {**image_experiment, "trials": 2}
+    result = tune(exp)
+    done = result.refit
+    assert scored == [7]  # the validation rows (15% of 48), which it trained on
+    assert not done["kept"] and done["trained_on"] == 0.0 and "did not learn" in done["skipped"]
+    assert result.best_model_dir.resolve().name == f"trial-{done['trial']}"  # the trial's model
+    again = tune(exp)
+    assert again.refit == done and scored == [7]  # not refit again on resume

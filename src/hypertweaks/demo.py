@@ -106,8 +106,8 @@ def verdict(metric: str, default: float, tuned: float) -> str:
 def compare(result, console: Console) -> None:
     if not (result.test_metrics and result.default_test_metrics):
         return
-    table = Table(title="held-out test scans: tuned vs default recipe", title_justify="left")
-    for column in ("metric", "default recipe", "tuned recipe", "change"):
+    table = Table(title="held-out test scans: final model vs default recipe", title_justify="left")
+    for column in ("metric", "default recipe", "final model", "change"):
         table.add_column(column)
     for name in ("roc_auc", "defect_recall", "accuracy", "macro_f1"):
         before, after = result.default_test_metrics[name], result.test_metrics[name]

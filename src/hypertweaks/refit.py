@@ -2,7 +2,10 @@
 recipe trained once more on every labelled row, train and validation, at the kept trial's seed,
 with the recipe's whole learning-rate schedule, stopped after the epoch that trial chose on
 validation: the updates the kept model had, on more rows. Its validation rows trained it, so it
-has no validation score of its own; the kept trial's value is the estimate.
+has no validation score of its own; the kept trial's value is the estimate. It must at least
+match that value on the validation rows it trained on, else the kept trial's model stays (a
+refit stopped after an epoch where the run had not settled: measured, ELPV seed 3 stopped after
+epoch 1 of 5 lost 35 macro-F1 points; bench/results/IMAGES.md).
 
 It runs inside the budget: with a timeout, the search leaves the time the refit of the model on
 disk needs (`refit_reserve`), and the refit starts only if the time left holds it. Resumable: the
@@ -23,11 +26,14 @@ import torch
 from hypertweaks.checkpoints import BestCheckpoint
 from hypertweaks.config import Experiment
 from hypertweaks.data import Split
+from hypertweaks.objective import is_better
 from hypertweaks.space import Recipe
 from hypertweaks.strategies import strategy_of
 from hypertweaks.study import seconds_used, time_needed, trial_seconds
-from hypertweaks.train import fit, release_memory
+from hypertweaks.train import evaluate, fit, release_memory
 from hypertweaks.trial import write_refit_yaml
+
+REJECTED = "refit_rejected"  # the study's record of a refit that failed its check
 
 
 def refits(exp: Experiment) -> bool:
@@ -82,6 +88,8 @@ def refit_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> d
         return None
     if current.get("refit"):
         return current["refit"]  # made before (a resumed study, another worker)
+    if (rejected := study.user_attrs.get(REJECTED)) and rejected["trial"] == current["trial"]:
+        return rejected
     trial = study.trials[current["trial"]]
     epochs = int(trial.user_attrs.get("best_epoch") or 0)
     summary: dict[str, Any] = {
@@ -109,22 +117,36 @@ def refit_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> d
     rows = every_labelled_row(task)
     torch.manual_seed(seed)  # as the kept trial: the head's initial weights, the probe
     model, layers = rows.build(recipe)
-    fit(rows, model, layers, recipe, rows.dataset(rows.splits.train, True, recipe), None,
-        metric=exp.metric, direction=exp.direction, device=device, seed=seed,
-        stop_after=epochs)  # fmt: skip
-    summary.update(kept=True, seconds=round(time.perf_counter() - start, 3))
+    try:
+        fit(rows, model, layers, recipe, rows.dataset(rows.splits.train, True, recipe), None,
+            metric=exp.metric, direction=exp.direction, device=device, seed=seed,
+            stop_after=epochs)  # fmt: skip
+        validation = task.dataset(task.splits.validation, False)
+        trained_on = float(evaluate(task, model, validation, device)[exp.metric])
+        summary.update(seconds=round(time.perf_counter() - start, 3), trained_on=trained_on)
+        if is_better(current["value"], trained_on, exp.direction):
+            summary["skipped"] = (
+                f"the refit scored {trained_on:.4f} {exp.metric} on the validation rows it "
+                f"trained on, below its trial's {current['value']:.4f} on them unseen: stopped "
+                "at an unsettled epoch, it did not learn what the trial learned; the trial's "
+                "model stays"
+            )
+            study.set_user_attr(REJECTED, summary)  # a resumed study does not refit it again
+            return summary
+        summary["kept"] = True
 
-    def write(folder: Path) -> None:
-        task.save(model, folder)
-        write_refit_yaml(exp, folder, recipe.as_dict(), refit_header(exp, summary))
+        def write(folder: Path) -> None:
+            task.save(model, folder)
+            write_refit_yaml(exp, folder, recipe.as_dict(), refit_header(exp, summary))
 
-    # the kept trial's number, value and tag stay: a resumed search compares with them
-    if not best.replace(f"refit-{trial.number}", {**current, "refit": summary}, write, current):
-        now = best.meta() or {}  # another worker changed the best model meanwhile
-        summary = now.get("refit") or {**summary, "kept": False, "skipped": "the best changed"}
-    model = None  # the last reference: its memory goes back
-    release_memory(device)
-    return summary
+        # the kept trial's number, value and tag stay: a resumed search compares with them
+        if not best.replace(f"refit-{trial.number}", {**current, "refit": summary}, write, current):
+            now = best.meta() or {}  # another worker changed the best model meanwhile
+            summary = now.get("refit") or {**summary, "kept": False, "skipped": "the best changed"}
+        return summary
+    finally:
+        model = None  # the last reference: its memory goes back
+        release_memory(device)
 
 
 def refit_header(exp: Experiment, summary: dict[str, Any]) -> str:
