@@ -282,9 +282,41 @@ def test_the_search_keeps_back_the_time_the_refit_needs():
     trial.datetime_complete = trial.datetime_start + timedelta(minutes=6)
     # 2 minutes an epoch, 1.2 times the rows: 2.4 minutes an epoch, all but the last of two
     assert refit_need(trial, 1.2) == pytest.approx(144)
+    assert refit_need(trial, 1.2, whole=True) == pytest.approx(288)
     trial.user_attrs["best_epoch"] = 1
     assert refit_need(trial, 1.2) == pytest.approx(144)  # at least one
     assert refit_need(create_trial(state=TrialState.COMPLETE, value=0.5), 1.2) is None
+
+
+def test_the_reserve_is_the_refit_of_the_model_on_disk(image_experiment, tmp_path):
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState, create_trial
+
+    from hypertweaks.checkpoints import BestCheckpoint
+    from hypertweaks.refit import refit_reserve
+
+    trials = []
+    for number, minutes in ((0, 6), (1, 3)):
+        trial = create_trial(
+            state=TrialState.COMPLETE, value=0.5, user_attrs={"curve": [{}] * 3, "best_epoch": 3}
+        )
+        trial.number = number
+        trial.datetime_start = datetime(2026, 1, 1)
+        trial.datetime_complete = trial.datetime_start + timedelta(minutes=minutes)
+        trials.append(trial)
+    task = SimpleNamespace(splits=SimpleNamespace(train=[0] * 80, validation=[0] * 20))
+    best = BestCheckpoint(tmp_path / "run", "maximize")
+    exp = make_experiment({**image_experiment, "timeout": 3600})
+    assert refit_reserve(exp, task, trials, best) == 0  # no model kept yet
+    best.offer(1, 0.5, lambda folder: None)
+    # trial 1's pace (1 minute an epoch) on 1.25 times its rows, its 3 epochs whole: the search
+    # trial that ends an epoch past its share still leaves the refit all but its last epoch
+    assert refit_reserve(exp, task, trials, best) == pytest.approx(225)
+    kept = make_experiment({**image_experiment, "timeout": 3600, "final_model": "kept"})
+    assert refit_reserve(kept, task, trials, best) == 0
+    assert refit_reserve(make_experiment(image_experiment), task, trials, best) == 0  # trials
 
 
 def test_a_refit_worse_on_the_rows_it_trained_on_is_not_handed_over(image_experiment, monkeypatch):

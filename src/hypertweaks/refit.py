@@ -46,24 +46,28 @@ def row_growth(task) -> float:
     return (len(train) + len(validation)) / max(len(train), 1)
 
 
-def refit_need(trial, growth: float) -> float | None:
+def refit_need(trial, growth: float, whole: bool = False) -> float | None:
     """What the time left must hold to refit `trial` (study.time_needed: all but its last
-    epoch): its epochs up to its best one, at its own pace on `growth` times its rows. None
-    while the trial has no finished epoch."""
+    epoch; `whole`: every epoch): its epochs up to its best one, at its own pace on `growth`
+    times its rows. None while the trial has no finished epoch."""
     curve = trial.user_attrs.get("curve") or []
     epochs = trial.user_attrs.get("best_epoch")
     if not curve or not epochs:
         return None
-    return time_needed(trial_seconds(trial) / len(curve) * growth, epochs)
+    epoch = trial_seconds(trial) / len(curve) * growth
+    return epoch * epochs if whole else time_needed(epoch, epochs)
 
 
 def refit_reserve(exp: Experiment, task, trials: list, best: BestCheckpoint) -> float:
-    """The seconds the search leaves for the refit of the model on disk (0 when the study does
-    not refit, has no timeout, or keeps no model yet)."""
+    """The seconds the search leaves for the refit of the model on disk: the whole refit, so
+    that the search trial which ends up to an epoch past its share leaves what the refit needs
+    to start (0 when the study does not refit, has no timeout, or keeps no model yet)."""
     if exp.timeout is None or not refits(exp) or (kept := best.meta()) is None:
         return 0.0
     trial = next((t for t in trials if t.number == kept["trial"]), None)
-    return (refit_need(trial, row_growth(task)) or 0.0) if trial is not None else 0.0
+    if trial is None:
+        return 0.0
+    return refit_need(trial, row_growth(task), whole=True) or 0.0
 
 
 def every_labelled_row(task):
