@@ -224,14 +224,13 @@ def test_images_hand_over_the_kept_recipe_refit_on_every_labelled_row(
     image_experiment, monkeypatch
 ):
     from hypertweaks import load, refit
+    from hypertweaks.train import fit
 
     calls = []
 
     def recorded_fit(task, model, layers, recipe, train_data, val_data, **kwargs):
         calls.append((len(train_data), val_data, kwargs["stop_after"]))
         return fit(task, model, layers, recipe, train_data, val_data, **kwargs)
-
-    from hypertweaks.train import fit
 
     monkeypatch.setattr(refit, "fit", recorded_fit)
     exp = {**image_experiment, "trials": 2}  # no validation: 15% of the 48 carved from train
@@ -260,13 +259,15 @@ def test_images_hand_over_the_kept_recipe_refit_on_every_labelled_row(
 
 
 def test_the_refit_is_refused_where_it_is_not_measured(image_experiment, text_experiment):
-    with pytest.raises(Exception, match="final_model 'soup' is not one of image-classification"):
+    from hypertweaks.config import ConfigError
+
+    with pytest.raises(ConfigError, match="final_model 'soup' is not one of image-classification"):
         make_experiment({**image_experiment, "final_model": "soup"})
-    with pytest.raises(Exception, match="final_model 'refit' is not one of text-classification"):
+    with pytest.raises(ConfigError, match="final_model 'refit' is not one of text-classification"):
         make_experiment({**text_experiment, "final_model": "refit"})
 
 
-def test_the_search_keeps_back_the_time_the_refit_needs():
+def test_a_refit_needs_its_epochs_at_its_trial_s_pace_on_more_rows():
     from datetime import datetime, timedelta
 
     from optuna.trial import TrialState, create_trial

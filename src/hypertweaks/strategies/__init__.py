@@ -2,8 +2,8 @@
 first), the sampler that proposes the rest, the pruner (the fidelity schedule that stops weak
 trials early), the selector (which trial's model to keep) and the final-model rule (the kept
 model, the soup of the recommended recipe's runs, or the kept recipe refit on every labelled
-row). Every backend runs the Strategy it is
-given, and so does the bench's replay of recorded curves (bench/meta/simulate.py).
+row). Every backend runs the Strategy it is given, and so does the bench's replay of recorded
+curves (bench/meta/simulate.py).
 
 The experiment holds names only (names.py, importable without Optuna); a new start, sampler,
 pruner or selector is one entry in its registry (starts.STARTS, samplers.SAMPLERS, pruners.PRUNERS
