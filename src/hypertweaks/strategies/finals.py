@@ -10,7 +10,7 @@ the noise does not eat. So the soup grows with the budget, up to SOUP_RUNS.
 
 `refit` trains the kept recipe again on train + validation, stopped after the epoch its trial
 chose, its schedule the recipe's whole one (refit.py). Measured on images (magnetic tiles, ELPV;
-bench/results/IMAGES.md): the product at 3x with it beat the default by +2.3 macro-F1 [-0.0,
+bench/results/IMAGES.md): the product at 3x with it beat the default by +2.3 macro-F1 [-0.1,
 +4.8] over eighteen pairs, where the search alone bought +0.7; on text the simulator's refit
 lost 0.6 points, so text keeps its soup."""
 
