@@ -338,3 +338,25 @@ def test_a_refit_worse_on_the_rows_it_trained_on_is_not_handed_over(image_experi
     assert result.best_model_dir.resolve().name == f"trial-{done['trial']}"  # the trial's model
     again = tune(exp)
     assert again.refit == done and scored == [7]  # not refit again on resume
+
+
+def test_the_refit_rows_reuse_the_decoded_images_and_features(image_experiment, tmp_path):
+    from hypertweaks.refit import every_labelled_row
+    from hypertweaks.tasks import image
+
+    task = ImageClassification(make_experiment(image_experiment), tmp_path / "cache")
+    task.prepare()
+    train, validation = task.splits.train, task.splits.validation
+    features = torch.cat([task._features(train).features, task._features(validation).features])
+    pixels = torch.cat([task._images(train), task._images(validation)])
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed again")
+
+    rows = every_labelled_row(task)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(image, "load_images_cached", never)
+        patch.setattr(ImageClassification, "_compute_features", never)
+        assert torch.equal(rows._images(rows.splits.train), pixels)
+        assert torch.equal(rows._features(rows.splits.train).features, features)
+    assert len(rows.splits.train) == len(train) + len(validation)

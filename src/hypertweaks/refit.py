@@ -77,8 +77,9 @@ def every_labelled_row(task):
     rows = Split(
         train.inputs + validation.inputs,
         np.concatenate([train.labels, validation.labels]),
-        "train+validation",  # its own cache key: the task's caches are shared with the copy
+        "train+validation",  # its own cache key
     )
+    task.cache_joined(rows, [train, validation])  # the copy shares the task's caches
     refit = copy.copy(task)
     refit.splits = dataclasses.replace(task.splits, train=rows)
     return refit

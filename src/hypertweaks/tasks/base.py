@@ -67,6 +67,14 @@ class TaskBase:
             self._cache[key] = make()
         return self._cache[key]
 
+    def cache_joined(self, whole: Split, parts: list[Split]) -> None:
+        """Cache `whole`, the rows of `parts` in order, from their cached tensors (pixels,
+        frozen features) joined: never decoded or computed twice."""
+        for kind in {kind for kind, _ in self._cache}:
+            cached = [self._cache.get((kind, part.key)) for part in parts]
+            if all(isinstance(value, torch.Tensor) for value in cached):
+                self._cache[(kind, whole.key)] = torch.cat(cached)
+
     # -- what each task implements ------------------------------------------------------
     def prepare(self) -> None:
         """Load, check and encode the data, and check the model, before any training."""
