@@ -158,6 +158,96 @@ def refit_default(
     }
 
 
+def refit_curve(dataset: str, paths: dict[str, Path], seed: int, runs: Path, **fields) -> dict:
+    """The default alone (the 1x model), then the same study resumed with `final_model: refit`:
+    the product's refit, but run over the recipe's whole schedule and scored after every epoch
+    on test and on the validation rows it trains on (`scored_refit`), then handed over at the
+    epoch the product stops it (the kept trial's best). One run replays every stopping rule:
+    the chosen epoch (shipped), the first epoch from it that passes the check, the last."""
+    from hypertweaks import tune
+
+    alone = default_alone(dataset, paths, seed, runs, **fields)
+    name = Path(alone.results_path).parent.name
+    curve: list[dict] = []
+    with scored_refit(curve):
+        refit = tune(experiment(paths, seed, runs, name, trials=1, final_model="refit", **fields))
+    return {
+        **studies_row(dataset, seed, {"default": alone, "refit": refit}),
+        "trial_value": alone.best_value,  # the value the refit's check compares with
+        "refit_summary": refit.refit,
+        "curve": curve,
+    }
+
+
+@contextmanager
+def scored_refit(curve: list[dict]) -> Iterator[None]:
+    """Refits inside it train the recipe's whole schedule with the validation rows (which they
+    train on) and the test rows scored after every epoch into `curve`, then take back the
+    weights of the epoch the product stops after, so the product's check and hand-over go on."""
+    from hypertweaks import refit, train
+
+    shipped = refit.fit
+
+    def fit(task, model, layers, recipe, train_data, val_data, *, stop_after, **kwargs):
+        validation = task.dataset(task.splits.validation, False)
+        test = task.dataset(task.splits.test, False)
+        states = {}
+
+        def record(report) -> bool:
+            scores = train.evaluate(task, model, test, kwargs["device"])
+            curve.append({"epoch": report.epoch, "trained_on": report.metrics, "test": scores})
+            states[report.epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+
+        result = shipped(task, model, layers, recipe, train_data, validation, on_epoch=record,
+                         patience=recipe.epochs + 1, **kwargs)  # fmt: skip
+        model.load_state_dict(states[stop_after])
+        return result
+
+    refit.fit = fit
+    try:
+        yield
+    finally:
+        refit.fit = shipped
+
+
+def refit_rules_table(rows: list[dict], metric: str) -> str:
+    """Each refit stopping rule's test score against the default's, from the scored curves."""
+    rules = {
+        "chosen epoch, checked (shipped)": lambda r, e: [e],
+        "first epoch from the chosen one that passes the check": lambda r, e: range(
+            e, len(r["curve"]) + 1
+        ),
+        "last epoch, checked": lambda r, e: [len(r["curve"])],
+    }
+    lines = [f"| dataset | seed | chosen | default | {' | '.join(rules)} |"]
+    lines.append("|---" * (4 + len(rules)) + "|")
+    diffs: dict[str, list[float]] = {rule: [] for rule in rules}
+    for r in rows:
+        chosen = r["refit_summary"]["epochs"]
+        cells = []
+        for rule, epochs in rules.items():
+            score = r["default"][metric]
+            for e in epochs(r, chosen):
+                point = r["curve"][e - 1]
+                if point["trained_on"][metric] >= r["trial_value"]:
+                    score = point["test"][metric]
+                    break
+            diffs[rule].append(score - r["default"][metric])
+            cells.append(f"{score:.3f}")
+        lines.append(
+            f"| {r['dataset']} | {r['seed']} | {chosen} | {r['default'][metric]:.3f} | "
+            + " | ".join(cells) + " |"
+        )  # fmt: skip
+    for rule, diff in diffs.items():
+        d = np.array(diff) * 100
+        lines.append(
+            f"\n{rule} minus the default, {metric} points: mean {d.mean():+.1f}, "
+            f"{int((d > 1e-9).sum())} better, {int((d < -1e-9).sum())} worse of {len(d)}"
+        )
+    return "\n".join(lines)
+
+
 @contextmanager
 def stopped_after(epochs: int | None) -> Iterator[None]:
     """Studies started inside it train every trial on its recipe's whole schedule but stop it
@@ -419,16 +509,26 @@ def main(argv: list[str] | None = None) -> int:
         "images_refit.json (images_refit_whole.json) beside --out",
     )
     parser.add_argument(
+        "--refit-curve",
+        action="store_true",
+        help="only the default recipe and its refit (final_model: refit) over the whole "
+        "schedule, scored on test after every epoch: every stopping rule of the refit from one "
+        "run; writes images_refit_curve.json beside --out",
+    )
+    parser.add_argument(
         "--metric",
         choices=("accuracy", "macro_f1", "roc_auc", "defect_recall", "loss"),
         help="the metric both studies of a pair select and stop on (default: the image "
         "kind's, accuracy)",
     )
     args = parser.parse_args(argv)
-    experiments = (args.class_weights, args.soup, args.lp_ft, args.image_size, args.refit)
+    experiments = (
+        args.class_weights, args.soup, args.lp_ft, args.image_size, args.refit, args.refit_curve
+    )  # fmt: skip
     if sum(map(bool, experiments)) > 1:
         parser.error(
-            "--class-weights, --soup, --lp-ft, --image-size and --refit are one experiment each"
+            "--class-weights, --soup, --lp-ft, --image-size, --refit and --refit-curve are one "
+            "experiment each"
         )
     variant = ("class_weights", "balanced") if args.class_weights else None
     if args.image_size:
@@ -447,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in (int(s) for s in args.seeds.split(",")):
                 if args.lp_ft:
                     rows.append(lp_ft_default(dataset, paths, seed, work / "runs"))
+                elif args.refit_curve:
+                    rows.append(refit_curve(dataset, paths, seed, work / "runs", **fields))
                 elif args.refit:
                     rows.append(
                         refit_default(dataset, paths, seed, work / "runs", args.refit, **fields)
@@ -463,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(rows[-1]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.refit_curve:
+        out = args.out.with_name("images_refit_curve.json")
+        run = {"train": args.train, "test": args.test, "metric": args.metric or "accuracy"}
+        out.write_text(json.dumps({"machine": machine("cpu"), **run, "rows": rows}, indent=1))
+        print(refit_rules_table(rows, args.metric or "accuracy"))
+        return 0
     if args.lp_ft:
         variant = ("lp_ft", "lp-ft")
     if args.refit:
