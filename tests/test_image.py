@@ -229,7 +229,7 @@ def test_images_hand_over_the_kept_recipe_refit_on_every_labelled_row(
     calls = []
 
     def recorded_fit(task, model, layers, recipe, train_data, val_data, **kwargs):
-        calls.append((len(train_data), val_data, kwargs["stop_after"]))
+        calls.append((len(train_data), val_data, kwargs.get("stop_after")))
         return fit(task, model, layers, recipe, train_data, val_data, **kwargs)
 
     monkeypatch.setattr(refit, "fit", recorded_fit)
@@ -237,9 +237,9 @@ def test_images_hand_over_the_kept_recipe_refit_on_every_labelled_row(
     result = tune(exp)
     done = result.refit
     kept = json.loads(result.results_path.read_text())["trials"][done["trial"]]
-    # every labelled row, no validation score, stopped after the epoch the kept trial chose
-    assert calls == [(48, None, kept["best_epoch"])]
-    assert done["kept"] and done["rows"] == 48 and done["epochs"] == kept["best_epoch"]
+    # every labelled row, no validation score, the kept recipe's whole schedule
+    assert calls == [(48, None, None)]
+    assert done["kept"] and done["rows"] == 48 and done["epochs"] == kept["recipe"]["epochs"]
     assert done["estimate"] == result.best_value == kept["value"]
     assert result.best_model_dir.resolve().name == f"refit-{done['trial']}"
     assert json.loads(result.results_path.read_text())["refit"] == done
@@ -277,14 +277,15 @@ def test_a_refit_needs_its_epochs_at_its_trial_s_pace_on_more_rows():
     trial = create_trial(
         state=TrialState.COMPLETE,
         value=0.5,
-        user_attrs={"curve": [{}] * 3, "best_epoch": 2},
+        user_attrs={"curve": [{}] * 3, "best_epoch": 1, "recipe": {"epochs": 5}},
     )
     trial.datetime_start = datetime(2026, 1, 1)
     trial.datetime_complete = trial.datetime_start + timedelta(minutes=6)
-    # 2 minutes an epoch, 1.2 times the rows: 2.4 minutes an epoch, all but the last of two
-    assert refit_need(trial, 1.2) == pytest.approx(144)
-    assert refit_need(trial, 1.2, whole=True) == pytest.approx(288)
-    trial.user_attrs["best_epoch"] = 1
+    # 2 minutes an epoch (3 run, early stopped), 1.2 times the rows: 2.4 minutes an epoch, all
+    # but the last of the recipe's 5, whatever epoch the trial chose
+    assert refit_need(trial, 1.2) == pytest.approx(4 * 144)
+    assert refit_need(trial, 1.2, whole=True) == pytest.approx(5 * 144)
+    trial.user_attrs["recipe"] = {"epochs": 1}
     assert refit_need(trial, 1.2) == pytest.approx(144)  # at least one
     assert refit_need(create_trial(state=TrialState.COMPLETE, value=0.5), 1.2) is None
 
@@ -301,7 +302,9 @@ def test_the_reserve_is_the_refit_of_the_model_on_disk(image_experiment, tmp_pat
     trials = []
     for number, minutes in ((0, 6), (1, 3)):
         trial = create_trial(
-            state=TrialState.COMPLETE, value=0.5, user_attrs={"curve": [{}] * 3, "best_epoch": 3}
+            state=TrialState.COMPLETE,
+            value=0.5,
+            user_attrs={"curve": [{}] * 3, "best_epoch": 2, "recipe": {"epochs": 3}},
         )
         trial.number = number
         trial.datetime_start = datetime(2026, 1, 1)

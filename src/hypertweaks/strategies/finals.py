@@ -95,7 +95,7 @@ def describe_refit(refit: dict[str, Any] | None, metric: str) -> str | None:
         return None
     what = (
         f"trial {refit['trial']}'s recipe refit on train + validation ({refit['rows']} rows), "
-        f"stopped after epoch {refit['epochs']}"
+        f"{refit['epochs']} epochs"
     )
     if refit.get("kept"):
         return (
