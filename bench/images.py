@@ -160,19 +160,25 @@ def refit_default(
 
 def refit_curve(dataset: str, paths: dict[str, Path], seed: int, runs: Path, **fields) -> dict:
     """The default alone (the 1x model), then the same study resumed with `final_model: refit`:
-    the product's refit, but run over the recipe's whole schedule and scored after every epoch
-    on test and on the validation rows it trains on (`scored_refit`), then handed over at the
-    epoch the product stops it (the kept trial's best). One run replays every stopping rule:
-    the chosen epoch (shipped), the first epoch from it that passes the check, the last."""
+    the product's refit of the recipe's whole schedule, scored after every epoch on test and on
+    the validation rows it trains on (`scored_refit`). One run replays every stopping rule: the
+    epoch the default chose on validation (`chosen`), the first from it that passes the check,
+    the last (shipped). The scoring draws random numbers between epochs, so the refit's
+    augmentations after the first epoch differ from an unscored refit's: the same rule, not the
+    same digits."""
     from hypertweaks import tune
 
     alone = default_alone(dataset, paths, seed, runs, **fields)
-    name = Path(alone.results_path).parent.name
+    saved = json.loads(Path(alone.results_path).read_text())
     curve: list[dict] = []
     with scored_refit(curve):
-        refit = tune(experiment(paths, seed, runs, name, trials=1, final_model="refit", **fields))
+        refit = tune(
+            experiment(paths, seed, runs, Path(alone.results_path).parent.name, trials=1,
+                       final_model="refit", **fields)
+        )  # fmt: skip
     return {
         **studies_row(dataset, seed, {"default": alone, "refit": refit}),
+        "chosen": saved["trials"][0]["best_epoch"],
         "trial_value": alone.best_value,  # the value the refit's check compares with
         "refit_summary": refit.refit,
         "curve": curve,
@@ -181,14 +187,14 @@ def refit_curve(dataset: str, paths: dict[str, Path], seed: int, runs: Path, **f
 
 @contextmanager
 def scored_refit(curve: list[dict]) -> Iterator[None]:
-    """Refits inside it train the recipe's whole schedule with the validation rows (which they
-    train on) and the test rows scored after every epoch into `curve`, then take back the
-    weights of the epoch the product stops after, so the product's check and hand-over go on."""
+    """Refits inside it score the validation rows (which they train on) and the test rows after
+    every epoch into `curve`, then keep the weights of the epoch the product keeps (its last, or
+    `stop_after`), so the product's check and hand-over go on as shipped."""
     from hypertweaks import refit, train
 
     shipped = refit.fit
 
-    def fit(task, model, layers, recipe, train_data, val_data, *, stop_after, **kwargs):
+    def fit(task, model, layers, recipe, train_data, val_data, *, stop_after=None, **kwargs):
         validation = task.dataset(task.splits.validation, False)
         test = task.dataset(task.splits.test, False)
         states = {}
@@ -201,7 +207,7 @@ def scored_refit(curve: list[dict]) -> Iterator[None]:
 
         result = shipped(task, model, layers, recipe, train_data, validation, on_epoch=record,
                          patience=recipe.epochs + 1, **kwargs)  # fmt: skip
-        model.load_state_dict(states[stop_after])
+        model.load_state_dict(states[stop_after or len(curve)])
         return result
 
     refit.fit = fit
@@ -214,17 +220,17 @@ def scored_refit(curve: list[dict]) -> Iterator[None]:
 def refit_rules_table(rows: list[dict], metric: str) -> str:
     """Each refit stopping rule's test score against the default's, from the scored curves."""
     rules = {
-        "chosen epoch, checked (shipped)": lambda r, e: [e],
+        "chosen epoch, checked": lambda r, e: [e],
         "first epoch from the chosen one that passes the check": lambda r, e: range(
             e, len(r["curve"]) + 1
         ),
-        "last epoch, checked": lambda r, e: [len(r["curve"])],
+        "last epoch, checked (shipped)": lambda r, e: [len(r["curve"])],
     }
     lines = [f"| dataset | seed | chosen | default | {' | '.join(rules)} |"]
     lines.append("|---" * (4 + len(rules)) + "|")
     diffs: dict[str, list[float]] = {rule: [] for rule in rules}
     for r in rows:
-        chosen = r["refit_summary"]["epochs"]
+        chosen = r["chosen"]
         cells = []
         for rule, epochs in rules.items():
             score = r["default"][metric]

@@ -738,6 +738,30 @@ def test_bench_images_replay_of_a_refit_study_scores_only_the_trial_it_refit():
     assert kept_test(row, "macro_f1", "one error") is None  # trial 29: its refit never ran
 
 
+def test_bench_images_refit_rules_replay_each_stopping_epoch_from_one_scored_curve():
+    """Each rule stops at its epoch if the refit there matches its trial on the validation
+    rows it trained on, else the default's model stays."""
+    from bench.images import refit_rules_table
+
+    def point(trained_on, test):
+        return {"trained_on": {"macro_f1": trained_on}, "test": {"macro_f1": test}}
+
+    row = {
+        "dataset": "elpv",
+        "seed": 0,
+        "chosen": 1,
+        "trial_value": 0.8,
+        "default": {"macro_f1": 0.70},
+        "curve": [point(0.4, 0.40), point(0.85, 0.74), point(0.9, 0.76)],
+    }
+    table = refit_rules_table([row], "macro_f1")
+    assert "| elpv | 0 | 1 | 0.700 | 0.700 | 0.740 | 0.760 |" in table
+    assert "last epoch, checked (shipped) minus the default, macro_f1 points: mean +6.0" in table
+    row["curve"][-1] = point(0.7, 0.76)  # the last epoch fails the check: the default stays
+    table = refit_rules_table([row], "macro_f1")
+    assert "| elpv | 0 | 1 | 0.700 | 0.700 | 0.740 | 0.700 |" in table
+
+
 @pytest.mark.parametrize("schedule", ["chosen", "whole"])
 def test_bench_images_refit_trains_every_row_for_the_epochs_the_default_chose(
     schedule, monkeypatch, tmp_path

@@ -343,6 +343,23 @@ def test_a_refit_worse_on_the_rows_it_trained_on_is_not_handed_over(image_experi
     assert again.refit == done and scored == [7]  # not refit again on resume
 
 
+def test_the_bench_scores_the_refit_after_every_epoch_and_hands_over_the_product_s(
+    image_experiment,
+):
+    """bench.images --refit-curve: the refit's whole schedule scored on test and on its
+    trained-on validation rows after every epoch; the model handed over is its last epoch's."""
+    from bench.images import scored_refit
+
+    curve = []
+    exp = {**image_experiment, "trials": 1, "space": {"epochs": 3, "batch_size": 8}}
+    with scored_refit(curve):
+        result = tune(exp)
+    assert result.refit["kept"] and result.refit["epochs"] == 3
+    assert [point["epoch"] for point in curve] == [1, 2, 3]
+    assert result.refit["trained_on"] == curve[-1]["trained_on"]["roc_auc"]
+    assert result.test_metrics["roc_auc"] == pytest.approx(curve[-1]["test"]["roc_auc"])
+
+
 def test_the_refit_rows_reuse_the_decoded_images_and_features(image_experiment, tmp_path):
     from hypertweaks.refit import every_labelled_row
     from hypertweaks.tasks import image
