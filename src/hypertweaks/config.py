@@ -129,8 +129,8 @@ class Experiment(BaseModel):
         "language models). soup: the recommended recipe runs at up to five seeds, as the budget "
         "allows, and their weights are averaged into one model, kept unless the selector's "
         "model leads it on validation by more than the selector's margin; refit: the selector's "
-        "recipe trained once more on train + validation, stopped after the epochs its trial "
-        "chose; kept: the selector's model",
+        "recipe trained once more on train + validation for its whole schedule; kept: the "
+        "selector's model",
     )
     space: dict[str, Any] = Field(default_factory=dict)
     quiet: bool = False

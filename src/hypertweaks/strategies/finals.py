@@ -8,11 +8,11 @@ soups of 2, 3, 4 and 5 runs of the LP-FT default scored +0.25, +0.42, +0.53 and 
 above the mean single run, where picking one recipe by a 200-row validation score buys nothing
 the noise does not eat. So the soup grows with the budget, up to SOUP_RUNS.
 
-`refit` trains the kept recipe again on train + validation, stopped after the epoch its trial
-chose, its schedule the recipe's whole one (refit.py). Measured on images (magnetic tiles, ELPV;
-bench/results/IMAGES.md): the product at 3x with it beat the default by +2.3 macro-F1 [-0.1,
-+4.8] over eighteen pairs, where the search alone bought +0.7; on text the simulator's refit
-lost 0.6 points, so text keeps its soup."""
+`refit` trains the kept recipe again on train + validation for its whole schedule (refit.py).
+Measured on images (magnetic tiles, ELPV; bench/results/IMAGES.md): stopped after the epoch its
+trial chose, the product at 3x beat the default by +2.3 macro-F1 [-0.1, +4.8] over eighteen
+pairs, where the search alone bought +0.7; the whole schedule beat that stop by +2.0 [+0.6,
++4.0] over sixteen. On text the simulator's refit lost 0.6 points, so text keeps its soup."""
 
 from __future__ import annotations
 
