@@ -32,6 +32,7 @@ from hypertweaks.data import Split
 from hypertweaks.objective import is_better
 from hypertweaks.space import Recipe
 from hypertweaks.strategies import strategy_of
+from hypertweaks.strategies.finals import epochs
 from hypertweaks.study import seconds_used, time_needed, trial_seconds
 from hypertweaks.train import evaluate, fit, release_memory
 from hypertweaks.trial import write_refit_yaml
@@ -162,7 +163,7 @@ def refit_stage(study, exp: Experiment, task, best: BestCheckpoint, device) -> d
 def refit_header(exp: Experiment, summary: dict[str, Any]) -> str:
     return (
         f"# final model of study {exp.name!r}: trial {summary['trial']}'s recipe refit on "
-        f"train + validation ({summary['rows']} rows) for {summary['epochs']} epochs; "
+        f"train + validation ({summary['rows']} rows) for {epochs(summary['epochs'])}; "
         f"no validation score (its rows trained it), trial {summary['trial']}'s val "
         f"{exp.metric} {summary['estimate']:.4f} is the estimate.\n"
         "# This recipe, run alone, trains that trial on the training rows, not the refit.\n"

@@ -89,13 +89,17 @@ def describe_soup(soup: dict[str, Any], metric: str) -> str:
     )
 
 
+def epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 def describe_refit(refit: dict[str, Any] | None, metric: str) -> str | None:
     """One line for the user: what the refit did, or why it did not run."""
     if not refit:
         return None
     what = (
         f"trial {refit['trial']}'s recipe refit on train + validation ({refit['rows']} rows), "
-        f"{refit['epochs']} epochs"
+        f"{epochs(refit['epochs'])}"
     )
     if refit.get("kept"):
         return (
