@@ -343,9 +343,7 @@ def test_a_refit_worse_on_the_rows_it_trained_on_is_not_handed_over(image_experi
     assert again.refit == done and scored == [7]  # not refit again on resume
 
 
-def test_the_bench_scores_the_refit_after_every_epoch_and_hands_over_the_product_s(
-    image_experiment,
-):
+def test_the_bench_scores_the_refit_after_every_epoch_and_hands_over_its_last(image_experiment):
     """bench.images --refit-curve: the refit's whole schedule scored on test and on its
     trained-on validation rows after every epoch; the model handed over is its last epoch's."""
     from bench.images import scored_refit

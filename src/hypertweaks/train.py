@@ -232,8 +232,7 @@ def fit(
     """Train `model` in place; on return it holds the weights of its best validation epoch
     (`val_data` None: no validation, the weights of its last epoch). `max_steps` shortens the
     run and its schedule; `stop_after` ends the run after that many epochs, its learning-rate
-    schedule still spanning the recipe's (a refit that repeats the updates a chosen run made up
-    to its best epoch)."""
+    schedule still spanning the recipe's (bench.images measures refits stopped so)."""
     device = torch.device(device)
     torch.manual_seed(seed)
     model.to(device)
