@@ -179,6 +179,7 @@ def refit_curve(dataset: str, paths: dict[str, Path], seed: int, runs: Path, **f
     return {
         **studies_row(dataset, seed, {"default": alone, "refit": refit}),
         "chosen": saved["trials"][0]["best_epoch"],
+        "metric": saved["metric"],
         "trial_value": alone.best_value,  # the value the refit's check compares with
         "refit_summary": refit.refit,
         "curve": curve,
@@ -197,17 +198,18 @@ def scored_refit(curve: list[dict]) -> Iterator[None]:
     def fit(task, model, layers, recipe, train_data, val_data, *, stop_after=None, **kwargs):
         validation = task.dataset(task.splits.validation, False)
         test = task.dataset(task.splits.test, False)
-        states = {}
+        kept_epoch, kept = stop_after or recipe.epochs, {}
 
         def record(report) -> bool:
             scores = train.evaluate(task, model, test, kwargs["device"])
             curve.append({"epoch": report.epoch, "trained_on": report.metrics, "test": scores})
-            states[report.epoch] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return False
+            if report.epoch == kept_epoch:
+                kept.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+            return report.epoch == kept_epoch  # the run ends where the product's would
 
         result = shipped(task, model, layers, recipe, train_data, validation, on_epoch=record,
                          patience=recipe.epochs + 1, **kwargs)  # fmt: skip
-        model.load_state_dict(states[stop_after or len(curve)])
+        model.load_state_dict(kept)  # not fit's best validation epoch: the product's epoch
         return result
 
     refit.fit = fit
@@ -218,7 +220,8 @@ def scored_refit(curve: list[dict]) -> Iterator[None]:
 
 
 def refit_rules_table(rows: list[dict], metric: str) -> str:
-    """Each refit stopping rule's test score against the default's, from the scored curves."""
+    """Each refit stopping rule's test `metric` against the default's, from the scored curves
+    (a rule's epoch counts if it passes the check on the study's own metric)."""
     rules = {
         "chosen epoch, checked": lambda r, e: [e],
         "first epoch from the chosen one that passes the check": lambda r, e: range(
@@ -235,8 +238,8 @@ def refit_rules_table(rows: list[dict], metric: str) -> str:
         for rule, epochs in rules.items():
             score = r["default"][metric]
             for e in epochs(r, chosen):
-                point = r["curve"][e - 1]
-                if point["trained_on"][metric] >= r["trial_value"]:
+                point = r["curve"][e - 1]  # the check is on the metric the study chose on
+                if point["trained_on"][r["metric"]] >= r["trial_value"]:
                     score = point["test"][metric]
                     break
             diffs[rule].append(score - r["default"][metric])

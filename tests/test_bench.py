@@ -750,6 +750,7 @@ def test_bench_images_refit_rules_replay_each_stopping_epoch_from_one_scored_cur
         "dataset": "elpv",
         "seed": 0,
         "chosen": 1,
+        "metric": "macro_f1",
         "trial_value": 0.8,
         "default": {"macro_f1": 0.70},
         "curve": [point(0.4, 0.40), point(0.85, 0.74), point(0.9, 0.76)],

@@ -60,7 +60,7 @@ def refit_need(trial, growth: float, whole: bool = False) -> float | None:
     epoch; `whole`: every epoch): its recipe's epochs at its own pace on `growth` times its
     rows. None while the trial has no finished epoch."""
     curve = trial.user_attrs.get("curve") or []
-    if not curve or not trial.user_attrs.get("best_epoch"):
+    if not curve:
         return None
     epoch = trial_seconds(trial) / len(curve) * growth
     epochs = refit_epochs(trial)
