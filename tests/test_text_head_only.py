@@ -56,10 +56,10 @@ def test_head_only_text_recipes_train_a_head_on_features_computed_once(text_expe
     # the cached features are what the model computes from the tokens
     tokens, _ = task.dataset(task.splits.validation, False).collate([0, 1, 2])
     model.eval()
-    with torch.no_grad():
-        from_tokens = task.forward(model, tokens)
-        from_features = task.forward(model, validation.collate([0, 1, 2])[0])
-    assert torch.allclose(from_tokens, from_features, atol=1e-5)
+    with torch.no_grad(), task.autocast(torch.device("cpu")):  # in the precision of the cache
+        from_tokens = task.forward(model, tokens).float()
+        from_features = task.forward(model, validation.collate([0, 1, 2])[0]).float()
+    assert torch.allclose(from_tokens, from_features, atol=1e-4)
 
 
 def test_partial_freezing_and_gradual_unfreezing_keep_the_full_model(text_experiment, tmp_path):
@@ -125,6 +125,7 @@ def test_a_head_only_study_saves_a_model_that_loads_and_scores_what_the_study_sc
     assert proba.shape == (2, 3) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
     # and without hypertweaks, as the README shows
     done = readme_snippet("# text classifier", {"runs/feedback/best": str(best)})
+    model.precision = "float32"  # as plain transformers computes
     expected = model.predict_proba(["the delivery was late again"])
     assert np.allclose(done["proba"].numpy(), expected, atol=1e-5)
     results = json.loads((best.parent / "results.json").read_text())

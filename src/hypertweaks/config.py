@@ -27,6 +27,8 @@ from hypertweaks.strategies.names import (
     SELECTOR_NAMES,
 )
 
+PRECISIONS = ("auto", "float32", "bfloat16")  # train.autocast
+
 
 class ConfigError(ValueError):
     """The experiment is invalid; the message says which field, what was given and what is valid."""
@@ -110,6 +112,12 @@ class Experiment(BaseModel):
         False, exclude=True, description="discard the study's trials and best model, start anew"
     )
     device: str = "auto"
+    precision: str = Field(
+        "auto",
+        description="what matrix products compute in: " + ", ".join(PRECISIONS) + " (auto: "
+        "bfloat16 on CUDA, and for text and language models on a CPU that computes it natively "
+        "(AMX or AVX-512 BF16), where they train 1.5-1.9x faster; else float32)",
+    )
     smoke: bool = True
     defaults_first: bool = True
     sampler: str = Field("tpe", description="how trials are proposed: " + ", ".join(SAMPLER_NAMES))
@@ -195,6 +203,13 @@ class Experiment(BaseModel):
     def _device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
             raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps. Got {value!r} instead")
+        return value
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, value: str) -> str:
+        if value not in PRECISIONS:
+            raise ValueError(f"must be one of {', '.join(PRECISIONS)}. Got {value!r} instead")
         return value
 
     @field_validator("name")

@@ -26,6 +26,7 @@ class Generator:
         self.info, directory = info, info.directory
         self.directory = directory
         self.device = device_of(device)
+        self.precision = info.recipe.get("precision", "auto")  # as it was tuned
         meta_file = directory / META_FILE
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         # the training data's format (messages, prompt-completion, text); None: a folder saved
@@ -118,7 +119,7 @@ class Generator:
             mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, row in enumerate(rows):  # left padding: every row ends where generation starts
                 batch[r, width - len(row) :], mask[r, width - len(row) :] = torch.tensor(row), 1
-            with autocast(self.device):
+            with autocast(self.device, self.precision, cpu_bfloat16=True):
                 generated = self.model.generate(
                     input_ids=batch.to(self.device),
                     attention_mask=mask.to(self.device),

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 def load(path: str | Path | ModelInfo, device: str = "auto") -> Classifier | Generator:
     """The tuned model in `path` (runs/NAME or runs/NAME/best), ready to predict: a classifier
-    (`predict`, `predict_proba`) or, for a causal LM, a `Generator` (`generate`)."""
+    (`predict`, `predict_proba`) or, for a causal LM, a `Generator` (`generate`). It computes in
+    the precision it was tuned in (`precision`, an attribute: set it to "float32" to predict as
+    plain transformers does where auto chose bfloat16)."""
     info = describe(path)
     quiet_transformers()
     return kind_of(info.task).load_class("predictor")(info, device)
@@ -81,10 +83,12 @@ class Classifier:
 
     task: str
     batch_size = 64
+    cpu_bfloat16 = False  # as the task that tuned it (tasks.base.TaskBase)
 
     def __init__(self, info: ModelInfo, device: str = "auto"):
         self.info, self.directory, self.recipe = info, info.directory, info.recipe
         self.device = device_of(device)
+        self.precision = self.recipe.get("precision", "auto")  # as it was tuned
         self.classes_: list[Any] = info.classes
         self.positive = info.positive
         self.notes: list[str] = []  # what the last call did to its inputs (truncated, skipped)
@@ -115,7 +119,7 @@ class Classifier:
     def _run(self, model: torch.nn.Module, batches, progress: Progress | None) -> np.ndarray:
         """Softmax probabilities of (model inputs, size) batches, float32 on the CPU."""
         chunks = []
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode(), autocast(self.device, self.precision, self.cpu_bfloat16):
             for inputs, size in batches:
                 inputs = {k: v.to(self.device) for k, v in inputs.items()}
                 logits = self._forward(model, inputs)
@@ -132,6 +136,7 @@ class TextClassifier(Classifier):
     """A tuned text classifier; texts longer than the length it was tuned on are truncated."""
 
     task = "text-classification"
+    cpu_bfloat16 = True
 
     def __init__(self, info: ModelInfo, device: str = "auto"):
         super().__init__(info, device)

@@ -16,6 +16,7 @@ from hypertweaks.config import Experiment
 from hypertweaks.data import Split, Splits
 from hypertweaks.models import LayerStack
 from hypertweaks.space import Recipe
+from hypertweaks.train import autocast
 
 T = TypeVar("T")
 
@@ -54,10 +55,16 @@ class TaskBase:
     num_layers: int  # how many blocks freeze_layers can freeze
     pretrained_dropout: float
 
+    cpu_bfloat16 = False  # whether `precision: auto` computes in bfloat16 on a CPU that can
+
     def __init__(self, experiment: Experiment, cache_dir: Path):
         self.experiment = experiment
         self.cache_dir = cache_dir
         self._cache: dict[tuple[str, tuple[str, str]], Any] = {}
+
+    def autocast(self, device: torch.device):
+        """The precision the experiment asks for on `device` (train.autocast)."""
+        return autocast(device, self.experiment.precision, self.cpu_bfloat16)
 
     def cached(self, kind: str, split: Split, make: Callable[[], T]) -> T:
         """`make()` once per kind of data and split contents (its name and rows): a subset of a

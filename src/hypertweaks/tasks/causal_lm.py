@@ -37,7 +37,6 @@ from hypertweaks.models import (
 )
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import IndexedExamples, TaskBase
-from hypertweaks.train import autocast
 
 IGNORE = -100  # label of a token that is not learned (prompt, padding)
 SHORT_TARGET = 16  # completions of at most this many tokens are labels: exact match is measured
@@ -162,6 +161,8 @@ def _blocks_name(model: nn.Module) -> str:
 class CausalLM(TaskBase):
     """The causal-lm task: what the trainer and the search need (see tasks/base.Task), plus
     `loss_sum`, `count_targets` and `evaluate` for a loss over target tokens."""
+
+    cpu_bfloat16 = True
 
     def __init__(self, experiment: Experiment, cache_dir: Path):
         super().__init__(experiment, cache_dir)
@@ -419,7 +420,7 @@ class CausalLM(TaskBase):
         size = min(batch_size, 16)  # logits are vocabulary-wide: keep them small
         for start in range(0, len(order), size):
             inputs, labels = data.collate(order[start : start + size])
-            with autocast(device):
+            with self.autocast(device):
                 logits = self.forward(model, {k: v.to(device) for k, v in inputs.items()})
             part = self._batch_stats(logits, labels.to(device))
             loss, tokens, exact = loss + part[0], tokens + part[1], exact + part[2]
