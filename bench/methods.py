@@ -624,6 +624,8 @@ def hf_compute_metrics(eval_pred) -> dict[str, float]:
 def hf_arguments(ctx: Context, output_dir: str, **overrides):
     from transformers import TrainingArguments
 
+    from hypertweaks.train import computes_bfloat16
+
     cuda = ctx.device.type == "cuda"
     return TrainingArguments(
         **{
@@ -640,7 +642,7 @@ def hf_arguments(ctx: Context, output_dir: str, **overrides):
             "report_to": "none",
             "disable_tqdm": True,
             "use_cpu": not cuda,
-            "bf16": cuda and torch.cuda.is_bf16_supported(),
+            "bf16": computes_bfloat16(ctx.text, ctx.device),  # as hypertweaks computes
             "seed": ctx.seed,
             "dataloader_num_workers": 0,
             **overrides,

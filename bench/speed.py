@@ -1,6 +1,8 @@
 """Training speed: examples/second of hypertweaks' training loop (hypertweaks.train.fit) against
 the Hugging Face Trainer, same recipe (the default recipe, one epoch), same tokens, same device,
-run back to back and alternated. Writes bench/results/speed/<cut>__<task>.json."""
+same precision (bfloat16 where hypertweaks' `precision: auto` chooses it), run back to back and
+alternated; where auto chooses bfloat16, hypertweaks in float32 too (`hypertweaks_float32`).
+Writes bench/results/speed/<cut>__<task>__b<batch>.json."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ import torch
 from bench import RESULTS_DIR
 from bench.run import machine, write_cell
 from bench.tasks import Cut
+from hypertweaks.train import computes_bfloat16
 
 
-def _hypertweaks_once(ctx, recipe) -> dict[str, float]:
+def _hypertweaks_once(ctx, recipe, precision: str = "auto") -> dict[str, float]:
     from hypertweaks.train import fit
 
+    ctx.text.experiment.precision = precision
     tiny_val = ctx.text.dataset(ctx.text.splits.validation, False)
     tiny_val = type(tiny_val)(tiny_val.ids[:8], tiny_val.lengths[:8], tiny_val.labels[:8])
     model, layers = ctx.text.build(recipe)
@@ -88,13 +92,20 @@ def speed(
             "batch_size": batch_size or ctx.reference["batch_size"],
         }
     )
-    runs: dict[str, list[dict[str, float]]] = {"hypertweaks": [], "hf_trainer": []}
+    names = ["hypertweaks", "hf_trainer"]
+    if computes_bfloat16(ctx.text, ctx.device) and ctx.device.type == "cpu":
+        names.append("hypertweaks_float32")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     _hypertweaks_once(ctx, Recipe(**{**recipe.as_dict(), "epochs": 1}))  # warm-up, not counted
+    once = {
+        "hypertweaks": _hypertweaks_once,
+        "hf_trainer": _hf_once,
+        "hypertweaks_float32": lambda ctx, recipe: _hypertweaks_once(ctx, recipe, "float32"),
+    }
     for i in range(repeats):
-        order = ("hypertweaks", "hf_trainer") if i % 2 == 0 else ("hf_trainer", "hypertweaks")
-        for name in order:
-            once = _hypertweaks_once if name == "hypertweaks" else _hf_once
-            run = once(ctx, recipe)
+        for name in names if i % 2 == 0 else names[::-1]:
+            run = once[name](ctx, recipe)
+            ctx.text.experiment.precision = "auto"
             run["examples_per_second"] = run["examples"] / run["seconds"]
             runs[name].append(run)
             print(f"  {name}: {run['examples_per_second']:.1f} examples/s", flush=True)
@@ -108,13 +119,25 @@ def speed(
         "runs": runs,
         "examples_per_second": rate,
         "ratio": rate["hypertweaks"] / rate["hf_trainer"],
+        "bfloat16": "hypertweaks_float32" in rate,
+        "bfloat16_over_float32": (
+            rate["hypertweaks"] / rate["hypertweaks_float32"]
+            if "hypertweaks_float32" in rate
+            else None
+        ),
         "machine": machine(ctx.device),
     }
     path = RESULTS_DIR / "speed" / f"{cut.key}__{task}__b{recipe.batch_size}.json"
     write_cell(path, data)
     print(
         f"hypertweaks {rate['hypertweaks']:.1f} ex/s, HF Trainer {rate['hf_trainer']:.1f} ex/s: "
-        f"ratio {data['ratio']:.2f} -> {path}",
+        f"ratio {data['ratio']:.2f}"
+        + (
+            f"; bfloat16 over float32 {data['bfloat16_over_float32']:.2f}"
+            if data["bfloat16"]
+            else ""
+        )
+        + f" -> {path}",
         flush=True,
     )
     return data

@@ -22,6 +22,7 @@ def base(**changes):
         ({"trials": None}, "give a budget"),
         ({"epochz": 3}, "epochz: unknown field"),
         ({"device": "gpu"}, "device.*auto, cpu, cuda"),
+        ({"precision": "fp16"}, "precision: must be one of auto, float32, bfloat16.*'fp16'"),
         ({"name": "../x"}, "name"),
         ({"metric": "roc_auc"}, "not one of text-classification.s: accuracy"),
         ({"metric": "exact_match"}, "not one of text-classification"),

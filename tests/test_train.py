@@ -156,3 +156,45 @@ def test_tokenization_is_cached_per_study(task, tmp_path):
     other.prepare()
     other.tokenizer = None  # a second study reads the cache: calling the tokenizer would fail
     assert len(other.dataset(other.splits.train, True)) == len(task.splits.train)
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "expected"),
+    [
+        ("auto", True, True),
+        ("auto", False, False),
+        ("float32", True, False),
+        ("bfloat16", False, True),
+    ],
+)
+def test_text_computes_in_bfloat16_on_a_cpu_that_does_it_natively(
+    task, monkeypatch, precision, native, expected
+):
+    from hypertweaks import train
+
+    monkeypatch.setattr(train, "native_cpu_bfloat16", lambda: native)
+    task.experiment.precision = precision
+    cpu = torch.device("cpu")
+    assert train.computes_bfloat16(task, cpu) is expected
+    # and training then runs its matrix products in it, the weights staying float32
+    seen = []
+    model, layers = task.build(FAST)
+    hook = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    hook.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    fit(task, model, layers, FAST, task.dataset(task.splits.train, True),
+        task.dataset(task.splits.validation, False))  # fmt: skip
+    assert seen and set(seen) == {torch.bfloat16 if expected else torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_an_image_task_stays_float32_on_a_cpu_unless_asked(monkeypatch):
+    from hypertweaks import train
+    from hypertweaks.tasks.image import ImageClassification
+
+    monkeypatch.setattr(train, "native_cpu_bfloat16", lambda: True)
+    # a small CNN gains 1.1x at most from it: auto leaves images in float32 on a CPU
+    assert not ImageClassification.cpu_bfloat16
+    with train.autocast(torch.device("cpu"), "auto", ImageClassification.cpu_bfloat16):
+        assert not torch.is_autocast_enabled("cpu")
+    with train.autocast(torch.device("cpu"), "bfloat16", ImageClassification.cpu_bfloat16):
+        assert torch.is_autocast_enabled("cpu")

@@ -71,6 +71,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
         + " (the first is the default)",
     ),
     "--device": ("device", str, "auto, cpu, cuda, cuda:N"),
+    "--precision": (
+        "precision",
+        str,
+        "auto, float32 or bfloat16 (auto: bfloat16 on CUDA, and for text and language models "
+        "on a CPU with AMX or AVX-512 BF16)",
+    ),
     "--seed": ("seed", int, "seed of the splits, the sampler and the trials"),
     "--max-length": ("max_length", int, "longest text in tokens"),
     "--image-size": ("image_size", int, "image side in pixels"),

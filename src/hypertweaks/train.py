@@ -119,6 +119,12 @@ def autocast(device: torch.device, precision: str = "auto", cpu_bfloat16: bool =
     return nullcontext()
 
 
+def computes_bfloat16(task, device: torch.device) -> bool:
+    """Whether the task computes in bfloat16 on `device` (its `autocast`)."""
+    with task.autocast(device):
+        return torch.is_autocast_enabled(device.type)
+
+
 @torch.no_grad()
 def predict_logits(
     task, model: nn.Module, data: Dataset, device: torch.device | str, batch_size: int = 64
