@@ -23,7 +23,7 @@ def wider_bert(tmp_path_factory) -> Path:
 def costing(seconds: float, layers: int = 3) -> larger.RunEstimate:
     """An estimate whose whole default run takes `seconds` (30 training rows, one epoch)."""
     return larger.RunEstimate(
-        seconds / 40, train_rows=30, validation_rows=0, epochs=1, layers=layers
+        seconds / 40, seconds / 120, train_rows=30, validation_rows=0, epochs=1, layers=layers
     )
 
 
@@ -66,6 +66,7 @@ def test_the_estimate_is_a_positive_number_of_seconds(text_experiment, wider_ber
     seconds = estimate.seconds()
     assert 0 < seconds < 600 and math.isfinite(seconds)
     assert estimate.layers == 3
+    assert 0 < estimate.forward_per_example < estimate.per_example  # no backward pass
     # freezing the lowest layers costs less, and never more than MOST_FROZEN_SHARE are frozen
     assert estimate.seconds(2) < estimate.seconds(1) < seconds
     assert estimate.fitting_freeze(seconds) == 0

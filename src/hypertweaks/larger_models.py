@@ -26,13 +26,10 @@ from hypertweaks.fingerprint import model_key
 from hypertweaks.kinds import kind_of
 from hypertweaks.space import Recipe
 from hypertweaks.tasks import make_task
-from hypertweaks.train import release_memory, seconds_per_example
+from hypertweaks.train import release_memory, seconds_per_example, seconds_per_forward_example
 
 WARMUP_STEPS = 2  # training steps that warm up (memory, kernels) before the timed ones
 TIMED_STEPS = 4
-# A forward pass (the validation at each epoch, the probe's frozen features) costs about a third
-# of a training step's forward and backward passes.
-FORWARD_SHARE = 1 / 3
 CHOICE_FILE = "backbone.json"
 # A larger encoder whose whole default run the timeout does not hold is tuned with its lowest
 # layers frozen (their output computed once, tasks/text.py) if that run fits: at most this share
@@ -45,6 +42,7 @@ class RunEstimate:
     """What one run of the default recipe costs on a backbone, from its timed training steps."""
 
     per_example: float  # seconds of a training step per example, every layer trained
+    forward_per_example: float  # seconds of a forward pass per example (validation, features)
     train_rows: int
     validation_rows: int
     epochs: int
@@ -56,7 +54,7 @@ class RunEstimate:
         forward pass over every labelled row computes the probe's features and the frozen
         layers' output together."""
         above = (self.layers - freeze_layers) / self.layers
-        forward = FORWARD_SHARE * self.per_example
+        forward = self.forward_per_example
         run = self.per_example * above * self.train_rows * self.epochs
         run += forward * above * self.validation_rows * self.epochs
         return run + forward * (self.train_rows + self.validation_rows)
@@ -192,9 +190,10 @@ def _stored_choice(exp: Experiment) -> tuple[str | None, int]:
 
 def estimate_default_run(exp: Experiment, device: torch.device) -> RunEstimate:
     """What one run of the text default recipe costs on this backbone and device: its training
-    steps timed on a few batches of real training rows (after WARMUP_STEPS that are not), to be
-    scaled to every epoch of every row, with the forward passes of the probe and of each
-    validation (RunEstimate.seconds)."""
+    steps and its forward passes timed on a few batches of real training rows (after
+    WARMUP_STEPS that are not), to be scaled to every epoch of every row, with the forward passes
+    of the probe and of each validation (RunEstimate.seconds). Both are timed: in bfloat16 a
+    forward pass costs a fifth of a training step, in float32 about a third."""
     task = make_task(exp, exp.run_dir / "cache")
     task.prepare()
     train, validation = task.splits.train, task.splits.validation
@@ -205,11 +204,15 @@ def estimate_default_run(exp: Experiment, device: torch.device) -> RunEstimate:
     model, layers = task.build(recipe, probe=False)
     try:
         data = task.dataset(rows, True, recipe)
+        # forward passes first: they leave the weights as they are
+        forward = seconds_per_forward_example(task, model, data, device, recipe.batch_size, warmup)
         per_example = seconds_per_example(task, model, layers, recipe, data, device, warmup)
     finally:
         model = None
         release_memory(device)
-    return RunEstimate(per_example, len(train), len(validation), recipe.epochs, task.num_layers)
+    return RunEstimate(
+        per_example, forward, len(train), len(validation), recipe.epochs, task.num_layers
+    )
 
 
 def describe_backbone(choice: dict[str, Any] | None) -> str | None:

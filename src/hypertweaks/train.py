@@ -234,6 +234,32 @@ def seconds_per_example(
     return (time.perf_counter() - start) / max(examples, 1)
 
 
+@torch.no_grad()
+def seconds_per_forward_example(
+    task, model: nn.Module, data: Dataset, device: torch.device | str = "cpu", batch_size: int = 16,
+    warmup: int = 2,
+) -> float:  # fmt: skip
+    """Seconds a forward pass as evaluation runs it (no gradients, the task's precision) takes
+    per example, timed over the batches of `data` after the first `warmup`."""
+    device = torch.device(device)
+    training = model.training
+    model.to(device).eval()
+    loader = DataLoader(data, batch_size=batch_size, collate_fn=data.collate)
+    start, examples = time.perf_counter(), 0
+    for step, (inputs, labels) in enumerate(loader):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start, examples = time.perf_counter(), 0
+        with task.autocast(device):
+            task.forward(model, {k: v.to(device) for k, v in inputs.items()})
+        examples += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    model.train(training)
+    return (time.perf_counter() - start) / max(examples, 1)
+
+
 def fit(
     task,
     model: nn.Module,
