@@ -116,7 +116,7 @@ class Experiment(BaseModel):
         "auto",
         description="what matrix products compute in: " + ", ".join(PRECISIONS) + " (auto: "
         "bfloat16 on CUDA, and for text and language models on a CPU that computes it natively "
-        "(AMX or AVX-512 BF16), where they train 1.5-1.9x faster; else float32)",
+        "(AMX or AVX-512 BF16), where they train faster (bench/README.md); else float32)",
     )
     smoke: bool = True
     defaults_first: bool = True

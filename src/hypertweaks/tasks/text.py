@@ -38,7 +38,7 @@ from hypertweaks.models import (
 from hypertweaks.space import Recipe
 from hypertweaks.tasks.base import Features, IndexedExamples, TaskBase
 from hypertweaks.tasks.metrics import classification_metrics
-from hypertweaks.train import resolve_device
+from hypertweaks.train import computes_bfloat16, resolve_device
 
 
 def unusable_texts(values: Sequence[Any]) -> tuple[list[int], list[int]]:
@@ -437,7 +437,9 @@ class TextClassification(TaskBase):
         return Features(features, torch.as_tensor(split.labels))
 
     def _features_path(self, split: Split) -> Path:
-        digest = hashlib.sha256(json.dumps(["mean-pooled", self.tokenizer_key]).encode())
+        device = resolve_device(self.experiment.device)
+        kind = "mean-pooled-bfloat16" if computes_bfloat16(self, device) else "mean-pooled"
+        digest = hashlib.sha256(json.dumps([kind, self.tokenizer_key]).encode())
         digest.update(str(self.model_source).encode())
         for text in split.inputs:
             digest.update(text.encode() + b"\0")
