@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     speed.add_argument("--repeats", type=int, default=2)
     speed.add_argument("--epochs", type=int, default=1)
     speed.add_argument("--batch-size", type=int, help="default: the default recipe's")
+    speed.add_argument("--model", help="a local text model folder (default: the packaged MiniLM)")
     data_options(speed, "standard")
 
     from bench.meta import cli as meta_cli
@@ -129,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "speed":
         from bench.speed import speed as run_speed
 
-        run_speed(args.task, _cut(args), args.repeats, args.epochs, args.device, args.batch_size)
+        run_speed(
+            args.task, _cut(args), args.repeats, args.epochs, args.device, args.batch_size,
+            args.model,
+        )  # fmt: skip
         return 0
 
     from bench.run import parse_budget

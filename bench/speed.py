@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,11 +81,12 @@ def speed(
     epochs: int = 1,
     device: str = "auto",
     batch_size: int | None = None,
+    model: str | None = None,
 ):
     from bench.methods import make_context
     from hypertweaks.space import Recipe
 
-    ctx = make_context(task, cut, seed=0, device=device)
+    ctx = make_context(task, cut, seed=0, device=device, model=model)
     recipe = Recipe(  # the budget unit's recipe, as long as asked
         **{
             **ctx.reference,
@@ -113,6 +115,7 @@ def speed(
     rate = {k: statistics.median(r["examples_per_second"] for r in v) for k, v in runs.items()}
     data: dict[str, Any] = {
         "task": task,
+        "model": model or "packaged MiniLM",
         "cut": {"key": cut.key, "train": len(ctx.text.splits.train), "max_length": cut.max_length},
         "recipe": recipe.as_dict(),
         "repeats": repeats,
@@ -127,7 +130,8 @@ def speed(
         ),
         "machine": machine(ctx.device),
     }
-    path = RESULTS_DIR / "speed" / f"{cut.key}__{task}__b{recipe.batch_size}.json"
+    name = f"{cut.key}__{task}__b{recipe.batch_size}" + (f"__{Path(model).name}" if model else "")
+    path = RESULTS_DIR / "speed" / f"{name}.json"
     write_cell(path, data)
     print(
         f"hypertweaks {rate['hypertweaks']:.1f} ex/s, HF Trainer {rate['hf_trainer']:.1f} ex/s: "
