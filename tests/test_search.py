@@ -37,6 +37,9 @@ def test_tune_returns_the_best_model_its_recipe_and_a_test_score(text_experiment
         assert trial["seed"] is not None and len(trial["recipe"]) == 9
     assert results["best_value"] == result.best_value
     assert results["test_metrics"] == result.test_metrics
+    from hypertweaks.train import native_cpu_bfloat16  # text: bfloat16 where the CPU has it
+
+    assert results["precision"] == ("bfloat16" if native_cpu_bfloat16() else "float32")
 
 
 def test_best_yaml_reproduces_the_recipe(text_experiment):

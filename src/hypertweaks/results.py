@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from hypertweaks.atomic import write_text
 from hypertweaks.config import Experiment
 from hypertweaks.study import counted, redact, storage_url, trial_seconds
+from hypertweaks.train import computes_bfloat16, resolve_device
 from hypertweaks.trial import RECORD_VERSION, TrialRecord
 
 
@@ -67,6 +68,10 @@ def write_results(
         "metric": exp.metric,
         "direction": exp.direction,
         "storage": redact(storage_url(exp)),
+        # what `precision` came to on this process's device (auto: by task and hardware)
+        "precision": "bfloat16"
+        if computes_bfloat16(task, resolve_device(exp.device))
+        else "float32",
         "classes": [str(c) for c in task.splits.classes],
         "data": {
             "train": len(task.splits.train),

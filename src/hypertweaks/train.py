@@ -7,6 +7,7 @@ stop (a pruned trial) by returning True. The task (tasks.base.TaskBase) supplies
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -97,6 +98,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, total_steps
     )
 
 
+@functools.cache
 def native_cpu_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AMX or AVX-512 BF16): there a
     transformer trains 1.5-1.9x and runs forward 3x faster in bfloat16 (bench/README.md); on
