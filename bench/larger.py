@@ -5,7 +5,8 @@ same run on MiniLM's cut, each pair with its own reference run.
     python -m bench.larger [--root bench/results/larger] [--budget 10x] [--minilm-budget 3x]
 
 writes LARGER_<budget>.md beside the cells and prints it (`--minilm-budget`: the product on
-MiniLM at another budget than `larger`'s, where its cells at that budget were not run). Cells:
+MiniLM at another budget than `larger`'s, where its cells at that budget were not run; `--out`:
+another file to write). Cells:
 `HYPERTWEAKS_BENCH_RESULTS=bench/results/larger python -m bench run --tasks T --seeds S
 --methods hypertweaks --budget 1x,10x --threads 1 --no-report`, then the same with
 `--methods hypertweaks_larger --budget 10x`.
@@ -121,9 +122,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=ROOT)
     parser.add_argument("--budget", default="10x")
     parser.add_argument("--minilm-budget", default=None)
+    parser.add_argument("--out", type=Path, help="default: LARGER_<budget>.md in --root")
     args = parser.parse_args()
     text = table(args.budget, args.root, args.minilm_budget)
-    (args.root / f"LARGER_{args.budget}.md").write_text(text)
+    (args.out or args.root / f"LARGER_{args.budget}.md").write_text(text)
     print(text)
 
 
