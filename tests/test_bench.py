@@ -590,6 +590,15 @@ def test_the_larger_table_pairs_the_larger_encoder_with_minilm_at_the_same_budge
     assert "| sst2 | 0 | 60 | 80.0 | 85.0 | 86.0 | **88.0** | all-mpnet-base-v2 (lowest 10" in text
     assert "- larger 4x minus hypertweaks 10x: +2.0" in text
 
+    # against 1x alone: its column once, one difference
+    text = larger.table("4x", tmp_path, minilm_budget="1x")
+    assert (
+        "| hypertweaks 1x | larger 4x |" in text and "hypertweaks 1x | hypertweaks 1x" not in text
+    )
+    assert "| sst2 | 0 | 60 | 80.0 | 85.0 | **88.0** | all-mpnet-base-v2 (lowest 10" in text
+    assert "- larger 4x minus hypertweaks 1x: +3.0" in text and "minus hypertweaks 10x" not in text
+    assert "- larger 4x's wall time over budget: 1.10" in text
+
 
 @pytest.mark.parametrize(
     ("flag", "file"),
