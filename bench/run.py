@@ -122,7 +122,7 @@ def _data_source(folder: Path | None) -> str | None:
 def write_cell(path: Path, cell: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell, indent=2, default=str))
+    tmp.write_text(json.dumps(cell, separators=(",", ":"), default=str))  # compact: kept in git
     os.replace(tmp, path)
 
 
