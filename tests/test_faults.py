@@ -114,6 +114,7 @@ FAST = Recipe(**{**FAST_RECIPE.as_dict(), "epochs": 2})
 
 def test_out_of_memory_shrinks_the_micro_batch_and_keeps_the_effective_batch(task):
     task.experiment.precision = "float32"  # bfloat16 would round the two sums apart
+
     class OutOfMemoryAbove(type(task)):
         def forward(self, model, inputs):
             if model.training and len(inputs["input_ids"]) > 3:

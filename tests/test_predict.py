@@ -434,6 +434,7 @@ def test_help_describes_the_tool_and_version_answers(capsys):
 def test_readme_loads_a_text_classifier_with_transformers(text_run):
     done = readme_snippet("# text classifier", {"runs/feedback/best": str(text_run / "best")})
     model = hypertweaks.load(text_run)
+    assert model.precision == "auto" and model.cpu_bfloat16  # as its task (text) computes
     model.precision = "float32"  # as plain transformers computes (auto: bfloat16 on AMX CPUs)
     expected = model.predict_proba(["the delivery was late again"])
     assert np.allclose(done["proba"].numpy(), expected, atol=1e-5)
@@ -449,7 +450,9 @@ def test_readme_loads_an_image_classifier_with_timm(image_run):
         "# image classifier",
         {"runs/tiles/best": str(image_run / "best"), "scan_001.png": str(scan)},
     )
-    expected = hypertweaks.load(image_run).predict_proba([scan])
+    model = hypertweaks.load(image_run)
+    assert not model.cpu_bfloat16  # images stay float32 on a CPU under auto
+    expected = model.predict_proba([scan])
     assert np.allclose(done["proba"].numpy(), expected, atol=1e-5)
 
 

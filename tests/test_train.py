@@ -179,8 +179,8 @@ def test_text_computes_in_bfloat16_on_a_cpu_that_does_it_natively(
     # and training then runs its matrix products in it, the weights staying float32
     seen = []
     model, layers = task.build(FAST)
-    hook = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
-    hook.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     fit(task, model, layers, FAST, task.dataset(task.splits.train, True),
         task.dataset(task.splits.validation, False))  # fmt: skip
     assert seen and set(seen) == {torch.bfloat16 if expected else torch.float32}

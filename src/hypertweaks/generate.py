@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from hypertweaks.data import DataError
+from hypertweaks.kinds import kind_of
 from hypertweaks.model_folder import ModelInfo, Progress, as_list, device_of
 from hypertweaks.train import autocast
 
@@ -27,6 +28,7 @@ class Generator:
         self.directory = directory
         self.device = device_of(device)
         self.precision = info.recipe.get("precision", "auto")  # as it was tuned
+        self.cpu_bfloat16 = kind_of(info.task).load_class().cpu_bfloat16
         meta_file = directory / META_FILE
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         # the training data's format (messages, prompt-completion, text); None: a folder saved
@@ -119,7 +121,7 @@ class Generator:
             mask = torch.zeros((len(rows), width), dtype=torch.long)
             for r, row in enumerate(rows):  # left padding: every row ends where generation starts
                 batch[r, width - len(row) :], mask[r, width - len(row) :] = torch.tensor(row), 1
-            with autocast(self.device, self.precision, cpu_bfloat16=True):
+            with autocast(self.device, self.precision, self.cpu_bfloat16):
                 generated = self.model.generate(
                     input_ids=batch.to(self.device),
                     attention_mask=mask.to(self.device),

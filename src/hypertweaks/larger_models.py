@@ -192,8 +192,8 @@ def estimate_default_run(exp: Experiment, device: torch.device) -> RunEstimate:
     """What one run of the text default recipe costs on this backbone and device: its training
     steps and its forward passes timed on a few batches of real training rows (after
     WARMUP_STEPS that are not), to be scaled to every epoch of every row, with the forward passes
-    of the probe and of each validation (RunEstimate.seconds). Both are timed: in bfloat16 a
-    forward pass costs a fifth of a training step, in float32 about a third."""
+    of the probe and of each validation (RunEstimate.seconds). Both are timed: their ratio
+    depends on the precision (train.autocast)."""
     task = make_task(exp, exp.run_dir / "cache")
     task.prepare()
     train, validation = task.splits.train, task.splits.validation

@@ -83,12 +83,12 @@ class Classifier:
 
     task: str
     batch_size = 64
-    cpu_bfloat16 = False  # as the task that tuned it (tasks.base.TaskBase)
 
     def __init__(self, info: ModelInfo, device: str = "auto"):
         self.info, self.directory, self.recipe = info, info.directory, info.recipe
         self.device = device_of(device)
         self.precision = self.recipe.get("precision", "auto")  # as it was tuned
+        self.cpu_bfloat16 = kind_of(info.task).load_class().cpu_bfloat16
         self.classes_: list[Any] = info.classes
         self.positive = info.positive
         self.notes: list[str] = []  # what the last call did to its inputs (truncated, skipped)
@@ -136,7 +136,6 @@ class TextClassifier(Classifier):
     """A tuned text classifier; texts longer than the length it was tuned on are truncated."""
 
     task = "text-classification"
-    cpu_bfloat16 = True
 
     def __init__(self, info: ModelInfo, device: str = "auto"):
         super().__init__(info, device)
